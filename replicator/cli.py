@@ -1,0 +1,234 @@
+"""The ``replicator`` command line: parse, build settings, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from replicator import __version__
+from replicator.errors import ConfigurationError, ReplicatorError, TransientError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _stack_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or os.environ.get("REPLICATOR_STACK_DIR", ".replicator/stack"))
+
+
+def _settings(args: argparse.Namespace, **overrides: Any):
+    from replicator.settings import load_settings
+
+    env_file = Path(args.env_file) if getattr(args, "env_file", None) else None
+    return load_settings(env_file, **overrides)
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from replicator.stack import LocalStack
+
+    stack = LocalStack(_stack_dir(args), separate_target=args.separate_target)
+    if args.action == "up":
+        settings = stack.up()
+        for key, value in settings.items():
+            print(f"{key}={value}")
+        print(f"# written to {stack.env_file}", file=sys.stderr)
+        return EXIT_OK
+    if args.action == "down":
+        for line in stack.down():
+            print(f"stopped {line}")
+        return EXIT_OK
+    if args.action == "destroy":
+        stack.destroy()
+        print(f"removed {stack.state_dir}")
+        return EXIT_OK
+    status = stack.status()
+    healthy = all(bool(part.get("healthy")) for part in status.values())
+    if args.json:
+        print(json.dumps({"healthy": healthy, "parts": status}, indent=2))
+    else:
+        for name, part in status.items():
+            mark = "ok  " if part.get("healthy") else "DOWN"
+            detail = ", ".join(f"{k}={v}" for k, v in part.items() if k != "healthy")
+            print(f"{mark} {name:<14} {detail}")
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from replicator.schema import apply_source_schema, apply_target_schema
+
+    settings = _settings(args)
+    if settings.source_dsn is not None and args.source:
+        for line in apply_source_schema(settings.source_dsn.get_secret_value()):
+            print(f"source: {line}")
+    for line in apply_target_schema(
+        settings.target_dsn.get_secret_value(), settings.target_table, settings.offsets_table
+    ):
+        print(f"target: {line}")
+    return EXIT_OK
+
+
+def cmd_connector(args: argparse.Namespace) -> int:
+    from replicator.connect import ConnectClient, mask_config
+    from replicator.stack import CONNECTOR_FILE, load_connector_file
+
+    settings = _settings(args)
+    if not settings.connect_url:
+        raise ConfigurationError("connect_url is not set; set REPLICATOR_CONNECT_URL")
+    spec = load_connector_file(Path(args.file) if args.file else CONNECTOR_FILE)
+    client = ConnectClient(settings.connect_url)
+    name = spec["name"]
+    if args.action == "apply":
+        client.put_config(name, spec["config"])
+        client.wait_running(name, timeout=args.timeout)
+        print(json.dumps(mask_config(client.get_config(name)), indent=2, sort_keys=True))
+    elif args.action == "restart":
+        client.restart(name)
+        client.wait_running(name, timeout=args.timeout)
+    elif args.action == "delete":
+        client.delete(name)
+        print(f"deleted connector {name} (its replication slot and publication remain)")
+        return EXIT_OK
+    status = client.status(name)
+    print(json.dumps(status, indent=2))
+    tasks = status.get("tasks", [])
+    running = (
+        status["connector"]["state"] == "RUNNING"
+        and tasks
+        and all(t["state"] == "RUNNING" for t in tasks)
+    )
+    return EXIT_OK if running else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from replicator import logs
+    from replicator.consumer import Replicator
+
+    settings = _settings(
+        args,
+        on_delete=args.on_delete,
+        on_truncate=args.on_truncate,
+        group_id=args.group_id,
+        target_table=args.target_table,
+        batch_max_rows=args.batch_max_rows,
+        batch_max_ms=args.batch_max_ms,
+        log_format=args.log_format,
+    )
+    logs.configure(settings.log_format, settings.log_level)
+    replicator = Replicator(settings)
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("replicator").info(
+            "stopping", extra={"signal": signal.Signals(signum).name}
+        )
+        replicator.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return replicator.run(exit_when_idle_s=args.exit_when_idle)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from replicator.sample import insert_rows
+
+    settings = _settings(args)
+    if settings.source_dsn is None:
+        raise ConfigurationError("source_dsn is not set; set REPLICATOR_SOURCE_DSN")
+    count = insert_rows(
+        settings.source_dsn.get_secret_value(), args.rows, seed=args.seed, start=args.start
+    )
+    print(f"inserted {count} sample rows into workflow_processes")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replicator",
+        description="Replicate workflow_processes into workflow_runs from Debezium change events.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_env(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--env-file",
+            help="KEY=VALUE settings file (default: $REPLICATOR_ENV_FILE, "
+            "else .replicator/stack/stack.env when present)",
+        )
+        return p
+
+    p = sub.add_parser("stack", help="the local stack: PostgreSQL, broker, Kafka Connect")
+    p.add_argument("action", choices=["up", "down", "status", "destroy"])
+    p.add_argument("--state-dir", help="state folder (default .replicator/stack)")
+    p.add_argument(
+        "--separate-target",
+        action="store_true",
+        help="put workflow_runs in its own database (at first 'up' only)",
+    )
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=cmd_stack)
+
+    p = with_env(sub.add_parser("schema", help="create missing tables and indexes"))
+    p.add_argument("action", choices=["apply"])
+    p.add_argument(
+        "--no-source",
+        dest="source",
+        action="store_false",
+        help="do not create the legacy table in the source",
+    )
+    p.set_defaults(func=cmd_schema)
+
+    p = with_env(sub.add_parser("connector", help="manage the Debezium connector"))
+    p.add_argument("action", choices=["apply", "status", "restart", "delete"])
+    p.add_argument("--file", help="connector JSON (default connectors/workflow-processes.json)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_connector)
+
+    p = with_env(sub.add_parser("run", help="replicate until stopped (SIGTERM/SIGINT)"))
+    p.add_argument("--on-delete", choices=["delete", "ignore"])
+    p.add_argument("--on-truncate", choices=["ignore", "apply"])
+    p.add_argument("--group-id")
+    p.add_argument("--target-table")
+    p.add_argument("--batch-max-rows", type=int)
+    p.add_argument("--batch-max-ms", type=int)
+    p.add_argument("--log-format", choices=["json", "human"])
+    p.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit 0 once no event arrived for this long (one-shot catch-up)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = with_env(sub.add_parser("sample", help="insert sample legacy rows into the source"))
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start", type=int, default=0, help="first row number (ids wp-<n>)")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"replicator: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TransientError as exc:
+        print(f"replicator: unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ReplicatorError as exc:
+        print(f"replicator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""A small client for Kafka Connect's REST API (the calls the replicator needs)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from replicator.errors import ConnectError
+
+#: Keys of a connector config whose values are never printed.
+SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "ssl.key")
+
+
+def mask_config(config: dict[str, str]) -> dict[str, str]:
+    """The config with secret values replaced (placeholders like ``${env:X}`` are kept)."""
+    out = {}
+    for key, value in config.items():
+        secret = any(s in key.lower() for s in SECRET_KEYS)
+        out[key] = value if not secret or str(value).startswith("${") else "********"
+    return out
+
+
+class ConnectClient:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = json.loads(detail).get("message", detail)
+            raise ConnectError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectError(f"Kafka Connect at {self.url} is unreachable: {exc}") from exc
+        return json.loads(raw) if raw else None
+
+    def put_config(self, name: str, config: dict[str, str]) -> dict[str, Any]:
+        return self._call("PUT", f"/connectors/{name}/config", config)
+
+    def get_config(self, name: str) -> dict[str, str]:
+        return self._call("GET", f"/connectors/{name}/config")
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/connectors/{name}/status")
+
+    def restart(self, name: str) -> None:
+        self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=false")
+
+    def pause(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/pause")
+
+    def resume(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/resume")
+
+    def delete(self, name: str) -> None:
+        self._call("DELETE", f"/connectors/{name}")
+
+    def wait_running(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the connector and all its tasks are RUNNING; a FAILED task raises."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.status(name)
+            except ConnectError:
+                time.sleep(0.5)
+                continue
+            tasks = last.get("tasks", [])
+            for task in tasks:
+                if task.get("state") == "FAILED":
+                    trace = (task.get("trace") or "").splitlines()[:3]
+                    raise ConnectError(f"task {task.get('id')} FAILED: {' '.join(trace)}")
+            if (
+                last.get("connector", {}).get("state") == "RUNNING"
+                and tasks
+                and all(t.get("state") == "RUNNING" for t in tasks)
+            ):
+                return last
+            time.sleep(0.5)
+        raise ConnectError(f"connector {name} not RUNNING after {timeout:.0f}s: {last}")

@@ -1,0 +1,76 @@
+"""Every error the replicator raises, in one hierarchy.
+
+::
+
+    ReplicatorError
+     +-- ConfigurationError      bad settings, CLI arguments or files: clear message, exit 2
+     +-- TransientError          the world is briefly unavailable: retry with backoff
+     |    +-- TargetUnavailable  the target database cannot be reached / went away
+     |    +-- BrokerUnavailable  Kafka cannot be reached
+     +-- TerminalError           retrying will not help
+     |    +-- EventError         one event cannot be used: it goes to the dead-letter topic
+     |    |    +-- DecodeError   the bytes are not a Debezium change event we understand
+     |    |    +-- MappingError  the legacy row cannot become a valid ``workflow_runs`` row
+     |    +-- StackError         a part of the local stack did not come up (names part and log)
+     |    +-- ConnectError       Kafka Connect's REST API refused a call
+
+Errors of the libraries below us (psycopg, librdkafka, urllib) are mapped at the
+boundary where they are caught, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ReplicatorError(Exception):
+    """Base of every error raised on purpose by this package."""
+
+
+class ConfigurationError(ReplicatorError):
+    """A setting, argument or file is invalid; the message says which and how to fix it."""
+
+
+class TransientError(ReplicatorError):
+    """A dependency is temporarily unavailable; the operation may be retried."""
+
+
+class TargetUnavailable(TransientError):
+    """The target PostgreSQL database could not be reached or dropped the connection."""
+
+
+class BrokerUnavailable(TransientError):
+    """The Kafka broker could not be reached."""
+
+
+class TerminalError(ReplicatorError):
+    """Retrying the same operation will fail the same way."""
+
+
+class EventError(TerminalError):
+    """One event cannot be applied.  ``reason`` is a short machine-readable code."""
+
+    reason: str = "invalid_event"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class DecodeError(EventError):
+    """The message is not a Debezium change event this replicator understands."""
+
+    reason = "decode_error"
+
+
+class MappingError(EventError):
+    """The legacy row cannot be mapped to a valid ``workflow_runs`` row."""
+
+    reason = "mapping_error"
+
+
+class StackError(TerminalError):
+    """A part of the local stack did not come up or go down."""
+
+
+class ConnectError(TerminalError):
+    """Kafka Connect's REST API answered with an error."""

@@ -1,0 +1,181 @@
+"""The one typed settings model.
+
+Sources, highest precedence first: command-line flags, ``REPLICATOR_*`` environment
+variables, the env file (``--env-file``, ``REPLICATOR_ENV_FILE``, or the local stack's
+``.replicator/stack/stack.env`` when it exists), the defaults on the fields.  Every
+value is validated when the process starts; a bad one raises
+:class:`~replicator.errors.ConfigurationError` naming the field and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from replicator.errors import ConfigurationError
+
+DEFAULT_STACK_DIR = Path(".replicator/stack")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """Everything ``replicator`` reads from the outside world."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REPLICATOR_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    # where things are
+    source_dsn: SecretStr | None = Field(
+        None, description="libpq DSN of the database holding workflow_processes"
+    )
+    target_dsn: SecretStr = Field(
+        ..., description="libpq DSN of the database holding workflow_runs (may be the source)"
+    )
+    kafka_bootstrap: str = Field(..., description="Kafka bootstrap servers, host:port[,...]")
+    connect_url: str | None = Field(None, description="Kafka Connect REST URL")
+    topic: str = Field(
+        "legacy.public.workflow_processes", description="Debezium change topic to consume"
+    )
+    dlq_topic: str | None = Field(None, description="dead-letter topic (default: <topic>.dlq)")
+    group_id: str = Field("workflow-runs-replicator", description="Kafka consumer group")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra librdkafka settings passed through (SASL/SSL...), as JSON",
+    )
+
+    # what goes where
+    target_table: str = Field("workflow_runs", description="target table name")
+    offsets_table: str = Field("replicator_offsets", description="positions table name")
+    value_format: Literal["json", "avro"] = Field("json", description="event encoding")
+    schema_registry_url: str | None = Field(None, description="Schema Registry URL (avro)")
+    on_delete: Literal["delete", "ignore"] = Field(
+        "delete", description="a source DELETE deletes the target row, or is ignored (audit)"
+    )
+    on_truncate: Literal["ignore", "apply"] = Field(
+        "ignore",
+        description="a source TRUNCATE is logged and counted (ignore) or empties the target",
+    )
+
+    # batching: a batch is applied when any limit is reached
+    batch_max_rows: int = Field(5000, ge=1, le=1_000_000, description="events per batch")
+    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="message bytes per batch")
+    batch_max_ms: int = Field(
+        100, ge=1, le=60_000, description="max time an event waits in a batch (ms)"
+    )
+
+    # behaviour
+    session_timeout_ms: int = Field(10_000, ge=1000, description="consumer group session timeout")
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="longest wait between retries of an unavailable target"
+    )
+    log_format: Literal["json", "human"] = Field("json", description="log line format")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
+
+    @field_validator("target_table", "offsets_table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                "must be a plain SQL identifier: a letter or _, then letters, digits or _, "
+                "at most 63 characters"
+            )
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("topic", "group_id")
+    @classmethod
+    def _kafka_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._-]{1,249}$", value):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.value_format == "avro" and not self.schema_registry_url:
+            raise ValueError("value_format=avro needs schema_registry_url")
+        return self
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def versions_table(self) -> str:
+        return f"{self.target_table}_versions"
+
+
+def default_env_file() -> Path | None:
+    explicit = os.environ.get("REPLICATOR_ENV_FILE")
+    if explicit:
+        return Path(explicit)
+    stack_dir = Path(os.environ.get("REPLICATOR_STACK_DIR", DEFAULT_STACK_DIR))
+    candidate = stack_dir / "stack.env"
+    return candidate if candidate.exists() else None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines; blank lines and ``#`` comments are skipped."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read env file {path}: {exc.strerror}") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; ``overrides`` are command-line values (None = unset)."""
+    file_values: dict[str, Any] = {}
+    path = env_file or default_env_file()
+    if path is not None:
+        for key, value in read_env_file(path).items():
+            if key.startswith("REPLICATOR_"):
+                name = key.removeprefix("REPLICATOR_").lower()
+                if name in Settings.model_fields and key not in os.environ:
+                    file_values[name] = value
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**{**file_values, **given})
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from exc
+    except SettingsError as exc:  # an environment value that is not valid JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigurationError(f"invalid settings: {exc}{cause}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = f"REPLICATOR_{field.upper()}"
+        if err["type"] == "missing":
+            lines.append(f"  {field}: missing; set {env} or --{field.replace('_', '-')}")
+        else:
+            shown = err.get("input")
+            if "dsn" in field or "password" in field:
+                shown = "<hidden>"
+            lines.append(f"  {field}={shown!r}: {err['msg']} (set via {env})")
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+-- The replicator's own bookkeeping, in the target database beside {table}.
+--
+-- {offsets}: the next Kafka offset to read for every partition whose events were
+-- applied to {table}.  Written in the SAME transaction as the rows those events
+-- produced, so the stored position and the table's content never disagree.
+CREATE TABLE IF NOT EXISTS {offsets} (
+    target_table TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    last_lsn BIGINT,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_table, topic, kafka_partition)
+);
+
+-- {versions}: the source LSN of the newest change applied for every run_id, and
+-- whether that change was a delete.  An event whose LSN is older than the stored
+-- one is stale (a redelivery or a replay) and is not applied; a deleted row keeps
+-- its entry, so an older image can never bring it back.
+CREATE TABLE IF NOT EXISTS {versions} (
+    run_id TEXT PRIMARY KEY,
+    source_lsn BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT false
+);

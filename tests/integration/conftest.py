@@ -1,0 +1,204 @@
+"""The real local stack (PostgreSQL, tansu, Kafka Connect + Debezium) for integration tests.
+
+One stack per test session, on free ports, under a temporary state folder; stopped
+and removed at the end.  Tests isolate themselves by row-id prefix, target table
+and consumer group, never by starting another stack.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from replicator.consumer import Replicator
+from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
+from replicator.schema import apply_target_schema
+from replicator.settings import Settings
+from replicator.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    source_dsn: str
+    target_dsn: str
+    bootstrap: str
+    connect_url: str
+    topic: str
+    stack: LocalStack
+
+    def settings(self, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "source_dsn": self.source_dsn,
+            "target_dsn": self.target_dsn,
+            "kafka_bootstrap": self.bootstrap,
+            "connect_url": self.connect_url,
+            "topic": self.topic,
+            "session_timeout_ms": 6000,
+            "batch_max_ms": 50,
+            "progress_interval_s": 5,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    state = tmp_path_factory.mktemp("stack")
+    local = LocalStack(state)
+    try:
+        env = local.up()
+        yield StackInfo(
+            source_dsn=env["REPLICATOR_SOURCE_DSN"],
+            target_dsn=env["REPLICATOR_TARGET_DSN"],
+            bootstrap=env["REPLICATOR_KAFKA_BOOTSTRAP"],
+            connect_url=env["REPLICATOR_CONNECT_URL"],
+            topic=env["REPLICATOR_TOPIC"],
+            stack=local,
+        )
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def target_dsn(stack: StackInfo) -> str:
+    return stack.target_dsn
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def table(stack: StackInfo) -> str:
+    """A fresh target table (with its indexes and state tables) for one test."""
+    name = unique("wr")
+    apply_target_schema(stack.target_dsn, name)
+    return name
+
+
+def mapped_source(dsn: str, where: str = "TRUE", params: tuple = ()) -> dict[str, tuple]:
+    cols = ", ".join(SOURCE_COLUMNS)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT {cols} FROM workflow_processes WHERE {where}", params
+        ).fetchall()
+    out = {}
+    for row in rows:
+        values, _ = map_to_tuple(dict(zip(SOURCE_COLUMNS, row, strict=True)))
+        out[values[0]] = values
+    return out
+
+
+JSON_COLUMNS = {
+    "result_data",
+    "error_details",
+    "tags",
+    "metadata",
+    "progress_data",
+    "resource_usage",
+}
+
+
+def target_rows(dsn: str, table: str, where: str = "TRUE", params: tuple = ()) -> dict[str, tuple]:
+    cols = ", ".join(f"{c}::text" if c in JSON_COLUMNS else c for c in TARGET_COLUMNS)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(f'SELECT {cols} FROM "{table}" WHERE {where}', params).fetchall()
+    return {row[0]: tuple(row) for row in rows}
+
+
+def diff(expected: dict[str, tuple], actual: dict[str, tuple]) -> str:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    changed = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+    lines = [f"missing={len(missing)} extra={len(extra)} different={len(changed)}"]
+    lines += [f"  missing {k}" for k in missing[:5]] + [f"  extra {k}" for k in extra[:5]]
+    for k in changed[:5]:
+        cols = [
+            f"{c}: {e!r} != {a!r}"
+            for c, e, a in zip(TARGET_COLUMNS, expected[k], actual[k], strict=True)
+            if e != a
+        ]
+        lines.append(f"  {k}: {'; '.join(cols)}")
+    return "\n".join(lines)
+
+
+def wait_converged(
+    stack: StackInfo, table: str, prefix: str, timeout: float = 60.0
+) -> dict[str, tuple]:
+    """Wait until the target rows with ``prefix`` equal the mapped source rows; return them."""
+    like = (prefix + "%",)
+    deadline = time.monotonic() + timeout
+    while True:
+        expected = mapped_source(stack.source_dsn, "id LIKE %s", like)
+        actual = target_rows(stack.target_dsn, table, "run_id LIKE %s", like)
+        if expected == actual:
+            return actual
+        if time.monotonic() > deadline:
+            pytest.fail(f"target {table} did not converge on {prefix}*:\n{diff(expected, actual)}")
+        time.sleep(0.5)
+
+
+class RunningReplicator:
+    """A :class:`Replicator` on a background thread, stopped like SIGTERM would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.replicator = Replicator(settings)
+        self.error: BaseException | None = None
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.exit_code = self.replicator.run()
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def __enter__(self) -> RunningReplicator:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self.replicator.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "replicator did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def execute(dsn: str, *statements: str | tuple[str, tuple]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for stmt in statements:
+            if isinstance(stmt, tuple):
+                conn.execute(stmt[0], stmt[1])
+            else:
+                conn.execute(stmt)
+
+
+@pytest.fixture
+def cli_env(stack: StackInfo) -> dict[str, str]:
+    """Environment for running ``replicator`` as a subprocess against the stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    env.update(
+        REPLICATOR_SOURCE_DSN=stack.source_dsn,
+        REPLICATOR_TARGET_DSN=stack.target_dsn,
+        REPLICATOR_KAFKA_BOOTSTRAP=stack.bootstrap,
+        REPLICATOR_CONNECT_URL=stack.connect_url,
+        REPLICATOR_TOPIC=stack.topic,
+        REPLICATOR_SESSION_TIMEOUT_MS="6000",
+        REPLICATOR_BATCH_MAX_MS="50",
+        REPLICATOR_ENV_FILE=str(Path(os.devnull)),
+    )
+    return env

@@ -1,0 +1,65 @@
+"""The connector config: deliberate settings, nothing environment-specific written in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from replicator.connect import mask_config
+from replicator.stack import load_connector_file, topic_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config() -> dict[str, str]:
+    return load_connector_file()["config"]
+
+
+def test_no_host_port_password_or_database_is_hard_coded() -> None:
+    c = config()
+    for key in (
+        "database.hostname",
+        "database.port",
+        "database.user",
+        "database.password",
+        "database.dbname",
+    ):
+        assert c[key].startswith("${env:"), key
+
+
+def test_settings_that_protect_data() -> None:
+    c = config()
+    assert c["plugin.name"] == "pgoutput"
+    assert c["publication.autocreate.mode"] == "filtered"
+    assert c["table.include.list"] == "public.workflow_processes"
+    assert c["snapshot.mode"] == "initial"
+    assert int(c["heartbeat.interval.ms"]) > 0
+    assert c["topic.creation.default.cleanup.policy"] == "compact"
+    assert c["topic.creation.default.retention.ms"] == "-1"
+    # without this, NULLs in columns with defaults arrive as the defaults
+    assert c["value.converter.replace.null.with.default"] == "false"
+    assert c["value.converter.schemas.enable"] == "false"
+
+
+def test_every_value_is_a_string_as_the_rest_api_wants() -> None:
+    raw = json.loads((ROOT / "connectors" / "workflow-processes.json").read_text())
+    assert all(isinstance(v, str) for v in raw["config"].values())
+
+
+def test_topic_name_follows_the_prefix() -> None:
+    assert topic_name() == f"{config()['topic.prefix']}.public.workflow_processes"
+
+
+def test_mask_config_hides_literal_secrets_only() -> None:
+    masked = mask_config(
+        {
+            "database.password": "hunter2",
+            "database.user": "dbz",
+            "sasl.jaas.config": "org... password=x",
+            "other.password": "${env:PW}",
+        }
+    )
+    assert masked["database.password"] == "********"
+    assert masked["sasl.jaas.config"] == "********"
+    assert masked["database.user"] == "dbz"
+    assert masked["other.password"] == "${env:PW}"

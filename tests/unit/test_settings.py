@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replicator.errors import ConfigurationError
+from replicator.settings import load_settings, read_env_file
+
+BASE = {
+    "REPLICATOR_TARGET_DSN": "postgresql://u:secret@db:5432/t",
+    "REPLICATOR_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("REPLICATOR_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("REPLICATOR_STACK_DIR", "/nonexistent")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stack.env"
+    path.write_text(text)
+    return path
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch) -> None:
+    path = write(
+        tmp_path,
+        "# a comment\n\nREPLICATOR_TARGET_DSN=postgresql://a@h/db\n"
+        "REPLICATOR_KAFKA_BOOTSTRAP=127.0.0.1:1\nREPLICATOR_TOPIC=from.file\nOTHER=x\n",
+    )
+    monkeypatch.setenv("REPLICATOR_TOPIC", "from.env")
+    settings = load_settings(path)
+    assert settings.kafka_bootstrap == "127.0.0.1:1"
+    assert settings.topic == "from.env"
+    assert settings.dead_letter_topic == "from.env.dlq"
+    assert settings.target_dsn.get_secret_value() == "postgresql://a@h/db"
+
+
+def test_flags_win_over_environment(monkeypatch) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("REPLICATOR_ON_DELETE", "delete")
+    settings = load_settings(None, on_delete="ignore", group_id=None)
+    assert settings.on_delete == "ignore"
+    assert settings.group_id == "workflow-runs-replicator"
+
+
+def test_defaults_are_documented_values(monkeypatch) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings(None)
+    assert (s.batch_max_rows, s.batch_max_bytes, s.batch_max_ms) == (5000, 16 * 1024 * 1024, 100)
+    assert s.target_table == "workflow_runs" and s.versions_table == "workflow_runs_versions"
+    assert s.on_truncate == "ignore"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("REPLICATOR_BATCH_MAX_ROWS", "0", "batch_max_rows"),
+        ("REPLICATOR_BATCH_MAX_ROWS", "many", "batch_max_rows"),
+        ("REPLICATOR_TARGET_TABLE", 'runs"; DROP TABLE x; --', "target_table"),
+        ("REPLICATOR_KAFKA_BOOTSTRAP", "no-port", "kafka_bootstrap"),
+        ("REPLICATOR_ON_DELETE", "maybe", "on_delete"),
+        ("REPLICATOR_TOPIC", "bad topic", "topic"),
+        ("REPLICATOR_KAFKA_CONFIG", "{not json", "kafka_config"),
+    ],
+)
+def test_bad_values_name_the_field(monkeypatch, key: str, value: str, field: str) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(None)
+    assert field in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_missing_required_fields_say_how_to_set_them() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(None)
+    text = str(err.value)
+    assert "REPLICATOR_TARGET_DSN" in text and "REPLICATOR_KAFKA_BOOTSTRAP" in text
+
+
+def test_kafka_config_passes_through(monkeypatch) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("REPLICATOR_KAFKA_CONFIG", '{"security.protocol": "SASL_SSL"}')
+    assert load_settings(None).kafka_config == {"security.protocol": "SASL_SSL"}
+
+
+def test_secrets_are_masked_in_repr(monkeypatch) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    assert "secret" not in repr(load_settings(None))
+
+
+@pytest.mark.parametrize("line", ["no equals sign", "=value"])
+def test_malformed_env_file_lines(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"stack\.env:2"):
+        read_env_file(write(tmp_path, f"A=1\n{line}\n"))
+
+
+def test_unreadable_env_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        read_env_file(tmp_path / "missing.env")
