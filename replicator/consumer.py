@@ -83,13 +83,26 @@ class Batch:
             self.last_lsns[partition] = lsn
 
 
+#: The order-guard version of a snapshot read.  Debezium stamps snapshot reads with the
+#: snapshot's LSN, but a transaction in flight during the snapshot can have change LSNs
+#: below it and still be streamed afterwards.  Streamed changes of one row are ordered
+#: by their change LSN (row locks serialise them); a snapshot read only fills a row that
+#: no streamed change has touched, and never overrides one.
+SNAPSHOT_VERSION = 0
+
+
 def to_row_change(event: ChangeEvent) -> RowChange | None:
     """The sink's view of one event (pure); None for ops that change no row."""
     if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
         if event.after is None:  # serde guarantees an image; guard for other decoders
             raise EventError(f"{event.op.value} event without an 'after' image")
         values, unavailable = map_to_tuple(event.after)
-        return RowChange(str(values[0]), event.lsn, False, values, unavailable)
+        lsn = event.lsn
+        if event.op is Op.READ:
+            # incremental snapshot reads are de-duplicated against the stream by
+            # Debezium's watermarks and carry no LSN: they apply unconditionally
+            lsn = None if event.snapshot == "incremental" else SNAPSHOT_VERSION
+        return RowChange(str(values[0]), lsn, False, values, unavailable)
     if event.op is Op.DELETE:
         return RowChange(str(event.key), event.lsn, True, None)
     return None

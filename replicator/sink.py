@@ -14,8 +14,9 @@ Invariants (the rest of the package relies on them):
    change and whether it was a delete.  A change older than that is stale and skipped;
    an equal LSN is a redelivery and is applied again.  A change without an LSN
    (incremental snapshot read) is applied unconditionally and leaves the stored LSN as
-   it was (0, PostgreSQL's invalid LSN, stands for "none").  Deletes keep their versions
-   row, so an older image can never bring a deleted row back; with
+   it was (-1 stands for "none").  LSN 0 is the weakest version: the consumer gives it
+   to snapshot reads, which then fill rows no streamed change has touched.  Deletes keep
+   their versions row, so an older image can never bring a deleted row back; with
    ``apply_deletes=False`` the target row stays but the version is still recorded.
 3. Columns named in ``RowChange.unavailable`` (unchanged TOASTed values) are never
    written.  Such a change updates an existing row only; when the row is absent it is
@@ -486,12 +487,12 @@ class _Statements:
             "claim_versions": q(
                 "WITH won AS ("
                 " INSERT INTO {v} AS v (run_id, source_lsn, deleted)"
-                " SELECT s.run_id, COALESCE(s.lsn, 0), s.del FROM {s} s"
+                " SELECT s.run_id, COALESCE(s.lsn, -1), s.del FROM {s} s"
                 " WHERE s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
                 " ON CONFLICT (run_id) DO UPDATE"
                 " SET source_lsn = GREATEST(v.source_lsn, EXCLUDED.source_lsn),"
                 " deleted = EXCLUDED.deleted"
-                " WHERE EXCLUDED.source_lsn = 0 OR EXCLUDED.source_lsn >= v.source_lsn"
+                " WHERE EXCLUDED.source_lsn = -1 OR EXCLUDED.source_lsn >= v.source_lsn"
                 " RETURNING v.run_id)"
                 " DELETE FROM {s} s WHERE NOT EXISTS (SELECT FROM won WHERE won.run_id = s.run_id)"
                 " RETURNING s.run_id, s.del, s.unavail IS NOT NULL"

@@ -200,11 +200,22 @@ def test_change_without_lsn_applies_unconditionally(target: Target) -> None:
     result = target.sink.apply([up("a", None, 2), up("b", None, 3), up("c", None, 4)], [])
     assert result == ApplyResult(upserted=3, deleted=0, stale=0, unresolved=())
     assert target.rows() == {"a": row("a", 2), "b": row("b", 3), "c": row("c", 4)}
-    assert target.versions() == {"a": (100, False), "b": (100, False), "c": (0, False)}
+    assert target.versions() == {"a": (100, False), "b": (100, False), "c": (-1, False)}
     # the stored LSN still guards against older log events
     assert target.sink.apply([up("a", 99, 5)], []).stale == 1
     assert target.sink.apply([up("c", 1, 6)], []).upserted == 1
     assert target.rows()["c"] == row("c", 6)
+
+
+def test_snapshot_version_zero_fills_but_never_overrides(target: Target) -> None:
+    """Version 0 (snapshot reads) loses to any streamed change, beats nothing stored."""
+    target.sink.apply([up("a", 100, 1), delete("b", 100)], [])
+    result = target.sink.apply([up("a", 0, 2), up("b", 0, 3), up("c", 0, 4)], [])
+    assert result == ApplyResult(upserted=1, deleted=0, stale=2, unresolved=())
+    assert target.rows() == {"a": row("a", 1), "c": row("c", 4)}
+    # a later snapshot read of a row only snapshots have written replaces it
+    assert target.sink.apply([up("c", 0, 5)], []).upserted == 1
+    assert target.rows()["c"] == row("c", 5)
 
 
 def test_unavailable_columns_are_kept(target: Target) -> None:

@@ -1,0 +1,103 @@
+"""The consumer's pure parts: event -> row change, batch bookkeeping, dead-letter headers."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator.consumer import SNAPSHOT_VERSION, Batch, dead_letter_headers, to_row_change
+from replicator.events import ChangeEvent, KafkaPosition, Op
+
+ROW = {
+    "id": "wp-1",
+    "workflow_name": "w",
+    "message": "m",
+    "max_turns": 30,
+    "session_name": None,
+    "git_branch": None,
+    "repository_url": None,
+    "created_at": 0,
+    "updated_at": 0,
+    "status": None,
+    "result": None,
+    "error_message": None,
+    "execution_time": None,
+    "total_cost": None,
+    "started_at": None,
+    "completed_at": None,
+}
+POS = KafkaPosition("t", 0, 5)
+
+
+def event(op: Op, *, after=ROW, before=None, lsn=100, snapshot=None) -> ChangeEvent:
+    return ChangeEvent(op, "wp-1", before, after, lsn, 1, snapshot, POS)
+
+
+@pytest.mark.parametrize("op", [Op.CREATE, Op.UPDATE])
+def test_streamed_changes_keep_their_lsn(op: Op) -> None:
+    change = to_row_change(event(op))
+    assert change is not None and change.lsn == 100 and not change.delete
+    assert change.run_id == "wp-1" and change.values[4] == "pending"
+
+
+@pytest.mark.parametrize("snapshot", ["first", "true", "last", None])
+def test_snapshot_reads_get_the_weakest_version(snapshot: str | None) -> None:
+    change = to_row_change(event(Op.READ, lsn=10**9, snapshot=snapshot))
+    assert change is not None and change.lsn == SNAPSHOT_VERSION == 0
+
+
+def test_incremental_snapshot_reads_apply_unconditionally() -> None:
+    change = to_row_change(event(Op.READ, lsn=None, snapshot="incremental"))
+    assert change is not None and change.lsn is None
+
+
+def test_delete_uses_the_key() -> None:
+    change = to_row_change(event(Op.DELETE, after=None, before={"id": "wp-1"}))
+    assert change is not None and change.delete and change.run_id == "wp-1" and change.lsn == 100
+
+
+def test_unavailable_columns_are_reported() -> None:
+    change = to_row_change(
+        event(Op.UPDATE, after={**ROW, "result": "__debezium_unavailable_value"})
+    )
+    assert change is not None and change.unavailable == frozenset({"result_data"})
+
+
+@pytest.mark.parametrize("op", [Op.TRUNCATE, Op.MESSAGE])
+def test_ops_without_row_effect(op: Op) -> None:
+    assert to_row_change(event(op, after=None)) is None
+
+
+def test_batch_tracks_next_offsets_and_last_lsn() -> None:
+    batch = Batch()
+    batch.advance(0, 10, 500)
+    batch.advance(1, 3, None)
+    batch.advance(0, 11, None)  # a tombstone keeps the partition's last LSN
+    assert len(batch) == 3
+    assert batch.next_offsets == {0: 12, 1: 4}
+    assert batch.last_lsns == {0: 500}
+
+
+class FakeMessage:
+    def topic(self) -> str:
+        return "src"
+
+    def partition(self) -> int:
+        return 2
+
+    def offset(self) -> int:
+        return 41
+
+    def headers(self):
+        return [("trace", b"x")]
+
+
+def test_dead_letter_headers_say_where_and_why() -> None:
+    headers = dict(dead_letter_headers("decode_error", "bad bytes", FakeMessage()))  # type: ignore[arg-type]
+    assert headers == {
+        "dlq.reason": b"decode_error",
+        "dlq.error": b"bad bytes",
+        "dlq.topic": b"src",
+        "dlq.partition": b"2",
+        "dlq.offset": b"41",
+        "trace": b"x",
+    }
