@@ -117,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_max_rows=args.batch_max_rows,
         batch_max_ms=args.batch_max_ms,
         log_format=args.log_format,
+        metrics_port=args.metrics_port,
     )
     logs.configure(settings.log_format, settings.log_level)
     replicator = Replicator(settings)
@@ -130,6 +131,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return replicator.run(exit_when_idle_s=args.exit_when_idle)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from replicator.settings import effective
+
+    values = effective(_settings(args))
+    if args.json:
+        print(json.dumps(values, indent=2, default=str))
+    else:
+        width = max(map(len, values))
+        for name, value in values.items():
+            print(f"{name:<{width}}  {value}")
+    return EXIT_OK
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -197,12 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max-ms", type=int)
     p.add_argument("--log-format", choices=["json", "human"])
     p.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
+    )
+    p.add_argument(
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
         help="exit 0 once no event arrived for this long (one-shot catch-up)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = with_env(sub.add_parser("config", help="the effective settings, secrets masked"))
+    p.add_argument("action", choices=["show"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
 
     p = with_env(sub.add_parser("sample", help="insert sample legacy rows into the source"))
     p.add_argument("--rows", type=int, default=1000)

@@ -47,7 +47,7 @@ from replicator.errors import (
 )
 from replicator.events import ChangeEvent, KafkaPosition, Op
 from replicator.mapping import map_to_tuple
-from replicator.metrics import Metrics
+from replicator.metrics import Health, Metrics, serve
 from replicator.serde import decode_json
 from replicator.settings import Settings
 from replicator.sink import ApplyResult, PartitionPosition, PostgresSink, RowChange
@@ -140,6 +140,8 @@ class Replicator:
         )
         self.decode: Decoder = decoder or self._decoder()
         self.stop_event = threading.Event()
+        self.health = Health(settings.stall_after_s)
+        self._last_observed = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._assigned: set[int] = set()
@@ -147,6 +149,7 @@ class Replicator:
         self._batch = Batch()
         self._delivery_errors: list[str] = []
         self._last_progress = time.monotonic()
+        self._progress_consumed = 0
         self._last_message = time.monotonic()
 
     # ---- construction --------------------------------------------------------------
@@ -234,6 +237,7 @@ class Replicator:
             pos = stored.get(tp.partition)
             tp.offset = pos.next_offset if pos else OFFSET_BEGINNING
         consumer.assign(partitions)
+        self.health.assigned = frozenset(self._assigned)
         log.info(
             "partitions assigned",
             extra={"positions": {tp.partition: tp.offset for tp in partitions}},
@@ -252,6 +256,7 @@ class Replicator:
         self._assigned -= lost
         self._unpositioned -= lost
         consumer.unassign()
+        self.health.assigned = frozenset(self._assigned)
         log.info("partitions revoked", extra={"partitions": sorted(lost)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -260,14 +265,31 @@ class Replicator:
         self._assigned -= lost
         self._unpositioned -= lost
         consumer.unassign()
+        self.health.assigned = frozenset(self._assigned)
         log.warning("partitions lost", extra={"partitions": sorted(lost)})
 
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
         """Replicate until :attr:`stop_event` is set (or idle that long); return an exit code."""
-        self.sink.ensure_schema()
-        self._ensure_dead_letter_topic()
+        stop_http = None
+        if self.settings.metrics_port:
+            stop_http = serve(
+                self.settings.metrics_port, self.metrics, self.health, self.settings.metrics_host
+            )
+            log.info(
+                "serving /metrics, /healthz, /readyz", extra={"port": self.settings.metrics_port}
+            )
+        try:
+            self.sink.ensure_schema()
+            self.health.target_ok = True
+            self._ensure_dead_letter_topic()
+            return self._run(exit_when_idle_s)
+        finally:
+            if stop_http is not None:
+                stop_http()
+
+    def _run(self, exit_when_idle_s: float | None) -> int:
         self._consumer = consumer = self._make_consumer()
         self._producer = self._make_producer()
         consumer.subscribe(
@@ -295,7 +317,9 @@ class Replicator:
                         self._apply()
                     backoff = 0.5
                 except TransientError as exc:
-                    self.metrics.target_up.set(0 if isinstance(exc, TargetUnavailable) else 1)
+                    if isinstance(exc, TargetUnavailable):
+                        self.metrics.target_up.set(0)
+                        self.health.target_ok = False
                     log.warning(
                         "unavailable; retrying", extra={"error": str(exc), "backoff_s": backoff}
                     )
@@ -303,6 +327,7 @@ class Replicator:
                     self._sleep(backoff)
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
                 self._report_progress()
+                self._observe()
                 if (
                     exit_when_idle_s is not None
                     and not self._batch.events
@@ -465,6 +490,7 @@ class Replicator:
         self._batch = Batch()
         m = self.metrics
         m.target_up.set(1)
+        self.health.progressed()
         m.apply_seconds.observe(elapsed)
         m.batch_size.observe(batch.events)
         m.rows.labels("upsert").inc(result.upserted)
@@ -553,15 +579,65 @@ class Replicator:
         self._consumer.resume(self._partitions(set(todo)))
         self._unpositioned.clear()
         self.metrics.target_up.set(1)
+        self.health.progressed()
         log.info("partitions re-positioned from the target", extra={"partitions": todo})
+
+    def _observe(self, every_s: float = 5.0) -> None:
+        """Refresh the lag gauges: consumer lag per partition and the source slot's lag."""
+        now = time.monotonic()
+        if now - self._last_observed < every_s or self._consumer is None:
+            return
+        self._last_observed = now
+        total = 0
+        for p in sorted(self._assigned):
+            tp = TopicPartition(self.settings.topic, p)
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                (position,) = self._consumer.position([tp])
+            except KafkaException:
+                continue
+            lag = max(0, high - position.offset) if position.offset >= 0 else high
+            self.metrics.consumer_lag.labels(str(p)).set(lag)
+            total += lag
+        self.health.lag = total
+        try:
+            self.sink.ping()  # an idle stream must notice a target outage too
+            self.health.target_ok = True
+        except ReplicatorError:
+            self.health.target_ok = False
+            self.metrics.target_up.set(0)
+        if self.settings.source_dsn is not None:
+            self._observe_slot()
+
+    def _observe_slot(self) -> None:
+        """The slot's retained WAL, when the source lets us read pg_replication_slots."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.settings.source_dsn.get_secret_value(),  # type: ignore[union-attr]
+                connect_timeout=3,
+                autocommit=True,
+            ) as conn:
+                row = conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
+                    " FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.settings.slot_name,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            log.debug("slot lag not readable", extra={"error": str(exc).strip()})
+            return
+        if row and row[0] is not None:
+            self.metrics.slot_lag_bytes.labels(self.settings.slot_name).set(float(row[0]))
 
     def _report_progress(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_progress < self.settings.progress_interval_s:
             return
+        elapsed = max(now - self._last_progress, 1e-9)
         self._last_progress = now
         t = self.metrics.tally
-        elapsed = max(now - t.started, 1e-9)
+        interval_events, self._progress_consumed = t.consumed - self._progress_consumed, t.consumed
         log.info(
             "progress",
             extra={
@@ -572,7 +648,7 @@ class Replicator:
                 "dead_lettered": t.dead_lettered,
                 "skipped": t.skipped,
                 "batches": t.batches,
-                "events_per_s": round(t.consumed / elapsed, 1),
+                "events_per_s": round(interval_events / elapsed, 1),
                 "partitions": sorted(self._assigned),
             },
         )

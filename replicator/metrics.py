@@ -6,10 +6,14 @@ that several pipelines in one process (tests, replay beside run) do not collide.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 
 @dataclass
@@ -79,3 +83,76 @@ class Metrics:
         self.target_up = Gauge(
             "replicator_target_up", "1 when the last target operation succeeded", registry=r
         )
+        self.slot_lag_bytes = Gauge(
+            "replicator_replication_slot_lag_bytes",
+            "WAL bytes the source keeps for the connector's slot (current LSN - confirmed flush)",
+            ["slot"],
+            registry=r,
+        )
+
+
+class Health:
+    """What ``/readyz`` answers: partitions assigned, target reachable, not stalled.
+
+    The consumer updates it; the HTTP thread only reads it.  "Stalled" means no batch
+    was applied for longer than ``stall_after_s`` while the consumer lag is above zero.
+    """
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self.assigned: frozenset[int] = frozenset()
+        self.target_ok = False
+        self.lag = 0
+        self.last_progress = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+        self.target_ok = True
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.assigned:
+            out.append("no partitions assigned")
+        if not self.target_ok:
+            out.append("target database unreachable")
+        idle = time.monotonic() - self.last_progress
+        if self.lag > 0 and idle > self.stall_after_s:
+            out.append(f"stalled: lag {self.lag} and no batch applied for {idle:.0f}s")
+        return out
+
+
+def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> Callable[[], None]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread; return a stopper."""
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            problems = health.problems()
+            status = "503 Service Unavailable" if problems else "200 OK"
+            start_response(status, [("Content-Type", "text/plain")])
+            return [("\n".join(problems) or "ready").encode() + b"\n"]
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = make_server(host, port, app, Server, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop

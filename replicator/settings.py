@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
 
+    # operations
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics, /healthz, /readyz here (off if unset)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint binds")
+    stall_after_s: float = Field(
+        120.0, gt=0, description="/readyz fails after this long without progress while lagging"
+    )
+    slot_name: str = Field(
+        "replicator_workflow_processes",
+        description="the connector's replication slot, for the slot-lag metric",
+    )
+
     @field_validator("target_table", "offsets_table")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -117,6 +130,37 @@ class Settings(BaseSettings):
     @property
     def versions_table(self) -> str:
         return f"{self.target_table}_versions"
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, for display."""
+    import psycopg.conninfo
+
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<unparsable DSN>"
+    if parts.get("password"):
+        parts["password"] = "********"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """Every setting's effective value, secrets masked (``replicator config show``)."""
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = mask_dsn(value.get_secret_value())
+        elif name == "kafka_config":
+            value = {
+                k: "********" if any(w in k for w in ("password", "secret", "jaas", "key")) else v
+                for k, v in value.items()
+            }
+        out[name] = value
+    out["dead_letter_topic"] = settings.dead_letter_topic
+    out["versions_table"] = settings.versions_table
+    return out
 
 
 def default_env_file() -> Path | None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,14 +208,17 @@ class PostgresSink:
         with self._transaction("create the schema") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ensure_schema'))")
             before = {r[0] for r in conn.execute(_EXISTING, [names])}
-            for template, identifiers in (
+            templates = [
                 ("users.sql", {}),
                 ("workflow_runs.sql", {"table": self.table, "index_prefix": f"idx_{self.table}"}),
                 (
                     "replicator_state.sql",
                     {"offsets": self.offsets_table, "versions": self.versions_table},
                 ),
-            ):
+            ]
+            if before >= set(names):
+                templates = []  # no DDL: a DML-only role (schemas/roles.sql) may not run it
+            for template, identifiers in templates:
                 ddl = render_ddl(_read_template(template), identifiers)
                 conn.execute(ddl, prepare=False)  # several statements: simple protocol
             owned = {r[0] for r in conn.execute(_INDEXES_OF, [self._index_names, self.table])}
@@ -237,9 +240,16 @@ class PostgresSink:
         return {p: PartitionPosition(topic, p, offset, lsn) for p, offset, lsn in rows}
 
     def apply(
-        self, changes: Sequence[RowChange], positions: Sequence[PartitionPosition]
+        self,
+        changes: Sequence[RowChange],
+        positions: Sequence[PartitionPosition],
+        *,
+        then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None = None,
     ) -> ApplyResult:
-        """Apply ``changes`` (log order per run_id) and store ``positions``, atomically."""
+        """Apply ``changes`` (log order per run_id) and store ``positions``, atomically.
+
+        ``then(conn, result)`` runs last, inside the same transaction (the backfill
+        records its finished chunk there)."""
         folded = fold(changes)
         upserted = deleted = stale = 0
         unresolved: tuple[str, ...] = ()
@@ -259,7 +269,10 @@ class PostgresSink:
                 if n_partial:
                     conn.execute(self._sql.update_partial)
             self._store_positions(conn, positions)
-        return ApplyResult(upserted, deleted, stale, unresolved)
+            result = ApplyResult(upserted, deleted, stale, unresolved)
+            if then is not None:
+                then(conn, result)
+        return result
 
     def truncate(self, positions: Sequence[PartitionPosition]) -> None:
         """Empty the target and versions tables and replace this table's positions."""

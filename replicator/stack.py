@@ -175,7 +175,7 @@ class LocalStack:
                 part.port = free_port()
         self.state.save(self._state_file)
 
-        self._postgres_up()
+        self.start_postgres()
         self.state.save(self._state_file)
         self._databases_up()
         self._broker_up()
@@ -307,6 +307,10 @@ class LocalStack:
         self.state.pg.pid = self._postmaster_pid()
         self.state.save(self._state_file)
 
+    def stop_postgres(self, mode: str = "fast") -> None:
+        """Stop the cluster (tests use it to take the target away); ``up`` starts it again."""
+        self._pg_ctl("stop", "-m", mode, "-w", "-t", "60")
+
     def _postmaster_pid(self) -> int | None:
         try:
             return int((self.pg_data / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -321,7 +325,7 @@ class LocalStack:
         )
         return res.returncode == 0
 
-    def _postgres_up(self) -> None:
+    def start_postgres(self) -> None:
         logfile = self._logfile("postgresql")
         if not (PG_BIN / "initdb").exists():
             raise StackError(

@@ -1,0 +1,40 @@
+-- Least-privilege roles, run once by an administrator (the owner of the tables), in
+-- the database holding workflow_processes and workflow_runs, AFTER `replicator schema
+-- apply` created the target tables.  Passwords are set separately, e.g.
+--   ALTER ROLE replicator_debezium PASSWORD '...';   (never in this file)
+-- Idempotent.  When source and target are separate databases, run the source part
+-- in the source database and the target part in the target database.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator_debezium') THEN
+        CREATE ROLE replicator_debezium LOGIN REPLICATION;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator_app') THEN
+        CREATE ROLE replicator_app LOGIN;
+    END IF;
+END
+$$;
+
+-- source: Debezium reads the legacy table (snapshot) and streams it (REPLICATION).
+-- The publication is created here by the table's owner, so the connector, whose
+-- publication.autocreate.mode=filtered finds it complete, never needs ownership.
+GRANT USAGE ON SCHEMA public TO replicator_debezium;
+GRANT SELECT ON workflow_processes TO replicator_debezium;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'replicator_workflow_processes') THEN
+        CREATE PUBLICATION replicator_workflow_processes FOR TABLE workflow_processes;
+    END IF;
+END
+$$;
+
+-- source: the replicator reads the legacy table (verify, backfill) and the slot's lag.
+GRANT USAGE ON SCHEMA public TO replicator_app;
+GRANT SELECT ON workflow_processes TO replicator_app;
+GRANT pg_monitor TO replicator_app;
+
+-- target: rows, versions and positions, nothing else (TEMP for the staging table is
+-- granted to PUBLIC by default).
+GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_runs, workflow_runs_versions, replicator_offsets
+    TO replicator_app;

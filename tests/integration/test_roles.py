@@ -1,0 +1,74 @@
+"""schemas/roles.sql: the replicator's role replicates, and can touch nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from replicator.sample import insert_rows
+from tests.integration.conftest import RunningReplicator, StackInfo, unique, wait_converged
+
+pytestmark = pytest.mark.integration
+
+ROLES = Path(__file__).resolve().parents[2] / "schemas" / "roles.sql"
+
+
+def as_role(dsn: str, role: str) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, user=role)
+
+
+@pytest.fixture(scope="module")
+def roles(stack: StackInfo) -> None:
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(ROLES.read_text())
+        conn.execute(ROLES.read_text())  # idempotent
+
+
+def test_replicator_role_replicates(stack: StackInfo, roles: None) -> None:
+    app = as_role(stack.target_dsn, "replicator_app")
+    p = unique("role")
+    settings = stack.settings(
+        target_dsn=app, source_dsn=as_role(stack.source_dsn, "replicator_app"), group_id=unique("g")
+    )
+    with RunningReplicator(settings):
+        insert_rows(stack.source_dsn, 50, prefix=f"{p}-")
+        wait_converged(stack, "workflow_runs", p)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM workflow_processes",
+        "UPDATE workflow_processes SET status = 'x'",
+        "INSERT INTO users (id) VALUES ('u')",
+        "SELECT * FROM users",
+        "DROP TABLE workflow_runs",
+        "TRUNCATE workflow_runs",
+        "CREATE TABLE intruder (id int)",
+        "ALTER TABLE replicator_offsets ADD COLUMN x int",
+    ],
+)
+def test_replicator_role_cannot_touch_anything_else(
+    stack: StackInfo, roles: None, statement: str
+) -> None:
+    with (
+        psycopg.connect(as_role(stack.target_dsn, "replicator_app")) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement)
+
+
+def test_debezium_role_can_read_only_the_legacy_table(stack: StackInfo, roles: None) -> None:
+    with psycopg.connect(as_role(stack.source_dsn, "replicator_debezium")) as conn:
+        conn.execute("SELECT count(*) FROM workflow_processes").fetchone()
+        conn.rollback()
+        for statement in ("SELECT * FROM workflow_runs", "DELETE FROM workflow_processes"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+        (replication,) = conn.execute(
+            "SELECT rolreplication FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    assert replication
