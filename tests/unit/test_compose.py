@@ -24,6 +24,7 @@ def test_compose_file_validates() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "wal_level=logical" in res.stdout
+    assert "REPLICATOR_METRICS_PORT" in res.stdout and "/readyz" in res.stdout
     # every ${env:VAR} of the connector config is provided to the Connect worker
     config = json.loads((ROOT / "connectors" / "workflow-processes.json").read_text())["config"]
     wanted = {v[6:-1] for v in config.values() if v.startswith("${env:")}
