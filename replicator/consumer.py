@@ -176,8 +176,9 @@ class Replicator:
                 "session.timeout.ms": self.settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, self.settings.session_timeout_ms // 5),
                 "fetch.max.bytes": 64 * 1024 * 1024,
+                "fetch.wait.max.ms": 50,  # the broker answers within 50 ms when idle
                 "topic.metadata.refresh.interval.ms": 5000,
-                "queued.max.messages.kbytes": 128 * 1024,
+                "queued.max.messages.kbytes": 64 * 1024,
                 "error_cb": self._on_kafka_error,
             }
         )

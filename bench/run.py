@@ -1,0 +1,642 @@
+"""Measure the pipeline against this machine's own limits, all in one run.
+
+    python bench/run.py                 # 200 000 rows on a fresh local stack
+    python bench/run.py --rows 1000000  # the 1 M run
+    python bench/run.py --env-file .replicator/stack/stack.env --rows 5000 --quick
+
+Every figure is measured in this run, next to its baseline:
+
+A  the plan's batch SQL inside the database (INSERT ... SELECT, nine indexes): rows/s
+B  a bare confluent-kafka consumer reading the same events: events/s, MB/s
+3  `replicator run` (a subprocess) applying the filled topic: events/s, 3/B, 3/A
+4  decode + map + apply with the events already in memory: rows/s, 4/A
+5  initial load of the existing rows: Debezium snapshot (and `replicator backfill`
+   when present): seconds, ratio to A's time
+6  source commit -> row applied, at fixed change rates: p50, p95, p99
+7  `replicator replay` into a shadow table: events/s; `replicator verify`: seconds
+8  peak RSS of the `replicator run` process
+
+Results go to bench/results/<UTC date-time>.json and .md, and a PNG chart. Nothing
+here asserts on time: benchmarks report, tests check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from replicator.connect import ConnectClient  # noqa: E402
+from replicator.consumer import Batch, Replicator, to_row_change  # noqa: E402
+from replicator.events import KafkaPosition  # noqa: E402
+from replicator.mapping import TARGET_COLUMNS  # noqa: E402
+from replicator.metrics import Metrics  # noqa: E402
+from replicator.sample import insert_rows  # noqa: E402
+from replicator.schema import apply_target_schema  # noqa: E402
+from replicator.serde import decode_json  # noqa: E402
+from replicator.settings import Settings, read_env_file  # noqa: E402
+from replicator.sink import PartitionPosition, PostgresSink  # noqa: E402
+from replicator.stack import LocalStack, load_connector_file  # noqa: E402
+
+#: The plan's migration SQL in PostgreSQL dialect, with the mapping rulings.
+BASELINE_SQL = """
+INSERT INTO {table} (
+    run_id, workflow_type, description, status, max_turns, session_id, git_branch,
+    repository_url, created_at, updated_at, started_at, completed_at, result_data,
+    error_details, execution_time_ms, total_cost, tags, metadata, progress_data, resource_usage)
+SELECT id, workflow_name, message, COALESCE(status, 'pending'), max_turns, session_name,
+    git_branch, repository_url, created_at, updated_at, started_at, completed_at,
+    CASE WHEN result IS NOT NULL THEN json_build_object('result', result) ELSE '{{}}' END,
+    CASE WHEN error_message IS NOT NULL THEN json_build_object('error', error_message)
+         ELSE '{{}}' END,
+    execution_time, round(total_cost::float8::numeric, 4), '[]', '{{}}', '{{}}', '{{}}'
+FROM workflow_processes WHERE id LIKE %s
+"""
+
+
+def log(line: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def count(dsn: str, table: str, prefix: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{table}" WHERE run_id LIKE %s', (prefix + "%",)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def fresh_table(dsn: str, name: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in (name, f"{name}_versions"):
+            conn.execute(f'DROP TABLE IF EXISTS "{t}"')
+        conn.execute("DELETE FROM replicator_offsets WHERE target_table = %s", (name,))
+    apply_target_schema(dsn, name)
+    return name
+
+
+# ---- A: the in-database ceiling ------------------------------------------------------
+
+
+def baseline_in_db(env: dict[str, str], prefix: str, rows: int) -> dict[str, float]:
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, "bench_baseline")
+    with psycopg.connect(dsn) as conn:
+        started = time.perf_counter()
+        conn.execute(BASELINE_SQL.format(table=f'"{table}"'), (prefix + "%",))
+        conn.commit()
+        seconds = time.perf_counter() - started
+    assert count(dsn, table, prefix) == rows
+    return {"seconds": seconds, "rows_per_s": rows / seconds}
+
+
+# ---- B: the broker's ceiling -----------------------------------------------------------
+
+
+def read_topic(env: dict[str, str], prefix: str, rows: int, keep: bool) -> tuple[dict, list]:
+    """Read the topic from the start until ``rows`` events of ``prefix`` were seen."""
+    topic = env["REPLICATOR_TOPIC"]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env["REPLICATOR_KAFKA_BOOTSTRAP"],
+            "group.id": f"bench-raw-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    parts: dict = {}
+    deadline = time.monotonic() + 120
+    while not parts and time.monotonic() < deadline:  # Debezium creates it with its 1st event
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        parts = meta.partitions if meta is not None and meta.error is None else {}
+        if not parts:
+            time.sleep(0.5)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    marker = prefix.encode()
+    seen = total_bytes = 0
+    kept: list[tuple[bytes | None, bytes | None, int, int]] = []
+    deadline = time.monotonic() + 600
+    first = last = time.perf_counter()
+    while seen < rows and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=0.5):
+            if msg.error() or msg.value() is None:
+                continue
+            total_bytes += len(msg.value()) + len(msg.key() or b"")
+            if marker in (msg.key() or b""):
+                seen += 1
+                if keep:
+                    kept.append((msg.key(), msg.value(), msg.partition(), msg.offset()))
+        last = time.perf_counter()
+    consumer.close()
+    seconds = max(last - first, 1e-9)
+    return {
+        "events": seen,
+        "seconds": seconds,
+        "events_per_s": seen / seconds,
+        "mb_per_s": total_bytes / seconds / 1e6,
+    }, kept
+
+
+# ---- 3 and 8: the replicator as users run it -----------------------------------------------
+
+
+def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, float]:
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, "bench_run")
+    child_env = {**os.environ, **env, "REPLICATOR_ENV_FILE": os.devnull}
+    child_env["REPLICATOR_SESSION_TIMEOUT_MS"] = "6000"
+    group = f"bench-{time.time_ns()}"
+    command = ["run", "--target-table", table, "--group-id", group, "--exit-when-idle", "5"]
+    logfile = Path(tempfile.mkstemp(prefix="bench-run-", suffix=".log")[1])
+    with logfile.open("w") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replicator.cli", *command],
+            env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_out,
+        )
+        peak_kib = done = 0
+        try:
+            while done < rows and proc.poll() is None:
+                time.sleep(0.05)
+                done = count(dsn, table, prefix)
+                peak_kib = max(peak_kib, _hwm_kib(proc.pid))
+            finished = time.time()
+            proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    # the clock starts when the partitions are assigned (joining the group is not the work)
+    assigned = _log_time(logfile, "partitions assigned")
+    logfile.unlink()
+    seconds = max(finished - assigned, 1e-9)
+    return {
+        "rows": done,
+        "seconds": seconds,
+        "events_per_s": done / seconds,
+        "peak_rss_mb": peak_kib / 1024,
+    }
+
+
+def _log_time(path: Path, message: str) -> float:
+    """The epoch time of the first JSON log line with ``message``."""
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError):
+            entry = json.loads(line)
+            if entry["msg"] == message:
+                return datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+    raise RuntimeError(f"{message!r} not found in the replicator's log")
+
+
+def _hwm_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---- 4: the replicator's own work, no broker ------------------------------------------------
+
+
+def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict[str, float]:
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, "bench_memory")
+    topic = env["REPLICATOR_TOPIC"]
+    with PostgresSink(dsn, table=table) as sink:
+        started = time.perf_counter()
+        batch = Batch()
+        for key, value, partition, offset in events:
+            event = decode_json(key, value, KafkaPosition(topic, partition, offset))
+            change = to_row_change(event) if event else None
+            if change is not None:
+                batch.changes.append(change)
+            batch.advance(partition, offset, event.lsn if event else None)
+            if len(batch.changes) >= batch_rows:
+                _flush(sink, topic, batch)
+                batch = Batch()
+        _flush(sink, topic, batch)
+        seconds = time.perf_counter() - started
+    return {"rows": len(events), "seconds": seconds, "rows_per_s": len(events) / seconds}
+
+
+def _flush(sink: PostgresSink, topic: str, batch: Batch) -> None:
+    positions = [
+        PartitionPosition(topic, p, off, batch.last_lsns.get(p))
+        for p, off in batch.next_offsets.items()
+    ]
+    sink.apply(batch.changes, positions)
+
+
+# ---- 5: initial load -----------------------------------------------------------------------
+
+
+def snapshot_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, float]:
+    """Register a second connector on the existing rows; time until the target has them all."""
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, "bench_snapshot")
+    name = f"bench_snap_{time.time_ns() % 10**9}"
+    spec = load_connector_file()
+    config = {**spec["config"], "topic.prefix": name, "slot.name": name, "publication.name": name}
+    settings = _settings(env, table, topic=f"{name}.public.workflow_processes")
+    client = ConnectClient(env["REPLICATOR_CONNECT_URL"])
+    replicator = Replicator(settings)
+    thread = threading.Thread(target=replicator.run, daemon=True)
+    started = time.perf_counter()
+    client.put_config(name, config)
+    thread.start()
+    try:
+        while count(dsn, table, prefix) < rows:
+            time.sleep(0.2)
+            if time.perf_counter() - started > 3600:
+                raise RuntimeError("snapshot load did not finish within an hour")
+        seconds = time.perf_counter() - started
+    finally:
+        replicator.stop_event.set()
+        thread.join(60)
+        client.delete(name)
+        time.sleep(2)
+        with psycopg.connect(env["REPLICATOR_SOURCE_DSN"], autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                (name,),
+            )
+    return {"seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def backfill_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, float] | None:
+    if not _has_command("backfill"):
+        return None
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, "bench_backfill")
+    started = time.perf_counter()
+    res = _cli(env, "backfill", "--target-table", table, "--restart")
+    seconds = time.perf_counter() - started
+    if res.returncode != 0:
+        return {"error": res.stderr[-500:]}  # type: ignore[dict-item]
+    return {"seconds": seconds, "rows_per_s": rows / seconds, "rows": count(dsn, table, prefix)}
+
+
+# ---- 6: latency ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Stands in for the end-to-end histogram and keeps every observation."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+
+def latency(
+    env: dict[str, str], prefix: str, total: int, rate: int, seconds: float
+) -> dict[str, float]:
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    table = fresh_table(dsn, f"bench_latency_{rate}")
+    metrics = Metrics()
+    replicator = Replicator(_settings(env, table), metrics=metrics)
+    thread = threading.Thread(target=replicator.run, daemon=True)
+    thread.start()
+    _wait_caught_up(replicator, lambda: count(dsn, table, prefix) >= total)
+    recorder = Recorder()
+    metrics.end_to_end_seconds = recorder  # type: ignore[assignment]
+    ids = [f"{prefix}{n:08d}" for n in range(2000)]
+    sent = _write_at_rate(env["REPLICATOR_SOURCE_DSN"], ids, rate, seconds)
+    time.sleep(3)
+    replicator.stop_event.set()
+    thread.join(60)
+    values = sorted(recorder.values)
+    if not values:
+        return {"rate": rate, "changes": sent, "observed": 0}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {
+        "rate": rate,
+        "changes": sent,
+        "observed": len(values),
+        "p50_ms": q[49] * 1000,
+        "p95_ms": q[94] * 1000,
+        "p99_ms": q[98] * 1000,
+    }
+
+
+def _wait_caught_up(
+    replicator: Replicator, loaded: Callable[[], bool], quiet_s: float = 3.0, timeout: float = 900
+) -> None:
+    """Until ``loaded()`` holds and nothing more was consumed for ``quiet_s``."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        consumed = replicator.metrics.tally.consumed
+        if consumed != last:
+            last, since = consumed, time.monotonic()
+        elif time.monotonic() - since > quiet_s and loaded():
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the replicator did not catch up before the latency run")
+
+
+def _write_at_rate(dsn: str, ids: list[str], rate: int, seconds: float) -> int:
+    """UPDATEs of existing rows, ``rate`` per second, committed in small transactions."""
+    per_tx = max(1, rate // 100)
+    sent = 0
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET synchronous_commit = off")
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                for _ in range(per_tx):
+                    conn.execute(
+                        "UPDATE workflow_processes SET updated_at = now(), status = 'running'"
+                        " WHERE id = %s",
+                        (ids[sent % len(ids)],),
+                    )
+                    sent += 1
+                conn.commit()
+            time.sleep(0.002)
+    return sent
+
+
+# ---- 7: replay and verify --------------------------------------------------------------------
+
+
+def replay_and_verify(env: dict[str, str], rows: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if _has_command("replay"):
+        dsn = env["REPLICATOR_TARGET_DSN"]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for t in ("bench_replay", "bench_replay_versions"):
+                conn.execute(f'DROP TABLE IF EXISTS "{t}"')
+            conn.execute("DELETE FROM replicator_offsets WHERE target_table = 'bench_replay'")
+        started = time.perf_counter()
+        res = _cli(env, "replay", "--into", "bench_replay")
+        seconds = time.perf_counter() - started
+        out["replay"] = (
+            {"seconds": seconds, "events_per_s": rows / seconds}
+            if res.returncode == 0
+            else {"error": res.stderr[-500:]}
+        )
+    if _has_command("verify"):
+        started = time.perf_counter()
+        res = _cli(env, "verify", "--target-table", "bench_run", "--json")
+        out["verify"] = {"seconds": time.perf_counter() - started, "exit_code": res.returncode}
+    return out
+
+
+def _has_command(name: str) -> bool:
+    res = subprocess.run(
+        [sys.executable, "-m", "replicator.cli", name, "--help"], capture_output=True, timeout=60
+    )
+    return res.returncode == 0
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.cli", *args],
+        env={**os.environ, **env, "REPLICATOR_ENV_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+
+
+def _settings(env: dict[str, str], table: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "source_dsn": env["REPLICATOR_SOURCE_DSN"],
+        "target_dsn": env["REPLICATOR_TARGET_DSN"],
+        "kafka_bootstrap": env["REPLICATOR_KAFKA_BOOTSTRAP"],
+        "topic": env["REPLICATOR_TOPIC"],
+        "target_table": table,
+        "group_id": f"bench-{time.time_ns()}",
+        "session_timeout_ms": 6000,
+        "progress_interval_s": 3600,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    a = results["A_in_database"]["rows_per_s"]
+    b = results["B_bare_consumer"]["events_per_s"]
+    run = results["run_replicator"]["events_per_s"]
+    mem = results["in_memory"]["rows_per_s"]
+    snap = results["initial_load_snapshot"]["seconds"]
+    a_time = results["A_in_database"]["seconds"]
+    out = {
+        "run/B": ratio(run, b),
+        "run/A": ratio(run, a),
+        "in_memory/A": ratio(mem, a),
+        "snapshot_time/A_time": ratio(snap, a_time),
+        "peak_rss_mb": round(results["run_replicator"]["peak_rss_mb"], 1),
+    }
+    backfill = results.get("initial_load_backfill") or {}
+    if backfill.get("seconds"):
+        out["backfill_time/A_time"] = ratio(backfill["seconds"], a_time)
+    replay = (results.get("replay_verify") or {}).get("replay") or {}
+    if replay.get("events_per_s"):
+        out["replay/B"] = ratio(replay["events_per_s"], b)
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r, s = report["results"], report["summary"]
+    lines = [
+        f"Benchmark of {report['rows']} rows, {report['started']} on {report['machine']['cpu']}"
+        f" ({report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB).",
+        "",
+        "| measurement | figure | ratio |",
+        "| --- | --- | --- |",
+        f"| A in-database INSERT ... SELECT (ceiling) |"
+        f" {r['A_in_database']['rows_per_s']:,.0f} rows/s | |",
+        f"| B bare consumer (ceiling) | {r['B_bare_consumer']['events_per_s']:,.0f} events/s,"
+        f" {r['B_bare_consumer']['mb_per_s']:.1f} MB/s | |",
+        f"| `replicator run` | {r['run_replicator']['events_per_s']:,.0f} events/s |"
+        f" run/B {s['run/B']}, run/A {s['run/A']} |",
+        f"| decode + map + apply, no broker | {r['in_memory']['rows_per_s']:,.0f} rows/s |"
+        f" /A {s['in_memory/A']} |",
+        f"| initial load, Debezium snapshot | {r['initial_load_snapshot']['seconds']:.1f} s |"
+        f" time/A {s['snapshot_time/A_time']} |",
+    ]
+    backfill = r.get("initial_load_backfill") or {}
+    if backfill.get("seconds"):
+        lines.append(
+            f"| initial load, `replicator backfill` | {backfill['seconds']:.1f} s |"
+            f" time/A {s.get('backfill_time/A_time')} |"
+        )
+    for lat in r["latency"]:
+        if lat.get("observed"):
+            lines.append(
+                f"| latency at {lat['rate']} changes/s | p50 {lat['p50_ms']:.0f} ms,"
+                f" p95 {lat['p95_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |"
+            )
+    rv = r.get("replay_verify") or {}
+    if (rv.get("replay") or {}).get("events_per_s"):
+        lines.append(
+            f"| `replicator replay` | {rv['replay']['events_per_s']:,.0f} events/s |"
+            f" /B {s.get('replay/B')} |"
+        )
+    if rv.get("verify"):
+        lines.append(
+            f"| `replicator verify` | {rv['verify']['seconds']:.1f} s"
+            f" (exit {rv['verify']['exit_code']}) | |"
+        )
+    lines.append(f"| peak RSS of `replicator run` | {s['peak_rss_mb']} MB | |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no chart (pip install matplotlib)")
+        return False
+    r = report["results"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bars = {
+        "A in-DB SQL": r["A_in_database"]["rows_per_s"],
+        "B bare consumer": r["B_bare_consumer"]["events_per_s"],
+        "replicator run": r["run_replicator"]["events_per_s"],
+        "in memory": r["in_memory"]["rows_per_s"],
+    }
+    left.bar(list(bars), list(bars.values()), color=["#888", "#888", "#2a7", "#27a"])
+    left.set_ylabel("rows or events per second")
+    left.set_title(f"Throughput, {report['rows']:,} rows")
+    left.tick_params(axis="x", labelrotation=15)
+    for lat in r["latency"]:
+        if lat.get("observed"):
+            right.bar(
+                [f"{lat['rate']}/s p50", f"{lat['rate']}/s p95", f"{lat['rate']}/s p99"],
+                [lat["p50_ms"], lat["p95_ms"], lat["p99_ms"]],
+            )
+    right.set_ylabel("milliseconds")
+    right.set_title("Source commit -> row applied")
+    right.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--env-file", help="use a running stack instead of starting one")
+    parser.add_argument("--rates", default="500,2000", help="change rates for the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="10 s latency runs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.latency_seconds = min(args.latency_seconds, 10.0)
+
+    stack: LocalStack | None = None
+    state = None
+    if args.env_file:
+        env = read_env_file(Path(args.env_file))
+    else:
+        state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+        stack = LocalStack(state, log=log)
+        env = stack.up()
+    started = datetime.now(UTC)
+    prefix = f"bench{started:%H%M%S}-"
+    results: dict[str, Any] = {}
+    try:
+        log(f"machine: {machine()}")
+        log(f"inserting {args.rows} legacy rows")
+        insert_rows(env["REPLICATOR_SOURCE_DSN"], args.rows, prefix=prefix)
+        log("A: in-database INSERT ... SELECT")
+        results["A_in_database"] = baseline_in_db(env, prefix, args.rows)
+        log("waiting for Debezium to stream every row into the topic")
+        _, events = read_topic(env, prefix, args.rows, keep=True)
+        log("B: bare consumer")
+        results["B_bare_consumer"], _ = read_topic(env, prefix, args.rows, keep=False)
+        log("3: replicator run")
+        results["run_replicator"] = replicator_run(env, prefix, args.rows)
+        log("4: decode + map + apply in memory")
+        results["in_memory"] = in_memory(env, events)
+        del events
+        log("5: initial load through a Debezium snapshot")
+        results["initial_load_snapshot"] = snapshot_load(env, prefix, args.rows)
+        log("5: initial load through replicator backfill")
+        results["initial_load_backfill"] = backfill_load(env, prefix, args.rows)
+        results["latency"] = []
+        for rate in (int(r) for r in args.rates.split(",")):
+            log(f"6: latency at {rate} changes/s for {args.latency_seconds:.0f} s")
+            results["latency"].append(latency(env, prefix, args.rows, rate, args.latency_seconds))
+        log("7: replay and verify")
+        results["replay_verify"] = replay_and_verify(env, args.rows)
+    finally:
+        if stack is not None:
+            stack.down()
+            if state is not None:
+                shutil.rmtree(state, ignore_errors=True)
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "rows": args.rows,
+        "machine": machine(),
+        "columns": len(TARGET_COLUMNS),
+        "results": results,
+        "summary": summarize(results),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{started:%Y-%m-%dT%H%M%S}-{args.rows}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    drew = chart(report, stem.with_suffix(".png"))
+    print(markdown(report))
+    print(f"results: {stem}.json, .md" + (", .png" if drew else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The benchmark harness itself works (tiny N); it reports figures, it asserts no speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import StackInfo
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--env-file",
+            str(stack.stack.env_file),
+            "--rows",
+            "300",
+            "--rates",
+            "50",
+            "--latency-seconds",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (report_file,) = tmp_path.glob("*.json")
+    report = json.loads(report_file.read_text())
+    results = report["results"]
+    for key in (
+        "A_in_database",
+        "B_bare_consumer",
+        "run_replicator",
+        "in_memory",
+        "initial_load_snapshot",
+        "latency",
+        "replay_verify",
+    ):
+        assert key in results, key
+    assert results["run_replicator"]["rows"] == 300
+    assert results["B_bare_consumer"]["events"] == 300
+    assert results["latency"][0]["observed"] > 0
+    assert None not in (report["summary"]["run/B"], report["summary"]["in_memory/A"])
+    assert report["machine"]["cores"] >= 1
+    assert (tmp_path / report_file.name.replace(".json", ".md")).exists()
+    assert (tmp_path / report_file.name.replace(".json", ".png")).exists()
