@@ -3,7 +3,9 @@
 Invariants (the whole correctness argument, stated once):
 
 1. The position of a partition moves only inside the sink's transaction that applies
-   the rows its events produced (:meth:`PostgresSink.apply`).  Kafka's committed
+   the rows its events produced (:meth:`PostgresSink.apply`).  Batches are applied by
+   one worker thread, strictly in order, while the next batch is decoded; after a
+   failed batch the worker discards the queued ones unapplied.  Kafka's committed
    offsets are written afterwards and are informational only.
 2. On assignment, and after any failed apply, a partition is positioned at the
    offset stored in the target database (or the beginning when none is stored).
@@ -16,6 +18,10 @@ Invariants (the whole correctness argument, stated once):
 4. A target outage discards the in-memory batch, pauses the partitions and retries
    with capped exponential backoff; when the target answers again, the partitions
    are re-positioned from the database and resumed.  Nothing is lost or skipped.
+5. Positions are fenced (sink.py, invariant 5): when someone else moved the stored
+   positions (``replicator replay --swap`` handing the shadow table's over, or a new owner
+   of the partition), the batch rolls back with ``PositionsFenced``, a transient error,
+   and the partitions are re-positioned from the database exactly as after an outage.
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ from replicator.errors import (
 from replicator.events import ChangeEvent, KafkaPosition, Op
 from replicator.mapping import map_to_tuple
 from replicator.metrics import Health, Metrics, serve
+from replicator.pipeline import ApplyWorker
 from replicator.serde import decode_json
 from replicator.settings import Settings
-from replicator.sink import ApplyResult, PartitionPosition, PostgresSink, RowChange
+from replicator.sink import ApplyResult, PartitionPosition, PositionFence, PostgresSink, RowChange
 
 log = logging.getLogger("replicator.consumer")
 
@@ -70,6 +77,7 @@ class Batch:
     bytes: int = 0
     started: float = 0.0
     dead_letters: int = 0
+    applied_at: float = 0.0  # wall clock when its transaction committed
 
     def __len__(self) -> int:
         return self.events
@@ -137,7 +145,16 @@ class Replicator:
             table=settings.target_table,
             offsets_table=settings.offsets_table,
             apply_deletes=settings.on_delete == "delete",
+            fence=PositionFence(),  # positions move only from where this consumer left them
         )
+        # positions and pings use their own connection: the sink's belongs to the worker
+        self.control = PostgresSink(
+            settings.target_dsn.get_secret_value(),
+            table=settings.target_table,
+            offsets_table=settings.offsets_table,
+            fence=self.sink.fence,
+        )
+        self._worker: ApplyWorker[Batch, ApplyResult] | None = None
         self.decode: Decoder = decoder or self._decoder()
         self.stop_event = threading.Event()
         self.health = Health(settings.stall_after_s)
@@ -224,7 +241,7 @@ class Replicator:
         numbers = {tp.partition for tp in partitions}
         self._assigned |= numbers
         try:
-            stored = self.sink.load_positions(self.settings.topic)
+            stored = self.control.load_positions(self.settings.topic)
         except TransientError as exc:
             log.warning(
                 "target unavailable at assignment; partitions wait paused",
@@ -247,12 +264,11 @@ class Replicator:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish the batch in flight while the partitions are still ours; on failure it
         # is abandoned and the remaining partitions re-read from the stored positions.
-        if self._batch.events:
-            try:
-                self._apply()
-            except ReplicatorError as exc:
-                log.warning("batch abandoned at revocation", extra={"error": str(exc)})
-                self._abandon()
+        try:
+            self._drain()
+        except ReplicatorError as exc:
+            log.warning("batch abandoned at revocation", extra={"error": str(exc)})
+            self._abandon()
         lost = {tp.partition for tp in partitions}
         self._assigned -= lost
         self._unpositioned -= lost
@@ -291,6 +307,7 @@ class Replicator:
                 stop_http()
 
     def _run(self, exit_when_idle_s: float | None) -> int:
+        self._worker = ApplyWorker(self._apply_batch)
         self._consumer = consumer = self._make_consumer()
         self._producer = self._make_producer()
         consumer.subscribe(
@@ -315,7 +332,8 @@ class Replicator:
                         self._reposition()
                     self._poll_once(consumer)
                     if self._batch_due():
-                        self._apply()
+                        self._submit()
+                    self._collect()
                     backoff = 0.5
                 except TransientError as exc:
                     if isinstance(exc, TargetUnavailable):
@@ -332,17 +350,18 @@ class Replicator:
                 if (
                     exit_when_idle_s is not None
                     and not self._batch.events
+                    and self._worker is not None
+                    and self._worker.idle
                     and not self._unpositioned
                     and self._assigned
                     and time.monotonic() - self._last_message > exit_when_idle_s
                 ):
                     log.info("idle; exiting", extra={"idle_s": exit_when_idle_s})
                     break
-            if self._batch.events:
-                try:
-                    self._apply()
-                except ReplicatorError as exc:
-                    log.warning("last batch rolled back", extra={"error": str(exc)})
+            try:
+                self._drain()
+            except ReplicatorError as exc:
+                log.warning("last batch rolled back", extra={"error": str(exc)})
         finally:
             self._close()
         self._report_progress(force=True)
@@ -359,7 +378,8 @@ class Replicator:
                 del msg
 
     def _poll_once(self, consumer: Consumer) -> None:
-        timeout = 0.05 if self._batch.events else 0.5
+        busy = self._batch.events or (self._worker is not None and not self._worker.idle)
+        timeout = 0.05 if busy else 0.5
         messages = consumer.consume(num_messages=1000, timeout=timeout)
         if messages:
             self._last_message = time.monotonic()
@@ -382,7 +402,7 @@ class Replicator:
             if batch.events >= self.settings.batch_max_rows or (
                 batch.bytes >= self.settings.batch_max_bytes
             ):
-                self._apply()
+                self._submit()
                 batch = self._batch
 
     def _handle(self, msg: Message, batch: Batch) -> None:
@@ -418,7 +438,7 @@ class Replicator:
 
     def _truncate(self, event: ChangeEvent, batch: Batch, partition: int, offset: int) -> None:
         if self.settings.on_truncate == "apply":
-            self._apply()  # everything before the truncate first
+            self._drain()  # everything before the truncate first
             batch = self._batch
             batch.advance(partition, offset, event.lsn)
             self.sink.truncate(self._positions(batch))
@@ -471,24 +491,51 @@ class Replicator:
             for p, off in batch.next_offsets.items()
         ]
 
-    def _apply(self) -> None:
-        """Apply the batch and its positions in one target transaction (invariant 1)."""
+    def _submit(self) -> None:
+        """Hand the batch to the apply worker; batches are applied strictly in order."""
         batch = self._batch
         if not batch.events:
             return
+        self._batch = Batch()
+        assert self._worker is not None
+        self._worker.submit(batch)
+
+    def _apply_batch(self, batch: Batch) -> ApplyResult:
+        """On the worker: the batch and its positions in one target transaction (invariant 1)."""
         if batch.dead_letters:
             assert self._producer is not None
             if self._producer.flush(30) > 0 or self._delivery_errors:
                 errors, self._delivery_errors = self._delivery_errors, []
                 raise BrokerUnavailable(f"dead-letter delivery failed: {errors[:3]}")
-        started = time.monotonic()
         try:
             result = self.sink.apply(batch.changes, self._positions(batch))
         except EventError:
             result = self._apply_isolating(batch)
-        now = time.time()
-        elapsed = time.monotonic() - started
-        self._batch = Batch()
+        batch.applied_at = time.time()
+        return result
+
+    def _collect(self, wait: bool = False) -> None:
+        """Account for the batches the worker finished; raise the first failure."""
+        if self._worker is None:
+            return
+        error: BaseException | None = None
+        for done in self._worker.finished(wait):
+            if done.error is not None:
+                error = error or done.error
+            elif done.result is not None:
+                self._account(done.item, done.result, done.seconds)
+        if error is not None:
+            self._worker.finished(wait=True)  # the rest were discarded unapplied
+            self._worker.reset()
+            raise error
+
+    def _drain(self) -> None:
+        """Apply everything consumed so far and wait for it."""
+        self._submit()
+        self._collect(wait=True)
+
+    def _account(self, batch: Batch, result: ApplyResult, elapsed: float) -> None:
+        now = batch.applied_at
         m = self.metrics
         m.target_up.set(1)
         self.health.progressed()
@@ -557,6 +604,9 @@ class Replicator:
     def _abandon(self) -> None:
         """Drop the batch in flight; its partitions re-read from the stored positions."""
         self._batch = Batch()
+        if self._worker is not None:
+            self._worker.finished(wait=True)  # whatever was queued: applied or discarded
+            self._worker.reset()
         self._delivery_errors.clear()
         if self._consumer is not None and self._assigned:
             self._consumer.pause(self._partitions(self._assigned))
@@ -567,7 +617,7 @@ class Replicator:
 
     def _reposition(self) -> None:
         """Seek the waiting partitions to their stored positions and resume them."""
-        stored = self.sink.load_positions(self.settings.topic)
+        stored = self.control.load_positions(self.settings.topic)
         assert self._consumer is not None
         todo = sorted(self._unpositioned & self._assigned)
         for p in todo:
@@ -602,7 +652,7 @@ class Replicator:
             total += lag
         self.health.lag = total
         try:
-            self.sink.ping()  # an idle stream must notice a target outage too
+            self.control.ping()  # an idle stream must notice a target outage too
             self.health.target_ok = True
         except ReplicatorError:
             self.health.target_ok = False
@@ -666,4 +716,8 @@ class Replicator:
             if left:
                 log.error("dead-letter messages not delivered at exit", extra={"count": left})
             self._producer = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
         self.sink.close()
+        self.control.close()
