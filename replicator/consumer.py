@@ -298,13 +298,29 @@ class Replicator:
                 "serving /metrics, /healthz, /readyz", extra={"port": self.settings.metrics_port}
             )
         try:
-            self.sink.ensure_schema()
-            self.health.target_ok = True
-            self._ensure_dead_letter_topic()
+            if not self._start():
+                return 0
             return self._run(exit_when_idle_s)
         finally:
             if stop_http is not None:
                 stop_http()
+
+    def _start(self) -> bool:
+        """Schema and dead-letter topic, retried while the target or broker is down.
+
+        False when asked to stop before they were ready."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self.sink.ensure_schema()
+                self.health.target_ok = True
+                self._ensure_dead_letter_topic()
+                return True
+            except TransientError as exc:
+                log.warning("not ready; retrying", extra={"error": str(exc), "backoff_s": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+        return False
 
     def _run(self, exit_when_idle_s: float | None) -> int:
         self._worker = ApplyWorker(self._apply_batch)
@@ -380,7 +396,10 @@ class Replicator:
     def _poll_once(self, consumer: Consumer) -> None:
         busy = self._batch.events or (self._worker is not None and not self._worker.idle)
         timeout = 0.05 if busy else 0.5
-        messages = consumer.consume(num_messages=1000, timeout=timeout)
+        # poll returns with the first message; consume(timeout=0) then takes what is
+        # already fetched (consume with a timeout would wait for a full 1000)
+        first = consumer.poll(timeout)
+        messages = [] if first is None else [first, *consumer.consume(999, timeout=0)]
         if messages:
             self._last_message = time.monotonic()
         batch = self._batch
@@ -480,9 +499,13 @@ class Replicator:
             self._delivery_errors.append(err.str())
 
     def _batch_due(self) -> bool:
+        """Apply at once when the worker is free (latency); while it is busy the batch
+        grows (throughput) until a limit is reached."""
         batch = self._batch
         if not batch.events:
             return False
+        if self._worker is not None and self._worker.idle:
+            return True
         return (time.monotonic() - batch.started) * 1000 >= self.settings.batch_max_ms
 
     def _positions(self, batch: Batch) -> list[PartitionPosition]:
