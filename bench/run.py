@@ -580,16 +580,16 @@ def main(argv: list[str] | None = None) -> int:
 
     stack: LocalStack | None = None
     state = None
-    if args.env_file:
-        env = read_env_file(Path(args.env_file))
-    else:
-        state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-        stack = LocalStack(state, log=log)
-        env = stack.up()
     started = datetime.now(UTC)
     prefix = f"bench{started:%H%M%S}-"
     results: dict[str, Any] = {}
     try:
+        if args.env_file:
+            env = read_env_file(Path(args.env_file))
+        else:
+            state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+            stack = LocalStack(state, log=log)
+            env = stack.up()
         log(f"machine: {machine()}")
         log(f"inserting {args.rows} legacy rows")
         insert_rows(env["REPLICATOR_SOURCE_DSN"], args.rows, prefix=prefix)
