@@ -429,6 +429,7 @@ class LocalStack:
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         part.log = str(logfile)
+        self.state.save(self._state_file)  # recorded before waiting: `down` can stop it
         if not wait_for(lambda: port_open(part.port or 0), 20):
             raise StackError(f"broker did not open port {part.port}; see {logfile}")
 
@@ -527,6 +528,7 @@ class LocalStack:
             env=env,
         )
         part.log = str(logfile)
+        self.state.save(self._state_file)  # recorded before waiting: `down` can stop it
         if not wait_for(self._connect_ready, 120, interval=0.5):
             alive = pid_alive(part.pid, "ConnectDistributed")
             raise StackError(
