@@ -7,6 +7,7 @@
      +-- TransientError          the world is briefly unavailable: retry with backoff
      |    +-- TargetUnavailable  the target database cannot be reached / went away
      |    +-- BrokerUnavailable  Kafka cannot be reached
+     |    +-- PositionsFenced    another writer moved the stored positions: re-read them
      +-- TerminalError           retrying will not help
      |    +-- EventError         one event cannot be used: it goes to the dead-letter topic
      |    |    +-- DecodeError   the bytes are not a Debezium change event we understand
@@ -39,6 +40,12 @@ class TargetUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     """The Kafka broker could not be reached."""
+
+
+class PositionsFenced(TransientError):
+    """The stored position of a partition is no longer the one this consumer loaded or
+    stored last (a table swap handed other positions over, or another consumer owns the
+    partition now).  The batch is rolled back; re-position from the stored positions."""
 
 
 class TerminalError(ReplicatorError):

@@ -25,6 +25,12 @@ Invariants (the rest of the package relies on them):
 4. Speed: changes are folded to one per ``run_id``, written with one binary COPY into a
    per-connection temporary staging table (``ON COMMIT DELETE ROWS``), then applied with
    a fixed set of set-based statements.  No per-batch DDL.
+5. Fencing (with a :class:`PositionFence`): a partition's position is stored only if the
+   stored ``next_offset`` is still the one this consumer last loaded or stored (or still
+   absent when it found none), compare-and-set in the batch's transaction.  Otherwise the
+   batch rolls back with :class:`~replicator.errors.PositionsFenced`: someone else moved
+   the positions (``replicator replay --swap`` handed the shadow table's over, or the
+   partition has another owner), and the consumer must re-read them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +51,7 @@ from psycopg import sql
 from replicator.errors import (
     ConfigurationError,
     EventError,
+    PositionsFenced,
     ReplicatorError,
     TargetUnavailable,
     TerminalError,
@@ -158,6 +166,37 @@ def _fill(change: RowChange, previous: RowChange) -> RowChange:
     return RowChange(change.run_id, change.lsn, False, tuple(values), frozenset(still))
 
 
+class PositionFence:
+    """The positions one consumer expects to find stored: what it last loaded or stored,
+    per ``(topic, partition)``; a partition it does not know is expected to be absent.
+
+    Shared by the sinks of one consumer (positions may be loaded on one connection and
+    stored on another); thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, int], int] = {}
+
+    def expected(self, topic: str, partition: int) -> int | None:
+        with self._lock:
+            return self._known.get((topic, partition))
+
+    def loaded(self, topic: str, positions: Mapping[int, PartitionPosition]) -> None:
+        """Everything stored for ``topic`` was read: forget what was known before."""
+        with self._lock:
+            for key in [k for k in self._known if k[0] == topic]:
+                del self._known[key]
+            self._known.update(((topic, p), pos.next_offset) for p, pos in positions.items())
+
+    def stored(self, positions: Sequence[PartitionPosition], *, replace: bool = False) -> None:
+        """``positions`` were committed (``replace``: and nothing else is stored any more)."""
+        with self._lock:
+            if replace:
+                self._known.clear()
+            self._known.update(((p.topic, p.partition), p.next_offset) for p in positions)
+
+
 class PostgresSink:
     """Applies folded batches to ``table`` with their positions, one transaction each."""
 
@@ -170,8 +209,10 @@ class PostgresSink:
         versions_table: str | None = None,
         apply_deletes: bool = True,
         connect_timeout: float = 5.0,
+        fence: PositionFence | None = None,
     ) -> None:
         self.table = table
+        self.fence = fence  # None: positions are stored unconditionally
         self.offsets_table = offsets_table
         self.versions_table = versions_table or f"{table}_versions"
         self.apply_deletes = apply_deletes
@@ -237,7 +278,10 @@ class PostgresSink:
         """The stored positions of ``topic`` for this target table, by partition."""
         with self._transaction("load positions") as conn:
             rows = conn.execute(self._sql.load_positions, [self.table, topic]).fetchall()
-        return {p: PartitionPosition(topic, p, offset, lsn) for p, offset, lsn in rows}
+        positions = {p: PartitionPosition(topic, p, offset, lsn) for p, offset, lsn in rows}
+        if self.fence is not None:
+            self.fence.loaded(topic, positions)
+        return positions
 
     def apply(
         self,
@@ -268,18 +312,28 @@ class PostgresSink:
                     conn.execute(self._sql.upsert_full)
                 if n_partial:
                     conn.execute(self._sql.update_partial)
-            self._store_positions(conn, positions)
+            stored = self._store_positions(conn, positions)
             result = ApplyResult(upserted, deleted, stale, unresolved)
             if then is not None:
                 then(conn, result)
+        if self.fence is not None:
+            self.fence.stored(stored)
         return result
 
     def truncate(self, positions: Sequence[PartitionPosition]) -> None:
         """Empty the target and versions tables and replace this table's positions."""
         with self._transaction("truncate the target") as conn:
             conn.execute(self._sql.truncate)
-            conn.execute(self._sql.forget_positions, [self.table])
-            self._store_positions(conn, positions)
+            if self.fence is None:
+                conn.execute(self._sql.forget_positions, [self.table])
+            stored = self._store_positions(conn, positions)  # fenced: checked first
+            if self.fence is not None:
+                conn.execute(
+                    self._sql.forget_other_positions,
+                    [self.table, [p.topic for p in stored], [p.partition for p in stored]],
+                )
+        if self.fence is not None:
+            self.fence.stored(stored, replace=True)
 
     def ping(self) -> None:
         """Raise :class:`TargetUnavailable` unless the target answers."""
@@ -324,21 +378,42 @@ class PostgresSink:
 
     def _store_positions(
         self, conn: psycopg.Connection[Any], positions: Sequence[PartitionPosition]
-    ) -> None:
+    ) -> list[PartitionPosition]:
+        """Store ``positions`` (the last one per partition wins); return what was stored."""
         if not positions:
-            return
+            return []
         last = {(p.topic, p.partition): p for p in positions}  # one row per key: last wins
-        rows = last.values()
-        conn.execute(
-            self._sql.store_positions,
-            [
-                self.table,
-                [p.topic for p in rows],
-                [p.partition for p in rows],
-                [p.next_offset for p in rows],
-                [p.last_lsn for p in rows],
-            ],
-        )
+        rows = list(last.values())
+        values = [
+            [p.topic for p in rows],
+            [p.partition for p in rows],
+            [p.next_offset for p in rows],
+            [p.last_lsn for p in rows],
+        ]
+        if self.fence is None:
+            conn.execute(self._sql.store_positions, [self.table, *values])
+            return rows
+        expected = [self.fence.expected(p.topic, p.partition) for p in rows]
+        (count,) = conn.execute(
+            self._sql.store_positions_fenced, [*values, expected, self.table, self.table]
+        ).fetchone() or (0,)
+        if count != len(rows):
+            found = {
+                (topic, part): offset
+                for topic, part, offset in conn.execute(
+                    self._sql.stored_positions, [self.table, values[0], values[1]]
+                )
+            }
+            moved = [
+                f"{p.topic}[{p.partition}]: expected {want}, found {found.get(key)}"
+                for (key, p), want in zip(last.items(), expected, strict=True)
+                if found.get(key) != want
+            ]
+            raise PositionsFenced(
+                f"the stored positions of {self.table!r} were moved by another writer"
+                f" ({'; '.join(moved) or 'concurrently'}); re-read them"
+            )
+        return rows
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
@@ -556,7 +631,28 @@ class _Statements:
                 "SELECT kafka_partition, next_offset, last_lsn FROM {o}"
                 " WHERE target_table = %s AND topic = %s ORDER BY kafka_partition"
             ).format(o=o),
+            # compare-and-set: a row moves only from the expected offset (NULL: only when absent)
+            "store_positions_fenced": q(
+                "WITH want AS (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[]) AS w(topic, part, next_offset, last_lsn, expected)),"
+                " moved AS (UPDATE {o} AS o SET next_offset = w.next_offset,"
+                " last_lsn = COALESCE(w.last_lsn, o.last_lsn), updated_at = now() FROM want w"
+                " WHERE o.target_table = %s AND o.topic = w.topic AND o.kafka_partition = w.part"
+                " AND o.next_offset = w.expected RETURNING 1),"
+                " added AS (INSERT INTO {o} (target_table, topic, kafka_partition, next_offset,"
+                " last_lsn) SELECT %s, w.topic, w.part, w.next_offset, w.last_lsn FROM want w"
+                " WHERE w.expected IS NULL ON CONFLICT DO NOTHING RETURNING 1)"
+                " SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)"
+            ).format(o=o),
+            "stored_positions": q(
+                "SELECT topic, kafka_partition, next_offset FROM {o} WHERE target_table = %s"
+                " AND (topic, kafka_partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
+            ).format(o=o),
             "forget_positions": q("DELETE FROM {o} WHERE target_table = %s").format(o=o),
+            "forget_other_positions": q(
+                "DELETE FROM {o} WHERE target_table = %s AND (topic, kafka_partition)"
+                " NOT IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
+            ).format(o=o),
             "truncate": q("TRUNCATE {t}, {v}").format(t=t, v=v),
         }
         self.render(None)
@@ -572,6 +668,9 @@ class _Statements:
     upsert_full: str
     update_partial: str
     store_positions: str
+    store_positions_fenced: str
+    stored_positions: str
     load_positions: str
     forget_positions: str
+    forget_other_positions: str
     truncate: str
