@@ -15,6 +15,16 @@ from replicator import __version__
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: Debezium PostgreSQL connector's snapshot.mode values.
+SNAPSHOT_MODES = (
+    "initial",
+    "initial_only",
+    "no_data",
+    "always",
+    "when_needed",
+    "configuration_based",
+    "custom",
+)
 
 
 def _stack_dir(args: argparse.Namespace) -> Path:
@@ -82,6 +92,8 @@ def cmd_connector(args: argparse.Namespace) -> int:
     spec = load_connector_file(Path(args.file) if args.file else CONNECTOR_FILE)
     client = ConnectClient(settings.connect_url)
     name = spec["name"]
+    if args.snapshot_mode:
+        spec["config"]["snapshot.mode"] = args.snapshot_mode
     if args.action == "apply":
         client.put_config(name, spec["config"])
         client.wait_running(name, timeout=args.timeout)
@@ -146,6 +158,63 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from replicator import progress
+    from replicator.backfill import backfill
+
+    settings = _settings(args, target_table=args.target_table)
+    report = backfill(
+        settings,
+        workers=args.workers,
+        chunk_rows=args.chunk_rows,
+        restart=args.restart,
+        via=args.via,
+        check_slot=args.slot_check,
+        defer=args.defer_indexes,
+        progress=progress.for_stream(f"backfill {settings.target_table}"),
+    )
+    print("\n".join(report.summary()))
+    return EXIT_FAILED if report.rejects_total else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from replicator import logs
+    from replicator.meter import Meter
+    from replicator.verify import Options, verify
+    from replicator.verify_report import EXIT_UNVERIFIED, show
+
+    settings = _settings(args, target_table=args.target_table)
+    logs.configure(settings.log_format, "WARNING")
+    options = Options(chunk_rows=args.chunk_rows, catch_up_timeout_s=args.catch_up_timeout)
+    try:
+        report = verify(settings, options=options, repair_drift=args.repair, meter=Meter())
+    except ConfigurationError:
+        raise
+    except ReplicatorError as exc:
+        print(f"replicator: could not verify: {exc}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    show(report, as_json=args.json, max_report=args.max_report)
+    return report.exit_code
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from replicator import logs
+    from replicator.meter import Meter
+    from replicator.replay import replay
+    from replicator.verify_report import show
+
+    settings = _settings(args, target_table=args.target_table)
+    logs.configure(settings.log_format, "WARNING")
+    report = replay(settings, into=args.into, swap=args.swap, drop_old=args.drop_old, meter=Meter())
+    print("\n".join(report.summary()))
+    if report.verify is not None:
+        show(report.verify, as_json=False)
+        if not report.swapped:
+            print(f"not swapped: the replayed table {report.table} is left for inspection")
+            return report.verify.exit_code or EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from replicator.sample import insert_rows
 
@@ -200,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["apply", "status", "restart", "delete"])
     p.add_argument("--file", help="connector JSON (default connectors/workflow-processes.json)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--snapshot-mode",
+        choices=SNAPSHOT_MODES,
+        help="override the file's snapshot.mode (no_data before a 'replicator backfill')",
+    )
     p.set_defaults(func=cmd_connector)
 
     p = with_env(sub.add_parser("run", help="replicate until stopped (SIGTERM/SIGINT)"))
@@ -225,6 +299,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_config)
+
+    p = with_env(
+        sub.add_parser(
+            "backfill",
+            help="initial load straight from the source table, resumable (register the"
+            " connector with --snapshot-mode no_data first)",
+        )
+    )
+    p.add_argument("--workers", type=int, default=2, help="chunks in flight (default 2)")
+    p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per chunk (default 50000)")
+    p.add_argument("--target-table")
+    p.add_argument("--restart", action="store_true", help="forget finished chunks, plan again")
+    p.add_argument(
+        "--via",
+        choices=["auto", "sql", "copy", "python"],
+        default="auto",
+        help="sql: in the database (source and target in one database; auto's choice);"
+        " copy: COPY into the target, mapped there (auto's choice otherwise);"
+        " python: map_to_tuple and the sink's merge",
+    )
+    p.add_argument(
+        "--no-slot-check",
+        dest="slot_check",
+        action="store_false",
+        help="run even without a logical replication slot on the source (nothing streams"
+        " the changes made meanwhile)",
+    )
+    p.add_argument(
+        "--defer-indexes",
+        action="store_true",
+        help="drop the target's secondary indexes while loading, create them after the last"
+        " chunk (faster; needs to own the table)",
+    )
+    p.set_defaults(func=cmd_backfill)
+
+    p = with_env(
+        sub.add_parser(
+            "verify",
+            help="compare workflow_processes (mapped) with the target table; exit 0 in sync,"
+            " 1 drift found, 2 could not verify",
+        )
+    )
+    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-sync the drifted rows (incremental snapshot; extra rows deleted), verify again",
+    )
+    p.add_argument("--chunk-rows", type=int, default=10_000, help="rows per checksum chunk")
+    p.add_argument("--max-report", type=int, default=20, help="ids listed per kind of difference")
+    p.add_argument("--target-table")
+    p.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long differences wait for the replicator to catch up before they count"
+        " (0: compare as is, for a copy nothing streams into)",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = with_env(
+        sub.add_parser(
+            "replay",
+            help="rebuild a table from the topic (no consumer group), up to where it ends now",
+        )
+    )
+    p.add_argument(
+        "--into",
+        help="table to rebuild (default <target>_replay, emptied first; the target table"
+        " itself is replayed into in place, idempotently)",
+    )
+    p.add_argument(
+        "--swap",
+        action="store_true",
+        help="verify the rebuilt table, then swap it in for the target table atomically",
+    )
+    p.add_argument(
+        "--drop-old",
+        action="store_true",
+        help="with --swap: drop the previous table instead of keeping it as <target>_old_<time>",
+    )
+    p.add_argument("--target-table")
+    p.set_defaults(func=cmd_replay)
 
     p = with_env(sub.add_parser("sample", help="insert sample legacy rows into the source"))
     p.add_argument("--rows", type=int, default=1000)

@@ -19,19 +19,29 @@ $$;
 -- source: Debezium reads the legacy table (snapshot) and streams it (REPLICATION).
 -- The publication is created here by the table's owner, so the connector, whose
 -- publication.autocreate.mode=filtered finds it complete, never needs ownership.
+-- The signal table (verify --repair's incremental snapshots) must be in the publication:
+-- Debezium reads signals, and its own snapshot window markers, from the stream.
 GRANT USAGE ON SCHEMA public TO replicator_debezium;
 GRANT SELECT ON workflow_processes TO replicator_debezium;
+GRANT SELECT, INSERT ON debezium_signal TO replicator_debezium;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'replicator_workflow_processes') THEN
-        CREATE PUBLICATION replicator_workflow_processes FOR TABLE workflow_processes;
+        CREATE PUBLICATION replicator_workflow_processes
+            FOR TABLE workflow_processes, debezium_signal;
+    ELSIF NOT EXISTS (SELECT FROM pg_publication_tables
+                      WHERE pubname = 'replicator_workflow_processes'
+                        AND tablename = 'debezium_signal') THEN
+        ALTER PUBLICATION replicator_workflow_processes ADD TABLE debezium_signal;
     END IF;
 END
 $$;
 
--- source: the replicator reads the legacy table (verify, backfill) and the slot's lag.
+-- source: the replicator reads the legacy table (verify, backfill) and the slot's lag, and
+-- asks Debezium for incremental snapshots (verify --repair).
 GRANT USAGE ON SCHEMA public TO replicator_app;
 GRANT SELECT ON workflow_processes TO replicator_app;
+GRANT INSERT ON debezium_signal TO replicator_app;
 GRANT pg_monitor TO replicator_app;
 
 -- target: rows, versions and positions, nothing else (TEMP for the staging table is

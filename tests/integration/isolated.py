@@ -1,0 +1,70 @@
+"""A source database with its own connector and topic, on the session's stack.
+
+verify and replay compare or rebuild WHOLE tables; on the session's shared source and
+topic they would see every other test's rows.  An isolated source has only the rows its
+test writes: its own database (with the signal table), its own Debezium connector (own
+slot, publication and topic prefix; ``database.dbname`` written literally), its own topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import psycopg
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from replicator.connect import ConnectClient
+from replicator.schema import apply_source_schema
+from replicator.stack import load_connector_file
+from tests.integration.conftest import StackInfo, execute, unique
+
+
+def new_database(stack: StackInfo, prefix: str) -> str:
+    name = unique(prefix)
+    execute(stack.target_dsn, f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(stack.target_dsn, dbname=name)
+
+
+@contextlib.contextmanager
+def isolated_source(stack: StackInfo, tag: str) -> Iterator[StackInfo]:
+    """``stack`` with its source and topic replaced by fresh ones (see the module doc)."""
+    source = new_database(stack, f"{tag}src")
+    apply_source_schema(source)
+    name, prefix = unique(f"{tag}conn"), unique(f"{tag}topic")
+    config = {
+        **load_connector_file()["config"],
+        "topic.prefix": prefix,
+        "slot.name": name,
+        "publication.name": name,
+        "database.dbname": psycopg.conninfo.conninfo_to_dict(source)["dbname"],
+    }
+    topic = f"{prefix}.public.workflow_processes"
+    # Connect creates the topic at the first change; a consumer subscribed before that
+    # would only see it at its next metadata refresh: create it now (4 partitions).
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 4, 1)]).values():
+        future.result(30)
+    client = ConnectClient(stack.connect_url)
+    client.put_config(name, config)
+    try:
+        client.wait_running(name, timeout=60)
+        yield dataclasses.replace(stack, source_dsn=source, topic=topic)
+    finally:
+        client.delete(name)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the slot is released once the task stopped
+            with psycopg.connect(source, autocommit=True) as conn:
+                dropped = conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    (name,),
+                ).fetchall()
+                left = conn.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (name,)
+                ).fetchone()
+            if dropped or not left or not left[0]:
+                break
+            time.sleep(0.5)

@@ -1,0 +1,370 @@
+"""verify's pure parts: chunk planning, SQL rendering, the row comparison, the report,
+and the live re-check rule with fake tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from replicator import verify_sql as vs
+from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
+from replicator.verify import Options, recheck
+from replicator.verify_report import (
+    KeyDiff,
+    RepairSummary,
+    Report,
+    Unmappable,
+    compare,
+    diff_rows,
+    rich_table,
+    summary_lines,
+)
+from replicator.verify_tables import Observed, image_of, merge_chunks, prefetched
+from replicator.watermarks import NotCaughtUp
+
+
+def source_row(run_id: str, **changes: Any) -> tuple[Any, ...]:
+    row = dict.fromkeys(SOURCE_COLUMNS)
+    row.update(id=run_id, workflow_name="w", message="m", total_cost=1.25, result="r")
+    row["created_at"] = datetime(2024, 1, 1, 12, 0, 0, 123456)
+    row.update(changes)
+    return tuple(row[c] for c in SOURCE_COLUMNS)
+
+
+def mapped(run_id: str, **changes: Any) -> tuple[Any, ...]:
+    values, _ = map_to_tuple(dict(zip(SOURCE_COLUMNS, source_row(run_id, **changes), strict=True)))
+    return values
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@pytest.mark.parametrize(
+    ("rows", "chunk_rows", "expected"),
+    [
+        (0, 10, []),
+        (10, 10, []),
+        (11, 10, [0.5]),
+        (30, 10, [1 / 3, 2 / 3]),
+        (5, 1, [0.2, 0.4, 0.6, 0.8]),
+    ],
+)
+def test_boundary_fractions(rows: int, chunk_rows: int, expected: list[float]) -> None:
+    assert vs.boundary_fractions(rows, chunk_rows) == pytest.approx(expected)
+
+
+def test_boundary_fractions_refuse_empty_chunks() -> None:
+    with pytest.raises(ValueError):
+        vs.boundary_fractions(10, 0)
+
+
+def test_distinct_sorted_drops_nulls_and_repeats_keeping_database_order() -> None:
+    assert vs.distinct_sorted(["a", "a", None, "b", "b", "c"]) == ["a", "b", "c"]
+    assert vs.distinct_sorted(["B", "a"]) == ["B", "a"]  # "C" order: upper case first
+
+
+def test_block_slices_cover_the_table_and_stay_open_at_the_end() -> None:
+    assert vs.block_slices(0, 10) == [("(0,0)", vs.END_OF_TABLE)]
+    assert vs.block_slices(25, 10) == [
+        ("(0,0)", "(10,0)"),
+        ("(10,0)", "(20,0)"),
+        ("(20,0)", vs.END_OF_TABLE),
+    ]
+    with pytest.raises(ValueError):
+        vs.block_slices(10, 0)
+
+
+def test_batches() -> None:
+    assert vs.batches(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+    assert vs.batches([], 2) == []
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def test_both_sides_hash_the_22_target_columns_in_order() -> None:
+    assert list(vs.SOURCE_EXPRESSIONS) == list(vs.TARGET_EXPRESSIONS) == list(TARGET_COLUMNS)
+    source = vs.row_hash(vs.source_side()).as_string(None)
+    target = vs.row_hash(vs.target_side("workflow_runs")).as_string(None)
+    assert source.startswith("hash_record_extended(ROW(p.id, p.workflow_name, p.message,")
+    assert "'{\"result\": ' || to_json(p.\"result\")::text || '}'" in source
+    assert "round(p.total_cost::float8::numeric, 4)" in source
+    assert source.endswith(
+        "('[]'::json)::text, ('{}'::json)::text, ('{}'::json)::text, ('{}'::json)::text), 0)"
+    )
+    assert target.count("::text") == 6  # the JSON columns as their exact text
+    assert 't."result_data"::text' in target and 't."total_cost",' in target
+
+
+def test_checksum_query_buckets_in_collate_c_and_slices_by_ctid() -> None:
+    side = vs.target_side("wr x")
+    whole = vs.checksums(side, sliced=False).as_string(None)
+    assert whole.startswith('SELECT width_bucket("t"."run_id" COLLATE "C", %(bounds)s::text[])')
+    assert 'FROM "wr x" AS "t" GROUP BY 1' in whole and "ctid" not in whole
+    sliced = vs.checksums(side, sliced=True).as_string(None)
+    assert 'WHERE "t".ctid >= %(first)s::tid AND "t".ctid < %(last)s::tid GROUP BY 1' in sliced
+    plan = vs.plan_boundaries(vs.source_side()).as_string(None)
+    assert 'WITHIN GROUP (ORDER BY "p"."id" COLLATE "C")' in plan
+
+
+def test_row_reads_take_json_columns_as_text_on_the_target_only() -> None:
+    target = vs.rows_by_key(vs.target_side("wr")).as_string(None)
+    assert '"t"."result_data"::text' in target and target.endswith("= ANY(%(keys)s::text[])")
+    source = vs.rows_by_key(vs.source_side()).as_string(None)
+    assert "::text" not in source.split("FROM")[0]  # the raw legacy row, mapped in Python
+    hashes = vs.row_hashes(vs.source_side()).as_string(None)
+    assert hashes.startswith('SELECT width_bucket("p"."id" COLLATE "C", %(bounds)s::text[])')
+    assert '"p"."id", hash_record_extended(ROW(p.id,' in hashes
+    assert hashes.endswith("= ANY(%(chunks)s) ORDER BY 1")
+
+
+@pytest.mark.parametrize(
+    "run_id", ["plain", "it's", "back\\slash", "$$x$$", "%s %%", "ünï 🚀", "a'); DROP TABLE x; --"]
+)
+def test_snapshot_filter_carries_ids_as_hex_only(run_id: str) -> None:
+    text = vs.snapshot_filter([run_id, "other"])
+    inside = text[text.index("ARRAY[") + 6 : text.index("]::text[]")]
+    literals = [lit.strip("'") for lit in inside.split(",")]
+    assert all(set(lit) <= set("0123456789abcdef") for lit in literals)
+    assert [bytes.fromhex(lit).decode() for lit in literals] == [run_id, "other"]
+    assert text.startswith("id IN (SELECT convert_from(decode(h, 'hex'), 'UTF8')")
+
+
+def test_snapshot_signal_row() -> None:
+    signal_id, kind, data = vs.snapshot_signal("public.workflow_processes", ["a", "b"])
+    assert len(signal_id) <= 42 and kind == "execute-snapshot"
+    parsed = json.loads(data)
+    assert parsed["type"] == "incremental"
+    assert parsed["data-collections"] == ["public.workflow_processes"]
+    (condition,) = parsed["additional-conditions"]
+    assert condition["filter"] == vs.snapshot_filter(["a", "b"])
+    with pytest.raises(ValueError):
+        vs.snapshot_filter([])
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def test_compare_kinds() -> None:
+    row = mapped("a")
+    assert compare("a", row, row) is None
+    assert compare("a", None, None) is None
+    assert compare("a", row, None) == KeyDiff("a", "missing")
+    assert compare("a", None, row) == KeyDiff("a", "extra")
+    assert compare("a", Unmappable("bad"), row) == KeyDiff("a", "unmappable", reason="bad")
+    changed = list(row)
+    changed[TARGET_COLUMNS.index("status")] = "zzz"
+    changed[TARGET_COLUMNS.index("result_data")] = '{"result":  "r"}'  # same JSON, other text
+    assert compare("a", row, tuple(changed)) == KeyDiff("a", "different", ("status", "result_data"))
+
+
+def test_compare_numbers_by_value_and_nulls_strictly() -> None:
+    row = mapped("a")
+    cost = TARGET_COLUMNS.index("total_cost")
+    same = list(row)
+    same[cost] = Decimal("1.25")  # the target's numeric(10,4) reads back as 1.2500
+    assert row[cost] == Decimal("1.2500") and compare("a", row, tuple(same)) is None
+    nulled = list(row)
+    nulled[TARGET_COLUMNS.index("git_branch")] = ""
+    assert compare("a", mapped("a", git_branch=None), tuple(nulled)).columns == ("git_branch",)
+
+
+def test_diff_rows_covers_both_sides() -> None:
+    expected = {"a": mapped("a"), "b": mapped("b"), "c": Unmappable("x")}
+    actual = {"a": mapped("a"), "d": mapped("d")}
+    assert diff_rows(expected, actual) == {
+        "b": KeyDiff("b", "missing"),
+        "c": KeyDiff("c", "unmappable", reason="x"),
+        "d": KeyDiff("d", "extra"),
+    }
+
+
+def test_image_of_maps_or_says_why_not() -> None:
+    assert image_of(source_row("a")) == ("a", mapped("a"))
+    run_id, image = image_of(source_row("bad", total_cost=float("nan")))
+    assert run_id == "bad" and isinstance(image, Unmappable) and "total_cost" in image.reason
+
+
+def test_merge_pairs_chunks_present_on_either_side() -> None:
+    source = iter([(0, {"a": 1}), (2, {"c": 3})])
+    target = iter([(1, {"b": 2}), (2, {"c": 4})])
+    assert list(merge_chunks(prefetched(source), target)) == [
+        (0, {"a": 1}, {}),
+        (1, {}, {"b": 2}),
+        (2, {"c": 3}, {"c": 4}),
+    ]
+
+
+def test_prefetched_hands_errors_over() -> None:
+    def broken() -> Any:
+        yield 1
+        raise RuntimeError("database went away")
+
+    out = prefetched(broken())
+    assert next(out) == 1
+    with pytest.raises(RuntimeError, match="went away"):
+        next(out)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_json_lists_the_first_n_and_the_totals() -> None:
+    report = Report("workflow_processes", "wr", 10, 9, chunks=3, chunks_differing=1)
+    report.drift = {
+        "m2": KeyDiff("m2", "missing"),
+        "m1": KeyDiff("m1", "missing"),
+        "x": KeyDiff("x", "extra"),
+        "d": KeyDiff("d", "different", ("status",)),
+    }
+    report.unmappable = {"u": KeyDiff("u", "unmappable", reason="NaN")}
+    out = report.to_dict(max_report=1)
+    assert (out["status"], out["exit_code"], out["confirmed"]) == ("drift", 1, True)
+    assert out["missing"] == {"total": 2, "ids": ["m1"]}
+    assert out["extra"] == {"total": 1, "ids": ["x"]}
+    assert out["different"] == {"total": 1, "rows": [{"run_id": "d", "columns": ["status"]}]}
+    assert out["unmappable"]["rows"] == [{"run_id": "u", "reason": "NaN"}]
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_exit_codes() -> None:
+    report = Report("s", "t")
+    assert (report.status, report.exit_code) == ("in_sync", 0)
+    report.unmappable = {"u": KeyDiff("u", "unmappable")}
+    report.busy = ["b"]
+    assert report.exit_code == 0  # neither is drift
+    report.drift = {"a": KeyDiff("a", "missing")}
+    assert report.exit_code == 1
+    report.error = "the replicator did not catch up"
+    assert (report.status, report.exit_code, report.to_dict()["confirmed"]) == (
+        "unverified",
+        2,
+        False,
+    )
+
+
+def test_people_get_lines_and_a_table() -> None:
+    report = Report("workflow_processes", "wr", 3, 3, chunks=1, seconds=1.5)
+    report.drift = {"d": KeyDiff("d", "different", ("status", "max_turns"))}
+    report.repair = RepairSummary(snapshot_ids=1, signals=1, converged=True)
+    lines = summary_lines(report)
+    assert lines[0].startswith("workflow_processes (3 rows) vs wr (3 rows): drift")
+    assert "  d: status, max_turns" in lines
+    assert lines[-1].startswith("repair: 1 rows re-read through 1 snapshot signal(s)")
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    Console(file=out, width=120).print(rich_table(report))
+    assert "different" in out.getvalue() and "status, max_turns" in out.getvalue()
+
+
+# --------------------------------------------------------------------------- re-checking
+
+
+class FakeTables:
+    """``by_key`` answers from scripted rounds of (source images, target rows[, versions])."""
+
+    def __init__(self, rounds: list[tuple]) -> None:
+        self.rounds = rounds
+        self.asked: list[list[str]] = []
+
+    def by_key(self, keys: Any) -> Observed:
+        self.asked.append(sorted(keys))
+        images, targets, *versions = self.rounds.pop(0)
+        return Observed(images, targets, versions[0] if versions else {})
+
+
+OPTIONS = Options(settle_s=0, rounds=3)
+
+
+def seen(images: dict, targets: dict, versions: dict | None = None) -> dict:
+    observed = Observed(images, targets, versions or {})
+    return {k: observed.of(k) for k in images.keys() | targets.keys()}
+
+
+def run_recheck(rounds: list[tuple], suspects: dict, first: dict) -> Report:
+    report = Report("s", "t")
+    recheck(FakeTables(rounds), suspects, first, lambda _t: None, OPTIONS, report, 0.0)  # type: ignore[arg-type]
+    return report
+
+
+def test_a_difference_the_replicator_fixed_meanwhile_is_not_drift() -> None:
+    a = mapped("a")
+    report = run_recheck([({"a": a}, {"a": a})], {"a": KeyDiff("a", "missing")}, seen({"a": a}, {}))
+    assert not report.drift and report.rechecks == 1 and report.status == "in_sync"
+
+
+def test_a_difference_nothing_moved_across_the_catch_up_is_drift() -> None:
+    a, b = mapped("a"), mapped("b")
+    first = seen({"a": a, "b": None}, {"b": b}, {"a": (5, False), "b": (3, False)})
+    report = run_recheck(
+        [({"a": a}, {"b": b}, {"a": (5, False), "b": (3, False)})],
+        {"a": KeyDiff("a", "missing"), "b": KeyDiff("b", "extra")},
+        first,
+    )
+    assert set(report.drift) == {"a", "b"} and report.rechecks == 1
+
+
+def test_a_row_deleted_and_inserted_again_meanwhile_is_not_drift() -> None:
+    """Source absent at both reads (deleted, inserted, deleted again after the probe):
+    the target still holds the row inserted again, but its version moved."""
+    b1, b2 = mapped("b", status="first"), mapped("b", status="again")
+    first = seen({"b": None}, {"b": b1}, {"b": (10, False)})
+    report = run_recheck(
+        [({}, {"b": b2}, {"b": (30, False)}), ({}, {}, {"b": (40, True)})],
+        {"b": KeyDiff("b", "extra")},
+        first,
+    )
+    assert not report.drift and report.rechecks == 2
+    # the same image coming back in the target is not enough either: the version moved
+    report = run_recheck(
+        [({}, {"b": b1}, {"b": (30, False)}), ({}, {}, {"b": (40, True)})],
+        {"b": KeyDiff("b", "extra")},
+        first,
+    )
+    assert not report.drift
+
+
+def test_a_row_still_changing_is_checked_again_then_reported_as_still_changing() -> None:
+    v = [mapped("a", status=f"s{i}") for i in range(5)]
+    old = mapped("a", status="old")
+    # round 1: source moved on (v1) -> again; round 2: agrees -> cleared
+    report = run_recheck(
+        [({"a": v[1]}, {"a": old}), ({"a": v[1]}, {"a": v[1]})],
+        {"a": KeyDiff("a", "different", ("status",))},
+        seen({"a": v[0]}, {"a": old}),
+    )
+    assert not report.drift and not report.busy and report.rechecks == 2
+    # changing at every round: not drift, "still changing"
+    report = run_recheck(
+        [({"a": v[i]}, {"a": old}) for i in (1, 2, 3)],
+        {"a": KeyDiff("a", "different", ("status",))},
+        seen({"a": v[0]}, {"a": old}),
+    )
+    assert not report.drift and report.busy == ["a"] and report.rechecks == 3
+
+
+def test_unmappable_rows_are_reported_apart() -> None:
+    bad = Unmappable("NaN")
+    report = run_recheck(
+        [({"u": bad}, {})], {"u": KeyDiff("u", "unmappable", reason="NaN")}, seen({"u": bad}, {})
+    )
+    assert not report.drift and set(report.unmappable) == {"u"}
+
+
+def test_no_catch_up_means_could_not_verify() -> None:
+    def late(_timeout: float) -> None:
+        raise NotCaughtUp("the replicator did not catch up", {0: (None, 5)})
+
+    report = Report("s", "t")
+    suspects = {"a": KeyDiff("a", "missing")}
+    tables = FakeTables([])
+    recheck(tables, suspects, seen({"a": mapped("a")}, {}), late, OPTIONS, report, 0.0)  # type: ignore[arg-type]
+    assert report.status == "unverified" and "did not catch up" in (report.error or "")
+    assert set(report.drift) == {"a"} and not tables.asked
