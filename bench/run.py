@@ -274,7 +274,8 @@ def snapshot_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, floa
     table = fresh_table(dsn, "bench_snapshot")
     name = f"bench_snap_{time.time_ns() % 10**9}"
     spec = load_connector_file()
-    config = {**spec["config"], "topic.prefix": name, "slot.name": name, "publication.name": name}
+    # its own slot and topic; the publication of schemas/roles.sql is shared
+    config = {**spec["config"], "topic.prefix": name, "slot.name": name}
     settings = _settings(env, table, topic=f"{name}.public.workflow_processes")
     client = ConnectClient(env["REPLICATOR_CONNECT_URL"])
     replicator = Replicator(settings)
@@ -283,6 +284,7 @@ def snapshot_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, floa
     client.put_config(name, config)
     thread.start()
     try:
+        client.wait_running(name, timeout=120)  # a failed task fails the bench, not hangs it
         while count(dsn, table, prefix) < rows:
             time.sleep(0.2)
             if time.perf_counter() - started > 3600:
@@ -590,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
             state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
             stack = LocalStack(state, log=log)
             env = stack.up()
+        # the bench creates its own tables: everything runs as the tables' owner
+        for side in ("SOURCE", "TARGET"):
+            env[f"REPLICATOR_{side}_DSN"] = env.get(
+                f"REPLICATOR_ADMIN_{side}_DSN", env[f"REPLICATOR_{side}_DSN"]
+            )
         log(f"machine: {machine()}")
         log(f"inserting {args.rows} legacy rows")
         insert_rows(env["REPLICATOR_SOURCE_DSN"], args.rows, prefix=prefix)

@@ -181,6 +181,7 @@ def backfill(
     """Load every source row into ``settings.target_table``; see the module docstring."""
     if workers < 1 or chunk_rows < 1:
         raise ConfigurationError("--workers and --chunk-rows must be at least 1")
+    settings = settings.as_admin()  # it creates its state tables (and drops indexes on request)
     target_dsn = settings.target_dsn.get_secret_value()
     source_dsn = settings.source_dsn.get_secret_value() if settings.source_dsn else target_dsn
     run = _Run(source_dsn, target_dsn, settings.target_table, settings.versions_table)

@@ -69,16 +69,20 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from replicator.schema import apply_source_schema, apply_target_schema
+    from replicator.schema import apply_source_schema, apply_target_schema, grant_to_service_role
 
-    settings = _settings(args)
+    settings = _settings(args, target_table=args.target_table).as_admin()
     if settings.source_dsn is not None and args.source:
         for line in apply_source_schema(settings.source_dsn.get_secret_value()):
             print(f"source: {line}")
-    for line in apply_target_schema(
-        settings.target_dsn.get_secret_value(), settings.target_table, settings.offsets_table
-    ):
+    target = settings.target_dsn.get_secret_value()
+    for line in apply_target_schema(target, settings.target_table, settings.offsets_table):
         print(f"target: {line}")
+    if args.grant_to:
+        for line in grant_to_service_role(
+            target, args.grant_to, settings.target_table, settings.offsets_table
+        ):
+            print(f"target: {line}")
     return EXIT_OK
 
 
@@ -218,7 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from replicator.sample import insert_rows
 
-    settings = _settings(args)
+    settings = _settings(args).as_admin()  # it writes legacy rows, as the application would
     if settings.source_dsn is None:
         raise ConfigurationError("source_dsn is not set; set REPLICATOR_SOURCE_DSN")
     count = insert_rows(
@@ -262,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="source",
         action="store_false",
         help="do not create the legacy table in the source",
+    )
+    p.add_argument(
+        "--target-table", help="target table (default: workflow_runs or REPLICATOR_TARGET_TABLE)"
+    )
+    p.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="grant ROLE what 'replicator run' needs on the target table (schemas/roles.sql"
+        " does it for the default names)",
     )
     p.set_defaults(func=cmd_schema)
 

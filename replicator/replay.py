@@ -281,6 +281,7 @@ def replay(
     """Rebuild ``into`` (default ``<target>_replay``) from the topic; swap it in on request."""
     from replicator.swap import old_name, plan_swap, swap_tables
 
+    settings = settings.as_admin()  # it creates, empties and renames tables
     live = settings.target_table
     table = _identifier(into or shadow_name(live))
     if swap and table == live:

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     target_dsn: SecretStr = Field(
         ..., description="libpq DSN of the database holding workflow_runs (may be the source)"
     )
+    admin_source_dsn: SecretStr | None = Field(
+        None,
+        description="DSN of a role owning the source tables, for the administrative commands"
+        " (schema apply, sample); default: source_dsn",
+    )
+    admin_target_dsn: SecretStr | None = Field(
+        None,
+        description="DSN of a role owning the target tables, for the commands that create"
+        " tables and indexes (schema apply, backfill, replay); default: target_dsn",
+    )
     kafka_bootstrap: str = Field(..., description="Kafka bootstrap servers, host:port[,...]")
     connect_url: str | None = Field(None, description="Kafka Connect REST URL")
     topic: str = Field(
@@ -126,6 +136,19 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    def as_admin(self) -> Settings:
+        """These settings with the administrative DSNs in place of the service's ones.
+
+        ``replicator run`` and ``verify`` need only DML and SELECT (schemas/roles.sql);
+        the commands that create tables, indexes or source rows run with these.
+        """
+        return self.model_copy(
+            update={
+                "source_dsn": self.admin_source_dsn or self.source_dsn,
+                "target_dsn": self.admin_target_dsn or self.target_dsn,
+            }
+        )
 
     @property
     def versions_table(self) -> str:

@@ -56,6 +56,12 @@ _SKIPPED_JAR_PREFIXES = (
 
 DATABASE = "workflows"
 TARGET_DATABASE = "workflows_target"
+#: Roles (schemas/roles.sql): Debezium's and the replicator's least-privilege roles, and the
+#: tables' owner (the cluster's superuser here).  The local cluster trusts local TCP
+#: connections, so no passwords are involved; production sets them (roles.sql's header).
+DEBEZIUM_ROLE = "replicator_debezium"
+SERVICE_ROLE = "replicator_app"
+OWNER_ROLE = "postgres"
 CONNECTOR_FILE = Path(__file__).resolve().parent.parent / "connectors" / "workflow-processes.json"
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 TOPIC_PARTITIONS = 4
@@ -268,9 +274,15 @@ class LocalStack:
     def connection_settings(self) -> dict[str, str]:
         pg = self.state.pg.port
         target_db = TARGET_DATABASE if self.state.separate_target else DATABASE
+        source = f"127.0.0.1:{pg}/{DATABASE}"
+        target = f"127.0.0.1:{pg}/{target_db}"
         return {
-            "REPLICATOR_SOURCE_DSN": f"postgresql://postgres@127.0.0.1:{pg}/{DATABASE}",
-            "REPLICATOR_TARGET_DSN": f"postgresql://postgres@127.0.0.1:{pg}/{target_db}",
+            # the service's least-privilege role (schemas/roles.sql) ...
+            "REPLICATOR_SOURCE_DSN": f"postgresql://{SERVICE_ROLE}@{source}",
+            "REPLICATOR_TARGET_DSN": f"postgresql://{SERVICE_ROLE}@{target}",
+            # ... and the tables' owner, for schema apply, sample, backfill and replay
+            "REPLICATOR_ADMIN_SOURCE_DSN": f"postgresql://{OWNER_ROLE}@{source}",
+            "REPLICATOR_ADMIN_TARGET_DSN": f"postgresql://{OWNER_ROLE}@{target}",
             "REPLICATOR_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.state.broker.port}",
             "REPLICATOR_CONNECT_URL": self.connect_url,
             "REPLICATOR_TOPIC": topic_name(),
@@ -397,7 +409,7 @@ class LocalStack:
     def _databases_up(self) -> None:
         import psycopg
 
-        from replicator.schema import apply_source_schema, apply_target_schema
+        from replicator.schema import apply_roles, apply_source_schema, apply_target_schema
 
         admin = f"postgresql://postgres@127.0.0.1:{self.state.pg.port}/postgres"
         wanted = [DATABASE] + ([TARGET_DATABASE] if self.state.separate_target else [])
@@ -408,9 +420,15 @@ class LocalStack:
                     self.log(f"postgresql: creating database {name}")
                     conn.execute(f'CREATE DATABASE "{name}"')
         settings = self.connection_settings()
-        for line in apply_source_schema(settings["REPLICATOR_SOURCE_DSN"]):
+        source, target = (
+            settings["REPLICATOR_ADMIN_SOURCE_DSN"],
+            settings["REPLICATOR_ADMIN_TARGET_DSN"],
+        )
+        for line in apply_source_schema(source):
             self.log(f"schema: {line}")
-        for line in apply_target_schema(settings["REPLICATOR_TARGET_DSN"]):
+        for line in apply_target_schema(target):
+            self.log(f"schema: {line}")
+        for line in apply_roles(source, target):
             self.log(f"schema: {line}")
 
     # ---- broker ------------------------------------------------------------------
@@ -541,7 +559,7 @@ class LocalStack:
         return {
             "DBZ_PG_HOST": "127.0.0.1",
             "DBZ_PG_PORT": str(self.state.pg.port),
-            "DBZ_PG_USER": "postgres",
+            "DBZ_PG_USER": DEBEZIUM_ROLE,
             "DBZ_PG_PASSWORD": "",
             "DBZ_PG_DATABASE": DATABASE,
             "DBZ_TOPIC_REPLICATION_FACTOR": "1",

@@ -2,8 +2,9 @@
 -- the database holding workflow_processes and workflow_runs, AFTER `replicator schema
 -- apply` created the target tables.  Passwords are set separately, e.g.
 --   ALTER ROLE replicator_debezium PASSWORD '...';   (never in this file)
--- Idempotent.  When source and target are separate databases, run the source part
--- in the source database and the target part in the target database.
+-- Idempotent.  When source and target are separate databases, run the part up to
+-- `-- [target]` in the source database, and the roles part plus the part after it in
+-- the target database (`replicator stack up` does exactly that).
 
 DO $$
 BEGIN
@@ -16,9 +17,11 @@ BEGIN
 END
 $$;
 
+-- [source]
 -- source: Debezium reads the legacy table (snapshot) and streams it (REPLICATION).
--- The publication is created here by the table's owner, so the connector, whose
--- publication.autocreate.mode=filtered finds it complete, never needs ownership.
+-- The publication is created here by the table's owner: the connector runs with
+-- publication.autocreate.mode=disabled and only uses it (in `filtered` mode it would
+-- ALTER PUBLICATION ... SET TABLE at every start, which needs ownership).
 -- The signal table (verify --repair's incremental snapshots) must be in the publication:
 -- Debezium reads signals, and its own snapshot window markers, from the stream.
 GRANT USAGE ON SCHEMA public TO replicator_debezium;
@@ -44,6 +47,7 @@ GRANT SELECT ON workflow_processes TO replicator_app;
 GRANT INSERT ON debezium_signal TO replicator_app;
 GRANT pg_monitor TO replicator_app;
 
+-- [target]
 -- target: rows, versions and positions, nothing else (TEMP for the staging table is
 -- granted to PUBLIC by default).
 GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_runs, workflow_runs_versions, replicator_offsets

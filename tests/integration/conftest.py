@@ -7,6 +7,7 @@ and consumer group, never by starting another stack.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -20,26 +21,41 @@ import pytest
 
 from replicator.consumer import Replicator
 from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.schema import apply_target_schema
+from replicator.schema import apply_target_schema, grant_to_service_role
 from replicator.settings import Settings
-from replicator.stack import LocalStack
+from replicator.stack import SERVICE_ROLE, LocalStack
 
 pytestmark = pytest.mark.integration
 
 
 @dataclass(frozen=True)
 class StackInfo:
+    """The stack's endpoints.  ``source_dsn``/``target_dsn`` are the tables' owner: tests
+    play the application and the DBA with them.  The replicator under test runs as the
+    least-privilege service role (schemas/roles.sql): ``service_*_dsn``."""
+
     source_dsn: str
     target_dsn: str
+    service_source_dsn: str
+    service_target_dsn: str
     bootstrap: str
     connect_url: str
     topic: str
     stack: LocalStack
 
+    def with_target(self, owner_dsn: str) -> StackInfo:
+        """This stack with another target database (``owner_dsn``: the owner's DSN)."""
+        service = psycopg.conninfo.make_conninfo(owner_dsn, user=SERVICE_ROLE)
+        return dataclasses.replace(self, target_dsn=owner_dsn, service_target_dsn=service)
+
     def settings(self, **overrides: object) -> Settings:
+        """Settings for the replicator under test, as the service role; a ``target_table``
+        of its own is created (as the owner) and granted to the role first."""
         values: dict[str, object] = {
-            "source_dsn": self.source_dsn,
-            "target_dsn": self.target_dsn,
+            "source_dsn": self.service_source_dsn,
+            "target_dsn": self.service_target_dsn,
+            "admin_source_dsn": self.source_dsn,
+            "admin_target_dsn": self.target_dsn,
             "kafka_bootstrap": self.bootstrap,
             "connect_url": self.connect_url,
             "topic": self.topic,
@@ -48,7 +64,21 @@ class StackInfo:
             "progress_interval_s": 5,
         }
         values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        for side in ("source", "target"):  # a DSN given explicitly is used for everything
+            if f"{side}_dsn" in overrides:
+                values[f"admin_{side}_dsn"] = overrides.get(
+                    f"admin_{side}_dsn", overrides[f"{side}_dsn"]
+                )
+        settings = Settings(**values)  # type: ignore[arg-type]
+        if "target_table" in overrides and "target_dsn" not in overrides:
+            prepare_table(self.target_dsn, settings.target_table, settings.offsets_table)
+        return settings
+
+
+def prepare_table(owner_dsn: str, table: str, offsets_table: str = "replicator_offsets") -> None:
+    """What an operator does before running the replicator on a table of its own."""
+    apply_target_schema(owner_dsn, table, offsets_table)
+    grant_to_service_role(owner_dsn, SERVICE_ROLE, table, offsets_table)
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +88,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     try:
         env = local.up()
         yield StackInfo(
-            source_dsn=env["REPLICATOR_SOURCE_DSN"],
-            target_dsn=env["REPLICATOR_TARGET_DSN"],
+            source_dsn=env["REPLICATOR_ADMIN_SOURCE_DSN"],
+            target_dsn=env["REPLICATOR_ADMIN_TARGET_DSN"],
+            service_source_dsn=env["REPLICATOR_SOURCE_DSN"],
+            service_target_dsn=env["REPLICATOR_TARGET_DSN"],
             bootstrap=env["REPLICATOR_KAFKA_BOOTSTRAP"],
             connect_url=env["REPLICATOR_CONNECT_URL"],
             topic=env["REPLICATOR_TOPIC"],
@@ -82,7 +114,7 @@ def unique(prefix: str) -> str:
 def table(stack: StackInfo) -> str:
     """A fresh target table (with its indexes and state tables) for one test."""
     name = unique("wr")
-    apply_target_schema(stack.target_dsn, name)
+    prepare_table(stack.target_dsn, name)
     return name
 
 
@@ -192,8 +224,10 @@ def cli_env(stack: StackInfo) -> dict[str, str]:
     """Environment for running ``replicator`` as a subprocess against the stack."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
     env.update(
-        REPLICATOR_SOURCE_DSN=stack.source_dsn,
-        REPLICATOR_TARGET_DSN=stack.target_dsn,
+        REPLICATOR_SOURCE_DSN=stack.service_source_dsn,
+        REPLICATOR_TARGET_DSN=stack.service_target_dsn,
+        REPLICATOR_ADMIN_SOURCE_DSN=stack.source_dsn,
+        REPLICATOR_ADMIN_TARGET_DSN=stack.target_dsn,
         REPLICATOR_KAFKA_BOOTSTRAP=stack.bootstrap,
         REPLICATOR_CONNECT_URL=stack.connect_url,
         REPLICATOR_TOPIC=stack.topic,

@@ -2,8 +2,9 @@
 
 verify and replay compare or rebuild WHOLE tables; on the session's shared source and
 topic they would see every other test's rows.  An isolated source has only the rows its
-test writes: its own database (with the signal table), its own Debezium connector (own
-slot, publication and topic prefix; ``database.dbname`` written literally), its own topic.
+test writes: its own database (with the signal table and the grants and publication of
+schemas/roles.sql), its own Debezium connector (own slot and topic prefix;
+``database.dbname`` written literally), its own topic.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import psycopg
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.connect import ConnectClient
-from replicator.schema import apply_source_schema
-from replicator.stack import load_connector_file
+from replicator.schema import apply_source_schema, roles_script
+from replicator.stack import SERVICE_ROLE, load_connector_file
 from tests.integration.conftest import StackInfo, execute, unique
 
 
@@ -33,12 +34,12 @@ def isolated_source(stack: StackInfo, tag: str) -> Iterator[StackInfo]:
     """``stack`` with its source and topic replaced by fresh ones (see the module doc)."""
     source = new_database(stack, f"{tag}src")
     apply_source_schema(source)
+    execute(source, roles_script("source"))  # grants and the publication, in this database
     name, prefix = unique(f"{tag}conn"), unique(f"{tag}topic")
     config = {
         **load_connector_file()["config"],
         "topic.prefix": prefix,
         "slot.name": name,
-        "publication.name": name,
         "database.dbname": psycopg.conninfo.conninfo_to_dict(source)["dbname"],
     }
     topic = f"{prefix}.public.workflow_processes"
@@ -51,7 +52,8 @@ def isolated_source(stack: StackInfo, tag: str) -> Iterator[StackInfo]:
     client.put_config(name, config)
     try:
         client.wait_running(name, timeout=60)
-        yield dataclasses.replace(stack, source_dsn=source, topic=topic)
+        service = psycopg.conninfo.make_conninfo(source, user=SERVICE_ROLE)
+        yield dataclasses.replace(stack, source_dsn=source, service_source_dsn=service, topic=topic)
     finally:
         client.delete(name)
         deadline = time.monotonic() + 20

@@ -254,7 +254,11 @@ def test_cli_exits_1_and_lists_refused_rows(stack: StackInfo, cli_env: dict[str,
         "INSERT INTO workflow_processes (id, workflow_name, message, total_cost)"
         " VALUES ('bad-1', 'w', 'm', 'NaN')",
     )
-    env = {**cli_env, "REPLICATOR_SOURCE_DSN": source, "REPLICATOR_TARGET_DSN": source}
+    env = cli_env | {
+        f"REPLICATOR_{who}{side}_DSN": source
+        for who in ("", "ADMIN_")
+        for side in ("SOURCE", "TARGET")
+    }
     cmd = [sys.executable, "-m", "replicator.cli", "backfill"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no logical replication slot" in res.stderr
@@ -427,8 +431,7 @@ def test_no_data_connector_then_backfill(
         "config": {
             **spec["config"],
             "topic.prefix": prefix,
-            "slot.name": name,
-            "publication.name": name,
+            "slot.name": name,  # the publication of schemas/roles.sql is shared
         },
     }
     connector_file = tmp_path / "connector.json"

@@ -129,7 +129,11 @@ def test_swap_under_readers_and_a_running_replicator(
     p = unique("sw")
     insert_rows(iso.source_dsn, 3000, prefix=f"{p}-")
     changes(iso.source_dsn, p)
-    env = cli_env | {"REPLICATOR_SOURCE_DSN": iso.source_dsn, "REPLICATOR_TOPIC": iso.topic}
+    env = cli_env | {
+        "REPLICATOR_SOURCE_DSN": iso.service_source_dsn,
+        "REPLICATOR_ADMIN_SOURCE_DSN": iso.source_dsn,
+        "REPLICATOR_TOPIC": iso.topic,
+    }
     with RunningReplicator(iso.settings(target_table=table, group_id=unique("g"))):
         wait_converged(iso, table, "")
         before = len(target_rows(iso.target_dsn, table))

@@ -151,8 +151,7 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
     config = {
         **spec["config"],
         "topic.prefix": prefix,
-        "slot.name": name,
-        "publication.name": name,
+        "slot.name": name,  # the publication of schemas/roles.sql is shared
     }
     client = ConnectClient(stack.connect_url)
     client.put_config(name, config)

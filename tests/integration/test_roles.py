@@ -72,3 +72,21 @@ def test_debezium_role_can_read_only_the_legacy_table(stack: StackInfo, roles: N
             "SELECT rolreplication FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
     assert replication
+
+
+def test_stack_runs_without_a_superuser(stack: StackInfo) -> None:
+    """The stack's service DSNs and Debezium's replication session use the roles above."""
+    for dsn in (stack.service_source_dsn, stack.service_target_dsn):
+        with psycopg.connect(dsn) as conn:
+            user, superuser = conn.execute(
+                "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+        assert (user, superuser) == ("replicator_app", False)
+    with psycopg.connect(stack.source_dsn) as conn:
+        sessions = conn.execute(
+            "SELECT a.usename, r.rolsuper FROM pg_replication_slots s"
+            " JOIN pg_stat_activity a ON a.pid = s.active_pid"
+            " JOIN pg_roles r ON r.rolname = a.usename"
+        ).fetchall()
+    assert sessions, "Debezium holds no replication slot"
+    assert set(sessions) == {("replicator_debezium", False)}

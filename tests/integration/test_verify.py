@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import subprocess
@@ -66,7 +65,11 @@ def test_in_sync_then_drift_listed_then_repaired(iso: StackInfo, cli_env: dict[s
     p = unique("v")
     insert_rows(iso.source_dsn, 3000, prefix=f"{p}-")
     insert_odd_rows(iso.source_dsn)
-    env = cli_env | {"REPLICATOR_SOURCE_DSN": iso.source_dsn, "REPLICATOR_TOPIC": iso.topic}
+    env = cli_env | {
+        "REPLICATOR_SOURCE_DSN": iso.service_source_dsn,
+        "REPLICATOR_ADMIN_SOURCE_DSN": iso.source_dsn,
+        "REPLICATOR_TOPIC": iso.topic,
+    }
     with RunningReplicator(iso.settings(target_table=table, group_id=unique("g"))):
         wait_converged(iso, table, "")
         code, report = run_verify(env, "--target-table", table, "--chunk-rows", "500")
@@ -114,7 +117,7 @@ def test_in_sync_then_drift_listed_then_repaired(iso: StackInfo, cli_env: dict[s
 
 
 def test_separate_target_database(iso: StackInfo) -> None:
-    target = dataclasses.replace(iso, target_dsn=new_database(iso, "vertgt"))
+    target = iso.with_target(new_database(iso, "vertgt"))
     table = unique("wr")
     apply_target_schema(target.target_dsn, table)
     p = unique("vs")

@@ -30,7 +30,7 @@ def test_no_host_port_password_or_database_is_hard_coded() -> None:
 def test_settings_that_protect_data() -> None:
     c = config()
     assert c["plugin.name"] == "pgoutput"
-    assert c["publication.autocreate.mode"] == "filtered"
+    assert c["publication.autocreate.mode"] == "disabled"
     assert c["table.include.list"] == "public.workflow_processes"
     assert c["snapshot.mode"] == "initial"
     assert int(c["heartbeat.interval.ms"]) > 0

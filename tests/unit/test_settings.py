@@ -112,3 +112,21 @@ def test_malformed_env_file_lines(tmp_path: Path, line: str) -> None:
 def test_unreadable_env_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         read_env_file(tmp_path / "missing.env")
+
+
+def test_admin_dsns_replace_the_service_ones_only_for_admin_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    plain = load_settings()
+    assert plain.as_admin().target_dsn == plain.target_dsn  # unset: the same DSN
+    monkeypatch.setenv("REPLICATOR_ADMIN_TARGET_DSN", "postgresql://owner:pw@db:5432/t")
+    settings = load_settings()
+    admin = settings.as_admin()
+    assert settings.target_dsn.get_secret_value() == BASE["REPLICATOR_TARGET_DSN"]
+    assert admin.target_dsn.get_secret_value() == "postgresql://owner:pw@db:5432/t"
+    assert admin.source_dsn is None and admin.kafka_bootstrap == settings.kafka_bootstrap
+    from replicator.settings import effective
+
+    assert "pw" not in str(effective(settings)["admin_target_dsn"])  # masked
