@@ -50,12 +50,14 @@ from replicator.consumer import Batch, Replicator, to_row_change  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
 from replicator.mapping import TARGET_COLUMNS  # noqa: E402
 from replicator.metrics import Metrics  # noqa: E402
+from replicator.pipeline import ApplyWorker  # noqa: E402
 from replicator.sample import insert_rows  # noqa: E402
 from replicator.schema import apply_target_schema  # noqa: E402
 from replicator.serde import decode_json  # noqa: E402
 from replicator.settings import Settings, read_env_file  # noqa: E402
 from replicator.sink import PartitionPosition, PostgresSink  # noqa: E402
 from replicator.stack import LocalStack, load_connector_file  # noqa: E402
+from replicator.watermarks import probe_ends  # noqa: E402
 
 #: The plan's migration SQL in PostgreSQL dialect, with the mapping rulings.
 BASELINE_SQL = """
@@ -132,14 +134,7 @@ def baseline_in_db(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
 def read_topic(env: dict[str, str], prefix: str, rows: int, keep: bool) -> tuple[dict, list]:
     """Read the topic from the start until ``rows`` events of ``prefix`` were seen."""
     topic = env["REPLICATOR_TOPIC"]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": env["REPLICATOR_KAFKA_BOOTSTRAP"],
-            "group.id": f"bench-raw-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-        }
-    )
+    consumer = _raw_consumer(env)
     parts: dict = {}
     deadline = time.monotonic() + 120
     while not parts and time.monotonic() < deadline:  # Debezium creates it with its 1st event
@@ -149,26 +144,28 @@ def read_topic(env: dict[str, str], prefix: str, rows: int, keep: bool) -> tuple
             time.sleep(0.5)
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     marker = prefix.encode()
-    seen = total_bytes = 0
+    seen = messages = total_bytes = 0
     kept: list[tuple[bytes | None, bytes | None, int, int]] = []
     deadline = time.monotonic() + 600
     first = last = time.perf_counter()
     while seen < rows and time.monotonic() < deadline:
         for msg in consumer.consume(1000, timeout=0.5):
-            if msg.error() or msg.value() is None:
+            if msg.error():
                 continue
-            total_bytes += len(msg.value()) + len(msg.key() or b"")
-            if marker in (msg.key() or b""):
+            messages += 1
+            total_bytes += len(msg.value() or b"") + len(msg.key() or b"")
+            if msg.value() is not None and marker in (msg.key() or b""):
                 seen += 1
                 if keep:
                     kept.append((msg.key(), msg.value(), msg.partition(), msg.offset()))
         last = time.perf_counter()
     consumer.close()
     seconds = max(last - first, 1e-9)
-    return {
+    return {  # every message read counts: `replicator run` reads them all too
         "events": seen,
+        "messages": messages,
         "seconds": seconds,
-        "events_per_s": seen / seconds,
+        "events_per_s": messages / seconds,
         "mb_per_s": total_bytes / seconds / 1e6,
     }, kept
 
@@ -179,6 +176,9 @@ def read_topic(env: dict[str, str], prefix: str, rows: int, keep: bool) -> tuple
 def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, float]:
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, "bench_run")
+    topic = env["REPLICATOR_TOPIC"]
+    ends = _topic_ends(env)
+    events = sum(ends.values())  # read from offset 0: the local broker keeps every event
     child_env = {**os.environ, **env, "REPLICATOR_ENV_FILE": os.devnull}
     child_env["REPLICATOR_SESSION_TIMEOUT_MS"] = "6000"
     group = f"bench-{time.time_ns()}"
@@ -191,11 +191,12 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
             stdout=subprocess.DEVNULL,
             stderr=log_out,
         )
-        peak_kib = done = 0
+        peak_kib = 0
         try:
-            while done < rows and proc.poll() is None:
+            # done when the positions it stored (with the rows) reach the topic's ends:
+            # a primary-key lookup, not a count that would compete with the replicator
+            while proc.poll() is None and not _stored_reached(dsn, table, topic, ends):
                 time.sleep(0.05)
-                done = count(dsn, table, prefix)
                 peak_kib = max(peak_kib, _hwm_kib(proc.pid))
             finished = time.time()
             proc.wait(120)
@@ -208,11 +209,24 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
     logfile.unlink()
     seconds = max(finished - assigned, 1e-9)
     return {
-        "rows": done,
+        "rows": count(dsn, table, prefix),
+        "events": events,
         "seconds": seconds,
-        "events_per_s": done / seconds,
+        "events_per_s": events / seconds,
         "peak_rss_mb": peak_kib / 1024,
     }
+
+
+def _stored_reached(dsn: str, table: str, topic: str, ends: dict[int, int]) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stored = dict(
+            conn.execute(
+                "SELECT kafka_partition, next_offset FROM replicator_offsets"
+                " WHERE target_table = %s AND topic = %s",
+                (table, topic),
+            ).fetchall()
+        )
+    return all(stored.get(p, 0) >= end for p, end in ends.items())
 
 
 def _log_time(path: Path, message: str) -> float:
@@ -241,6 +255,8 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     table = fresh_table(dsn, "bench_memory")
     topic = env["REPLICATOR_TOPIC"]
     with PostgresSink(dsn, table=table) as sink:
+        # as in `replicator run`: decode and map here while the previous batch is applied
+        worker: ApplyWorker[Batch, object] = ApplyWorker(lambda b: _flush(sink, topic, b))
         started = time.perf_counter()
         batch = Batch()
         for key, value, partition, offset in events:
@@ -250,19 +266,23 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
                 batch.changes.append(change)
             batch.advance(partition, offset, event.lsn if event else None)
             if len(batch.changes) >= batch_rows:
-                _flush(sink, topic, batch)
+                worker.submit(batch)
                 batch = Batch()
-        _flush(sink, topic, batch)
+        worker.submit(batch)
+        failed = [f.error for f in worker.finished(wait=True) if f.error is not None]
         seconds = time.perf_counter() - started
+        worker.close()
+    if failed:
+        raise RuntimeError(f"applying failed: {failed[0]!r}")
     return {"rows": len(events), "seconds": seconds, "rows_per_s": len(events) / seconds}
 
 
-def _flush(sink: PostgresSink, topic: str, batch: Batch) -> None:
+def _flush(sink: PostgresSink, topic: str, batch: Batch) -> object:
     positions = [
         PartitionPosition(topic, p, off, batch.last_lsns.get(p))
         for p, off in batch.next_offsets.items()
     ]
-    sink.apply(batch.changes, positions)
+    return sink.apply(batch.changes, positions)
 
 
 # ---- 5: initial load -----------------------------------------------------------------------
@@ -336,29 +356,119 @@ def latency(
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, f"bench_latency_{rate}")
     metrics = Metrics()
-    replicator = Replicator(_settings(env, table), metrics=metrics)
+    replicator = TimedReplicator(_settings(env, table), metrics=metrics)
     thread = threading.Thread(target=replicator.run, daemon=True)
     thread.start()
     _wait_caught_up(replicator, lambda: count(dsn, table, prefix) >= total)
-    recorder = Recorder()
+    recorder, applies, batches = Recorder(), Recorder(), Recorder()
     metrics.end_to_end_seconds = recorder  # type: ignore[assignment]
+    metrics.apply_seconds = applies  # type: ignore[assignment]
+    metrics.batch_size = batches  # type: ignore[assignment]
     ids = [f"{prefix}{n:08d}" for n in range(2000)]
+    before = _topic_ends(env)
+    received = len(replicator.delivered)
     sent = _write_at_rate(env["REPLICATOR_SOURCE_DSN"], ids, rate, seconds)
     time.sleep(3)
     replicator.stop_event.set()
     thread.join(60)
-    values = sorted(recorder.values)
-    if not values:
+    delivered = replicator.delivered[received:]
+    if not recorder.values:
         return {"rate": rate, "changes": sent, "observed": 0}
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return {
-        "rate": rate,
-        "changes": sent,
-        "observed": len(values),
-        "p50_ms": q[49] * 1000,
-        "p95_ms": q[94] * 1000,
-        "p99_ms": q[98] * 1000,
-    }
+    out: dict[str, Any] = {"rate": rate, "changes": sent, "observed": len(recorder.values)}
+    out.update(_percentiles(recorder.values, ""))
+    # the apply's share: one batch's transaction, and how many events a batch held
+    out.update(_percentiles(applies.values, "apply_"))
+    out["batch_events_mean"] = statistics.fmean(batches.values) if batches.values else 0.0
+    # the capture's share: source commit -> the record handed to Connect's producer
+    out.update(_percentiles(_capture_delays(env, before, _topic_ends(env)), "capture_"))
+    # the broker's share: record produced -> handed to the replicator by librdkafka
+    out.update(_percentiles(delivered, "broker_"))
+    return out
+
+
+class TimedReplicator(Replicator):
+    """``replicator run`` as is, timing each record from its timestamp to its receipt."""
+
+    delivered: list[float]
+
+    def _make_consumer(self) -> Consumer:
+        self.delivered = []
+        return _Timed(super()._make_consumer(), self.delivered)  # type: ignore[return-value]
+
+
+class _Timed:
+    """Passes everything through; notes ``now - record timestamp`` of what it hands out."""
+
+    def __init__(self, consumer: Consumer, out: list[float]) -> None:
+        self._consumer, self._out = consumer, out
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        msg = self._consumer.poll(*args, **kwargs)
+        if msg is not None:
+            self._note([msg])
+        return msg
+
+    def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
+        messages = self._consumer.consume(*args, **kwargs)
+        self._note(messages)
+        return messages
+
+    def _note(self, messages: list[Any]) -> None:
+        now = time.time() * 1000
+        for msg in messages:
+            if msg.error() is None and msg.value() is not None:
+                self._out.append(max(0.0, (now - msg.timestamp()[1]) / 1000))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def _percentiles(seconds: list[float], label: str) -> dict[str, float]:
+    if len(seconds) < 2:
+        return {}
+    q = statistics.quantiles(sorted(seconds), n=100, method="inclusive")
+    return {f"{label}p{p}_ms": q[p - 1] * 1000 for p in (50, 95, 99)}
+
+
+def _topic_ends(env: dict[str, str]) -> dict[int, int]:
+    """The exact end (next offset) of every partition of the change topic."""
+    ends = probe_ends(env["REPLICATOR_KAFKA_BOOTSTRAP"], env["REPLICATOR_TOPIC"])
+    return {p: e.end for p, e in ends.items()}
+
+
+def _capture_delays(env: dict[str, str], start: dict[int, int], end: dict[int, int]) -> list[float]:
+    """Record timestamp minus ``source.ts_ms`` (seconds) of the events between two ends."""
+    topic = env["REPLICATOR_TOPIC"]
+    consumer = _raw_consumer(env)
+    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items() if end[p] > o])
+    remaining = sum(end[p] - o for p, o in start.items())
+    delays: list[float] = []
+    deadline = time.monotonic() + 120
+    try:
+        while remaining > 0 and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error() or msg.offset() >= end[msg.partition()]:
+                    continue
+                remaining -= 1
+                if msg.value() is None:
+                    continue
+                ts_ms = (json.loads(msg.value()).get("source") or {}).get("ts_ms")
+                if ts_ms is not None:
+                    delays.append(max(0.0, (msg.timestamp()[1] - ts_ms) / 1000))
+    finally:
+        consumer.close()
+    return delays
+
+
+def _raw_consumer(env: dict[str, str]) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": env["REPLICATOR_KAFKA_BOOTSTRAP"],
+            "group.id": f"bench-raw-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
 
 
 def _wait_caught_up(
@@ -381,8 +491,7 @@ def _write_at_rate(dsn: str, ids: list[str], rate: int, seconds: float) -> int:
     """UPDATEs of existing rows, ``rate`` per second, committed in small transactions."""
     per_tx = max(1, rate // 100)
     sent = 0
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SET synchronous_commit = off")
+    with psycopg.connect(dsn) as conn:  # committed as an application does (synchronous)
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
             due = int(elapsed * rate)
@@ -410,18 +519,27 @@ def replay_and_verify(env: dict[str, str], rows: int) -> dict[str, Any]:
             for t in ("bench_replay", "bench_replay_versions"):
                 conn.execute(f'DROP TABLE IF EXISTS "{t}"')
             conn.execute("DELETE FROM replicator_offsets WHERE target_table = 'bench_replay'")
+        events = sum(_topic_ends(env).values())  # the local broker keeps every event
         started = time.perf_counter()
         res = _cli(env, "replay", "--into", "bench_replay")
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started  # includes the command's start
         out["replay"] = (
-            {"seconds": seconds, "events_per_s": rows / seconds}
+            {"events": events, "seconds": seconds, "events_per_s": events / seconds}
             if res.returncode == 0
             else {"error": res.stderr[-500:]}
         )
-    if _has_command("verify"):
+    if _has_command("verify") and out.get("replay", {}).get("seconds"):
+        # the replayed table holds every change, and nothing streams into it
         started = time.perf_counter()
-        res = _cli(env, "verify", "--target-table", "bench_run", "--json")
-        out["verify"] = {"seconds": time.perf_counter() - started, "exit_code": res.returncode}
+        res = _cli(
+            env, "verify", "--target-table", "bench_replay", "--catch-up-timeout", "0", "--json"
+        )
+        seconds = time.perf_counter() - started
+        verdict: dict[str, Any] = {"seconds": seconds, "exit_code": res.returncode}
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            report = json.loads(res.stdout)
+            verdict.update(status=report["status"], rows=report["source"]["rows"])
+        out["verify"] = verdict
     return out
 
 
@@ -515,19 +633,38 @@ def markdown(report: dict[str, Any]) -> str:
     for lat in r["latency"]:
         if lat.get("observed"):
             lines.append(
-                f"| latency at {lat['rate']} changes/s | p50 {lat['p50_ms']:.0f} ms,"
-                f" p95 {lat['p95_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |"
+                f"| latency at {lat['rate']} changes/s, source commit -> row applied |"
+                f" p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms,"
+                f" p99 {lat['p99_ms']:.0f} ms | |"
             )
+            shares = (
+                ("capture_", "the capture: commit -> record produced by Connect"),
+                ("broker_", "the broker: record produced -> received by the replicator"),
+            )
+            for key, what in shares:
+                if f"{key}p50_ms" in lat:
+                    lines.append(
+                        f"| of which {what} | p50 {lat[key + 'p50_ms']:.0f} ms,"
+                        f" p95 {lat[key + 'p95_ms']:.0f} ms, p99 {lat[key + 'p99_ms']:.0f} ms | |"
+                    )
+            if "apply_p50_ms" in lat:
+                lines.append(
+                    f"| of which one batch's apply ({lat['batch_events_mean']:.0f} events"
+                    f" per batch on average) | p50 {lat['apply_p50_ms']:.0f} ms,"
+                    f" p95 {lat['apply_p95_ms']:.0f} ms, p99 {lat['apply_p99_ms']:.0f} ms | |"
+                )
     rv = r.get("replay_verify") or {}
     if (rv.get("replay") or {}).get("events_per_s"):
         lines.append(
-            f"| `replicator replay` | {rv['replay']['events_per_s']:,.0f} events/s |"
+            f"| `replicator replay` of {rv['replay']['events']:,} events |"
+            f" {rv['replay']['events_per_s']:,.0f} events/s |"
             f" /B {s.get('replay/B')} |"
         )
     if rv.get("verify"):
         lines.append(
-            f"| `replicator verify` | {rv['verify']['seconds']:.1f} s"
-            f" (exit {rv['verify']['exit_code']}) | |"
+            f"| `replicator verify` of {rv['verify'].get('rows', 0):,} rows |"
+            f" {rv['verify']['seconds']:.1f} s ({rv['verify'].get('status', 'no report')},"
+            f" exit {rv['verify']['exit_code']}) | |"
         )
     lines.append(f"| peak RSS of `replicator run` | {s['peak_rss_mb']} MB | |")
     return "\n".join(lines) + "\n"
@@ -549,8 +686,11 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         "B bare consumer": r["B_bare_consumer"]["events_per_s"],
         "replicator run": r["run_replicator"]["events_per_s"],
         "in memory": r["in_memory"]["rows_per_s"],
+        "backfill": (r.get("initial_load_backfill") or {}).get("rows_per_s", 0),
+        "replay": ((r.get("replay_verify") or {}).get("replay") or {}).get("events_per_s", 0),
     }
-    left.bar(list(bars), list(bars.values()), color=["#888", "#888", "#2a7", "#27a"])
+    colors = ["#888", "#888", "#2a7", "#27a", "#a72", "#72a"]
+    left.bar(list(bars), list(bars.values()), color=colors)
     left.set_ylabel("rows or events per second")
     left.set_title(f"Throughput, {report['rows']:,} rows")
     left.tick_params(axis="x", labelrotation=15)

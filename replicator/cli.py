@@ -69,7 +69,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from replicator.schema import apply_source_schema, apply_target_schema, grant_to_service_role
+    from replicator.schema import (
+        apply_roles,
+        apply_source_schema,
+        apply_target_schema,
+        grant_to_service_role,
+    )
 
     settings = _settings(args, target_table=args.target_table).as_admin()
     if settings.source_dsn is not None and args.source:
@@ -83,6 +88,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
             target, args.grant_to, settings.target_table, settings.offsets_table
         ):
             print(f"target: {line}")
+    if args.roles:
+        if settings.source_dsn is None:
+            raise ConfigurationError("--roles needs the source database; set REPLICATOR_SOURCE_DSN")
+        for line in apply_roles(settings.source_dsn.get_secret_value(), target):
+            print(f"roles: {line}")
     return EXIT_OK
 
 
@@ -275,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROLE",
         help="grant ROLE what 'replicator run' needs on the target table (schemas/roles.sql"
         " does it for the default names)",
+    )
+    p.add_argument(
+        "--roles",
+        action="store_true",
+        help="then run schemas/roles.sql: the Debezium and replicator roles, the"
+        " publication, the grants (as the tables' owner, with CREATEROLE)",
     )
     p.set_defaults(func=cmd_schema)
 

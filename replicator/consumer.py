@@ -185,17 +185,21 @@ class Replicator:
     def _make_consumer(self) -> Consumer:
         return Consumer(
             {
+                # tuning, which REPLICATOR_KAFKA_CONFIG may override
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                # Kafka answers a fetch as soon as data arrives; this bounds how long an
+                # idle fetch waits (and is the whole wait on brokers that answer only then)
+                "fetch.wait.max.ms": 20,
+                "topic.metadata.refresh.interval.ms": 5000,
+                "queued.max.messages.kbytes": 64 * 1024,
                 **self._kafka_common(),
+                # what the guarantees rest on: never overridden
                 "group.id": self.settings.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": self.settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(500, self.settings.session_timeout_ms // 5),
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "fetch.wait.max.ms": 50,  # the broker answers within 50 ms when idle
-                "topic.metadata.refresh.interval.ms": 5000,
-                "queued.max.messages.kbytes": 64 * 1024,
                 "error_cb": self._on_kafka_error,
             }
         )

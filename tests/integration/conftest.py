@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -81,9 +83,18 @@ def prepare_table(owner_dsn: str, table: str, offsets_table: str = "replicator_o
     grant_to_service_role(owner_dsn, SERVICE_ROLE, table, offsets_table)
 
 
+def stack_state_dir() -> Path:
+    """A fresh state folder for a test stack, outside pytest's temporary root.
+
+    Run as root, the stack lets the postgres user traverse every parent of its folder;
+    another pytest session starting meanwhile resets its own root (``pytest-of-<user>``)
+    to mode 0700, which would cut a stack under it off from its data directory."""
+    return Path(tempfile.mkdtemp(prefix="replicator-test-stack-"))
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    state = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[StackInfo]:
+    state = stack_state_dir()
     local = LocalStack(state)
     try:
         env = local.up()
@@ -99,6 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         )
     finally:
         local.down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

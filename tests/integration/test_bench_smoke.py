@@ -52,6 +52,11 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
     assert results["run_replicator"]["rows"] == 300
     assert results["B_bare_consumer"]["events"] == 300
     assert results["latency"][0]["observed"] > 0
+    assert results["latency"][0]["capture_p50_ms"] >= 0
+    assert results["latency"][0]["broker_p50_ms"] >= 0
+    replay, verify = results["replay_verify"]["replay"], results["replay_verify"]["verify"]
+    assert replay["events"] >= 300
+    assert verify["status"] in ("in_sync", "drift"), verify  # a report, not a failure
     assert None not in (report["summary"]["run/B"], report["summary"]["in_memory/A"])
     assert report["machine"]["cores"] >= 1
     assert (tmp_path / report_file.name.replace(".json", ".md")).exists()

@@ -90,3 +90,26 @@ def test_stack_runs_without_a_superuser(stack: StackInfo) -> None:
         ).fetchall()
     assert sessions, "Debezium holds no replication slot"
     assert set(sessions) == {("replicator_debezium", False)}
+
+
+def test_schema_apply_roles_is_idempotent(stack: StackInfo, cli_env: dict[str, str]) -> None:
+    """`schema apply --roles`, as docker-compose runs it at every start."""
+    import subprocess
+    import sys
+
+    for _ in range(2):
+        res = subprocess.run(
+            [sys.executable, "-m", "replicator.cli", "schema", "apply", "--roles"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "roles: roles replicator_debezium and replicator_app granted" in res.stdout
+    with psycopg.connect(stack.source_dsn) as conn:
+        (tables,) = conn.execute(
+            "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_publication_tables"
+            " WHERE pubname = 'replicator_workflow_processes'"
+        ).fetchone()
+    assert tables == ["debezium_signal", "workflow_processes"]

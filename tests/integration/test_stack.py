@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from replicator.stack import LocalStack, pid_alive
-from tests.integration.conftest import StackInfo, execute, unique
+from tests.integration.conftest import StackInfo, execute, stack_state_dir, unique
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +82,8 @@ def test_up_twice_is_harmless(stack: StackInfo) -> None:
     assert all(part["healthy"] for part in again.status().values())
 
 
-def test_down_stops_every_process(tmp_path) -> None:
-    local = LocalStack(tmp_path / "stack")
+def test_down_stops_every_process() -> None:
+    local = LocalStack(stack_state_dir())
     local.up()
     try:
         status = local.status()
@@ -98,3 +99,4 @@ def test_down_stops_every_process(tmp_path) -> None:
     for pid, marker in pids:
         assert not pid_alive(pid, marker), f"{marker} (pid {pid}) still running"
     assert not any(part.get("healthy") for part in local.status().values())
+    shutil.rmtree(local.state_dir, ignore_errors=True)

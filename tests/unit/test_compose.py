@@ -31,3 +31,12 @@ def test_compose_file_validates() -> None:
     assert wanted, "connector config uses no env placeholders"
     for var in wanted:
         assert f"{var}:" in res.stdout, f"{var} not set for the connect service"
+
+
+def test_compose_creates_the_publication_before_the_connector() -> None:
+    """The connector does not create its publication: schemas/roles.sql does, first."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    config = json.loads((ROOT / "connectors" / "workflow-processes.json").read_text())["config"]
+    assert config["publication.autocreate.mode"] == "disabled"
+    roles, connector = text.index("schema apply --roles"), text.index("connector apply")
+    assert roles < connector

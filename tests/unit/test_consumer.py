@@ -101,3 +101,30 @@ def test_dead_letter_headers_say_where_and_why() -> None:
         "dlq.offset": b"41",
         "trace": b"x",
     }
+
+
+def test_kafka_config_tunes_the_consumer_but_cannot_undo_the_guarantees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import replicator.consumer as consumer_module
+    from replicator.consumer import Replicator
+    from replicator.settings import Settings
+
+    seen: dict = {}
+    monkeypatch.setattr(consumer_module, "Consumer", lambda config: seen.update(config))
+    settings = Settings(
+        target_dsn="postgresql://app@db.invalid/t",
+        kafka_bootstrap="k1:9092",
+        kafka_config={
+            "fetch.wait.max.ms": "200",
+            "security.protocol": "SASL_SSL",
+            "enable.auto.commit": "true",
+            "group.id": "other",
+        },
+    )
+    Replicator(settings)._make_consumer()
+    assert seen["fetch.wait.max.ms"] == "200"
+    assert seen["security.protocol"] == "SASL_SSL"
+    assert seen["enable.auto.commit"] is False
+    assert seen["enable.auto.offset.store"] is False
+    assert seen["group.id"] == settings.group_id
