@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -23,6 +24,7 @@ import pytest
 
 from replicator.consumer import Replicator
 from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
+from replicator.sample import legacy_row
 from replicator.schema import apply_target_schema, grant_to_service_role
 from replicator.settings import Settings
 from replicator.stack import SERVICE_ROLE, LocalStack
@@ -248,3 +250,37 @@ def cli_env(stack: StackInfo) -> dict[str, str]:
         REPLICATOR_ENV_FILE=str(Path(os.devnull)),
     )
     return env
+
+
+def churn_until(dsn: str, prefix: str, ids: int, stop: threading.Event, seed: int) -> int:
+    """Updates (single and multi-row), deletes, re-inserts and new rows on ``prefix`` ids."""
+    rng = random.Random(seed)
+    done = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            rid = f"{prefix}-{rng.randrange(ids):08d}"
+            r = rng.random()
+            if r < 0.45:
+                conn.execute(
+                    "UPDATE workflow_processes SET status = %s, updated_at = now(),"
+                    " total_cost = %s, result = %s WHERE id = %s",
+                    (rng.choice(["running", "completed", None]), rng.random() * 1000, f"r{r}", rid),
+                )
+            elif r < 0.55:
+                group = [f"{prefix}-{rng.randrange(ids):08d}" for _ in range(20)]
+                conn.execute(
+                    "UPDATE workflow_processes SET max_turns = %s, message = message || '+'"
+                    " WHERE id = ANY(%s)",
+                    (rng.randrange(100), group),
+                )
+            elif r < 0.75:
+                conn.execute("DELETE FROM workflow_processes WHERE id = %s", (rid,))
+            else:
+                new = rid if r < 0.85 else f"{prefix}-new-{done}"
+                conn.execute(
+                    "INSERT INTO workflow_processes VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
+                    "%s,%s,%s,%s) ON CONFLICT (id) DO NOTHING",
+                    legacy_row(rng, new),
+                )
+            done += 1
+    return done

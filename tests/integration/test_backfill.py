@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import signal
 import struct
 import subprocess
@@ -33,7 +32,7 @@ from replicator.consumer import SNAPSHOT_VERSION
 from replicator.errors import MappingError
 from replicator.events import UNAVAILABLE
 from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.sample import insert_rows, legacy_row
+from replicator.sample import insert_rows
 from replicator.schema import apply_source_schema, apply_target_schema
 from replicator.sink import PostgresSink, RowChange
 from replicator.stack import load_connector_file
@@ -41,6 +40,7 @@ from tests.integration.conftest import (
     JSON_COLUMNS,
     RunningReplicator,
     StackInfo,
+    churn_until,
     execute,
     mapped_source,
     target_rows,
@@ -338,40 +338,6 @@ def test_backfill_respects_the_order_guard(stack: StackInfo, via: str) -> None:
 
 
 # --------------------------------------------------------------------------- the race
-
-
-def churn_until(dsn: str, prefix: str, ids: int, stop: threading.Event, seed: int) -> int:
-    """Updates (single and multi-row), deletes, re-inserts and new rows on ``prefix`` ids."""
-    rng = random.Random(seed)
-    done = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not stop.is_set():
-            rid = f"{prefix}-{rng.randrange(ids):08d}"
-            r = rng.random()
-            if r < 0.45:
-                conn.execute(
-                    "UPDATE workflow_processes SET status = %s, updated_at = now(),"
-                    " total_cost = %s, result = %s WHERE id = %s",
-                    (rng.choice(["running", "completed", None]), rng.random() * 1000, f"r{r}", rid),
-                )
-            elif r < 0.55:
-                group = [f"{prefix}-{rng.randrange(ids):08d}" for _ in range(20)]
-                conn.execute(
-                    "UPDATE workflow_processes SET max_turns = %s, message = message || '+'"
-                    " WHERE id = ANY(%s)",
-                    (rng.randrange(100), group),
-                )
-            elif r < 0.75:
-                conn.execute("DELETE FROM workflow_processes WHERE id = %s", (rid,))
-            else:
-                new = rid if r < 0.85 else f"{prefix}-new-{done}"
-                conn.execute(
-                    "INSERT INTO workflow_processes VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
-                    "%s,%s,%s,%s) ON CONFLICT (id) DO NOTHING",
-                    legacy_row(rng, new),
-                )
-            done += 1
-    return done
 
 
 class Churn:

@@ -18,6 +18,7 @@ from replicator.verify import Options, verify
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
+    churn_until,
     execute,
     unique,
     wait_converged,
@@ -143,32 +144,6 @@ def test_separate_target_database(iso: StackInfo) -> None:
         assert report.repair.converged and report.repair.signals == 1
 
 
-def churn(dsn: str, prefix: str, stop: threading.Event) -> int:
-    """Inserts, updates and deletes on ``prefix`` rows until ``stop``; how many."""
-    rng = random.Random(11)
-    done = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not stop.is_set():
-            rid = f"{prefix}-{rng.randrange(300):08d}"
-            r = rng.random()
-            if r < 0.5:
-                conn.execute(
-                    "UPDATE workflow_processes SET status = %s, total_cost = %s, result = %s,"
-                    " updated_at = now() WHERE id = %s",
-                    (rng.choice(["running", None]), rng.random() * 100, f"r{r}", rid),
-                )
-            elif r < 0.7:
-                conn.execute("DELETE FROM workflow_processes WHERE id = %s", (rid,))
-            else:
-                conn.execute(
-                    "INSERT INTO workflow_processes VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
-                    "%s,%s,%s,%s) ON CONFLICT (id) DO NOTHING",
-                    legacy_row(rng, rid),
-                )
-            done += 1
-    return done
-
-
 def test_rows_changing_while_verifying_are_not_drift(iso: StackInfo) -> None:
     table = unique("wr")
     apply_target_schema(iso.target_dsn, table)
@@ -178,7 +153,9 @@ def test_rows_changing_while_verifying_are_not_drift(iso: StackInfo) -> None:
     with RunningReplicator(settings):
         wait_converged(iso, table, "")
         stop = threading.Event()
-        writer = threading.Thread(target=churn, args=(iso.source_dsn, p, stop), daemon=True)
+        writer = threading.Thread(
+            target=churn_until, args=(iso.source_dsn, p, 300, stop, 11), daemon=True
+        )
         writer.start()
         try:
             reports = [verify(settings, options=Options(chunk_rows=50)) for _ in range(3)]
@@ -190,7 +167,9 @@ def test_rows_changing_while_verifying_are_not_drift(iso: StackInfo) -> None:
         assert any(r.suspects for r in reports)  # the churn was seen, and cleared
         # the same comparison without waiting for the replicator sees the churn as drift
         static = Options(chunk_rows=50, catch_up_timeout_s=0)
-        writer = threading.Thread(target=churn, args=(iso.source_dsn, p, stop), daemon=True)
+        writer = threading.Thread(
+            target=churn_until, args=(iso.source_dsn, p, 300, stop, 11), daemon=True
+        )
         stop.clear()
         writer.start()
         try:
