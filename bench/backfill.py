@@ -28,11 +28,11 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from replicator import backfill_sql as bsql
-from replicator.backfill import backfill
-from replicator.mapping import TARGET_COLUMNS
-from replicator.sample import insert_rows
-from replicator.schema import apply_source_schema, apply_target_schema
+from replicator.backfill.runner import backfill
+from replicator.db.schema import apply_source_schema, apply_target_schema
+from replicator.local.sample import insert_rows
+from replicator.mapping import sql as mapped_sql
+from replicator.mapping.columns import TARGET_COLUMNS
 from replicator.settings import Settings, read_env_file
 
 
@@ -54,7 +54,7 @@ def baseline(dsn: str, table: str) -> float:
     statement = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM workflow_processes p").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, TARGET_COLUMNS)),
-        sql.SQL(", ").join(bsql.MAPPED.values()),
+        sql.SQL(", ").join(mapped_sql.MAPPED.values()),
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET jit = off")

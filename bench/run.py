@@ -45,19 +45,22 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from replicator.connect import ConnectClient  # noqa: E402
-from replicator.consumer import Batch, Replicator, to_row_change  # noqa: E402
+from replicator.db.schema import apply_target_schema  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
-from replicator.mapping import TARGET_COLUMNS  # noqa: E402
-from replicator.metrics import Metrics  # noqa: E402
-from replicator.pipeline import ApplyWorker  # noqa: E402
-from replicator.sample import insert_rows  # noqa: E402
-from replicator.schema import apply_target_schema  # noqa: E402
-from replicator.serde import decode_json  # noqa: E402
+from replicator.local.connect import ConnectClient  # noqa: E402
+from replicator.local.sample import insert_rows  # noqa: E402
+from replicator.local.stack import LocalStack, load_connector_file  # noqa: E402
+from replicator.mapping.columns import TARGET_COLUMNS  # noqa: E402
+from replicator.observe.metrics import Metrics  # noqa: E402
 from replicator.settings import Settings, read_env_file  # noqa: E402
-from replicator.sink import PartitionPosition, PostgresSink  # noqa: E402
-from replicator.stack import LocalStack, load_connector_file  # noqa: E402
-from replicator.watermarks import probe_ends  # noqa: E402
+from replicator.stream.batch import Batch  # noqa: E402
+from replicator.stream.decode import decode_json  # noqa: E402
+from replicator.stream.ends import probe_ends  # noqa: E402
+from replicator.stream.replicator import Replicator  # noqa: E402
+from replicator.stream.sink import PostgresSink  # noqa: E402
+from replicator.stream.source import KafkaSource  # noqa: E402
+from replicator.stream.transform import to_row_change  # noqa: E402
+from replicator.stream.worker import ApplyWorker  # noqa: E402
 
 #: The plan's migration SQL in PostgreSQL dialect, with the mapping rulings.
 BASELINE_SQL = """
@@ -186,7 +189,7 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
     logfile = Path(tempfile.mkstemp(prefix="bench-run-", suffix=".log")[1])
     with logfile.open("w") as log_out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "replicator.cli", *command],
+            [sys.executable, "-m", "replicator", *command],
             env=child_env,
             stdout=subprocess.DEVNULL,
             stderr=log_out,
@@ -256,9 +259,11 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     topic = env["REPLICATOR_TOPIC"]
     with PostgresSink(dsn, table=table) as sink:
         # as in `replicator run`: decode and map here while the previous batch is applied
-        worker: ApplyWorker[Batch, object] = ApplyWorker(lambda b: _flush(sink, topic, b))
+        worker: ApplyWorker[Batch, object] = ApplyWorker(
+            lambda b: sink.apply(b.changes, b.positions())
+        )
         started = time.perf_counter()
-        batch = Batch()
+        batch = Batch(topic)
         for key, value, partition, offset in events:
             event = decode_json(key, value, KafkaPosition(topic, partition, offset))
             change = to_row_change(event) if event else None
@@ -267,7 +272,7 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
             batch.advance(partition, offset, event.lsn if event else None)
             if len(batch.changes) >= batch_rows:
                 worker.submit(batch)
-                batch = Batch()
+                batch = Batch(topic)
         worker.submit(batch)
         failed = [f.error for f in worker.finished(wait=True) if f.error is not None]
         seconds = time.perf_counter() - started
@@ -275,14 +280,6 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     if failed:
         raise RuntimeError(f"applying failed: {failed[0]!r}")
     return {"rows": len(events), "seconds": seconds, "rows_per_s": len(events) / seconds}
-
-
-def _flush(sink: PostgresSink, topic: str, batch: Batch) -> object:
-    positions = [
-        PartitionPosition(topic, p, off, batch.last_lsns.get(p))
-        for p, off in batch.next_offsets.items()
-    ]
-    return sink.apply(batch.changes, positions)
 
 
 # ---- 5: initial load -----------------------------------------------------------------------
@@ -356,7 +353,13 @@ def latency(
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, f"bench_latency_{rate}")
     metrics = Metrics()
-    replicator = TimedReplicator(_settings(env, table), metrics=metrics)
+    sources: list[TimedSource] = []
+
+    def source(settings: Settings) -> TimedSource:
+        sources.append(TimedSource.group_member(settings))  # type: ignore[arg-type]
+        return sources[-1]
+
+    replicator = Replicator(_settings(env, table), metrics=metrics, source=source)
     thread = threading.Thread(target=replicator.run, daemon=True)
     thread.start()
     _wait_caught_up(replicator, lambda: count(dsn, table, prefix) >= total)
@@ -366,12 +369,13 @@ def latency(
     metrics.batch_size = batches  # type: ignore[assignment]
     ids = [f"{prefix}{n:08d}" for n in range(2000)]
     before = _topic_ends(env)
-    received = len(replicator.delivered)
+    delivered = sources[-1].delivered
+    received = len(delivered)
     sent = _write_at_rate(env["REPLICATOR_SOURCE_DSN"], ids, rate, seconds)
     time.sleep(3)
     replicator.stop_event.set()
     thread.join(60)
-    delivered = replicator.delivered[received:]
+    delivered = delivered[received:]
     if not recorder.values:
         return {"rate": rate, "changes": sent, "observed": 0}
     out: dict[str, Any] = {"rate": rate, "changes": sent, "observed": len(recorder.values)}
@@ -386,41 +390,20 @@ def latency(
     return out
 
 
-class TimedReplicator(Replicator):
-    """``replicator run`` as is, timing each record from its timestamp to its receipt."""
+class TimedSource(KafkaSource):
+    """``replicator run``'s source as is, noting ``now - record timestamp`` of what it hands out."""
 
-    delivered: list[float]
+    def __init__(self, consumer: Consumer, topic: str) -> None:
+        super().__init__(consumer, topic)
+        self.delivered: list[float] = []
 
-    def _make_consumer(self) -> Consumer:
-        self.delivered = []
-        return _Timed(super()._make_consumer(), self.delivered)  # type: ignore[return-value]
-
-
-class _Timed:
-    """Passes everything through; notes ``now - record timestamp`` of what it hands out."""
-
-    def __init__(self, consumer: Consumer, out: list[float]) -> None:
-        self._consumer, self._out = consumer, out
-
-    def poll(self, *args: Any, **kwargs: Any) -> Any:
-        msg = self._consumer.poll(*args, **kwargs)
-        if msg is not None:
-            self._note([msg])
-        return msg
-
-    def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
-        messages = self._consumer.consume(*args, **kwargs)
-        self._note(messages)
-        return messages
-
-    def _note(self, messages: list[Any]) -> None:
+    def poll(self, timeout: float) -> list[Any]:
+        messages = super().poll(timeout)
         now = time.time() * 1000
         for msg in messages:
-            if msg.error() is None and msg.value() is not None:
-                self._out.append(max(0.0, (now - msg.timestamp()[1]) / 1000))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
+            if msg.value() is not None:
+                self.delivered.append(max(0.0, (now - msg.timestamp()[1]) / 1000))
+        return messages
 
 
 def _percentiles(seconds: list[float], label: str) -> dict[str, float]:
@@ -545,14 +528,14 @@ def replay_and_verify(env: dict[str, str], rows: int) -> dict[str, Any]:
 
 def _has_command(name: str) -> bool:
     res = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", name, "--help"], capture_output=True, timeout=60
+        [sys.executable, "-m", "replicator", name, "--help"], capture_output=True, timeout=60
     )
     return res.returncode == 0
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "replicator.cli", *args],
+        [sys.executable, "-m", "replicator", *args],
         env={**os.environ, **env, "REPLICATOR_ENV_FILE": os.devnull},
         capture_output=True,
         text=True,

@@ -1,12 +1,16 @@
 """Replicate Debezium change events of ``workflow_processes`` into ``workflow_runs``.
 
-The pipeline has four named stages with small interfaces:
+The package is grouped by stage (the README's layout table says why each folder exists):
 
-* source     -- :mod:`replicator.consumer` polls Kafka and yields raw messages;
-* decode     -- :mod:`replicator.serde` turns bytes into :class:`~replicator.events.ChangeEvent`;
-* transform  -- :mod:`replicator.mapping` is a pure function, legacy row -> ``WorkflowRun``;
-* sink       -- :mod:`replicator.sink` applies a batch and the partition positions it
-  consumed in ONE target transaction (the checkpoint lives with the rows).
+* ``stream/``   -- the pipeline of ``replicator run``: source (Kafka), decode, transform,
+  batch, dead letters, sink and checkpoint (positions stored with the rows, in ONE
+  target transaction), composed by :mod:`replicator.stream.replicator`;
+* ``mapping/``  -- every column fact once; the mapping in Python and in SQL;
+* ``db/``       -- PostgreSQL connections, error classification, DDL;
+* ``backfill/``, ``verify/``, ``replay/`` -- the engineers' tools;
+* ``observe/``  -- metrics, logs, progress;
+* ``local/``    -- the local stack, the Kafka Connect REST client, sample rows;
+* ``cli/``      -- the command line, one module per command group.
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,14 @@
-"""The one event type every stage after decoding sees.
+"""The values that travel between the stages.
 
-A :class:`ChangeEvent` is independent of the wire format (Debezium JSON with or
-without schemas, Avro).  It carries its Kafka position (topic, partition, offset)
-and its source position (the PostgreSQL LSN), so that the sink can store the
-consumed position with the rows it produced and refuse to let an older event
-overwrite a newer row.
+A :class:`ChangeEvent` is the one event type every stage after decoding sees,
+independent of the wire format (Debezium JSON with or without schemas, Avro).  It
+carries its Kafka position (topic, partition, offset) and its source position (the
+PostgreSQL LSN), so that the sink can store the consumed position with the rows it
+produced and refuse to let an older event overwrite a newer row.
+
+The transform turns it into a :class:`RowChange`; the sink applies row changes with the
+:class:`PartitionPosition` they take their partitions to and answers an
+:class:`ApplyResult`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ class Op(StrEnum):
     TRUNCATE = "t"
     MESSAGE = "m"  # logical decoding message
 
+
+#: The order-guard version of a snapshot read (initial snapshot or backfill): the weakest
+#: one, below every streamed change's LSN (argument: :mod:`replicator.stream.transform`).
+SNAPSHOT_VERSION = 0
 
 #: Debezium's default stand-in for an unchanged TOASTed column (REPLICA IDENTITY DEFAULT).
 UNAVAILABLE = "__debezium_unavailable_value"
@@ -57,3 +65,57 @@ class ChangeEvent:
     source_ts_ms: int | None
     snapshot: str | None
     position: KafkaPosition
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """The mapped effect of one source change on one target row.
+
+    ``values`` follow ``TARGET_COLUMNS`` (JSON columns as ``str``); ``None`` for a delete.
+    ``lsn`` is ``None`` for changes without a source LSN (applied unconditionally).
+    ``unavailable``: target columns whose value the source did not send (unchanged
+    TOASTed values), never written.
+    """
+
+    run_id: str
+    lsn: int | None
+    delete: bool
+    values: tuple[Any, ...] | None
+    unavailable: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPosition:
+    """Where to resume a partition: ``next_offset`` is the offset of the NEXT message."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    last_lsn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What became of a folded batch, one count per change (one change per run_id).
+
+    ``upserted``: upserts applied (an identical image is applied without a write);
+    ``deleted``: deletes applied to the target (0 when deletes are ignored); ``stale``:
+    changes older than the stored version, skipped; ``unresolved``: run_ids of changes
+    with unavailable columns whose target row does not exist, not applied.
+    """
+
+    upserted: int
+    deleted: int
+    stale: int
+    unresolved: tuple[str, ...]
+
+    def __add__(self, other: ApplyResult) -> ApplyResult:
+        return ApplyResult(
+            self.upserted + other.upserted,
+            self.deleted + other.deleted,
+            self.stale + other.stale,
+            self.unresolved + other.unresolved,
+        )
+
+
+NOTHING_APPLIED = ApplyResult(0, 0, 0, ())

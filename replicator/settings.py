@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from replicator.db.names import IDENTIFIER, IDENTIFIER_RULE
 from replicator.errors import ConfigurationError
 
 DEFAULT_STACK_DIR = Path(".replicator/stack")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class Settings(BaseSettings):
@@ -104,11 +104,8 @@ class Settings(BaseSettings):
     @field_validator("target_table", "offsets_table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(
-                "must be a plain SQL identifier: a letter or _, then letters, digits or _, "
-                "at most 63 characters"
-            )
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"must be {IDENTIFIER_RULE}")
         return value
 
     @field_validator("kafka_bootstrap")

@@ -11,6 +11,8 @@ import dataclasses
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,12 +24,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from replicator.consumer import Replicator
-from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.sample import legacy_row
-from replicator.schema import apply_target_schema, grant_to_service_role
+from replicator.db.schema import apply_target_schema, grant_to_service_role
+from replicator.local.sample import legacy_row
+from replicator.local.stack import SERVICE_ROLE, LocalStack
+from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
+from replicator.mapping.rows import map_to_tuple
 from replicator.settings import Settings
-from replicator.stack import SERVICE_ROLE, LocalStack
+from replicator.stream.replicator import Replicator
 
 pytestmark = pytest.mark.integration
 
@@ -222,6 +225,20 @@ class RunningReplicator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def spawn_replicator(cli_env: dict[str, str], table: str, group: str) -> subprocess.Popen:
+    """``replicator run`` as a process of its own, as an operator starts it."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "replicator", "run", "--log-format", "human"),
+            *("--target-table", table, "--group-id", group),
+        ],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def execute(dsn: str, *statements: str | tuple[str, tuple]) -> None:

@@ -25,17 +25,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from replicator import backfill_sql as bsql
-from replicator.backfill import BackfillReport, backfill
-from replicator.connect import ConnectClient
-from replicator.consumer import SNAPSHOT_VERSION
+from replicator.backfill import chunks as bsql
+from replicator.backfill.runner import BackfillReport, backfill
+from replicator.db.schema import apply_source_schema, apply_target_schema
 from replicator.errors import MappingError
-from replicator.events import UNAVAILABLE
-from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.sample import insert_rows
-from replicator.schema import apply_source_schema, apply_target_schema
-from replicator.sink import PostgresSink, RowChange
-from replicator.stack import load_connector_file
+from replicator.events import SNAPSHOT_VERSION, UNAVAILABLE, RowChange
+from replicator.local.connect import ConnectClient
+from replicator.local.sample import insert_rows
+from replicator.local.stack import load_connector_file
+from replicator.mapping import sql as mapped_sql
+from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
+from replicator.mapping.rows import map_to_tuple
+from replicator.stream.sink import PostgresSink
 from tests.integration.conftest import (
     JSON_COLUMNS,
     RunningReplicator,
@@ -52,7 +53,7 @@ pytestmark = pytest.mark.integration
 
 COPY_TYPES = [
     {"integer": "int4", "real": "float4", "timestamp without time zone": "timestamp"}.get(t, t)
-    for t in bsql.SOURCE_TYPES.values()
+    for t in SOURCE_TYPES.values()
 ]
 
 
@@ -90,10 +91,11 @@ def sql_mapping(conn: psycopg.Connection, rows: list[tuple]) -> dict[str, tuple]
         for row in rows:
             copy.write_row(row)
     exprs = [
-        sql.SQL("({})::text").format(e) if c in JSON_COLUMNS else e for c, e in bsql.MAPPED.items()
+        sql.SQL("({})::text").format(e) if c in JSON_COLUMNS else e
+        for c, e in mapped_sql.MAPPED.items()
     ]
     query = sql.SQL("SELECT {}, {} FROM pg_temp.wp p").format(
-        sql.SQL(", ").join(exprs), bsql.problem()
+        sql.SQL(", ").join(exprs), mapped_sql.problem()
     )
     return {r[0]: r for r in conn.execute(query)}
 
@@ -259,7 +261,7 @@ def test_cli_exits_1_and_lists_refused_rows(stack: StackInfo, cli_env: dict[str,
         for who in ("", "ADMIN_")
         for side in ("SOURCE", "TARGET")
     }
-    cmd = [sys.executable, "-m", "replicator.cli", "backfill"]
+    cmd = [sys.executable, "-m", "replicator", "backfill"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no logical replication slot" in res.stderr
     res = subprocess.run(
@@ -404,7 +406,7 @@ def test_no_data_connector_then_backfill(
     }
     connector_file = tmp_path / "connector.json"
     connector_file.write_text(json.dumps(spec))
-    cli = [sys.executable, "-m", "replicator.cli"]
+    cli = [sys.executable, "-m", "replicator"]
     try:
         res = subprocess.run(
             [
@@ -484,7 +486,7 @@ def test_kill_9_midway_then_resume(stack: StackInfo, table: str, cli_env: dict[s
     cmd = [
         sys.executable,
         "-m",
-        "replicator.cli",
+        "replicator",
         "backfill",
         "--target-table",
         table,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -13,13 +11,15 @@ import urllib.request
 
 import pytest
 
-from replicator.connect import ConnectClient
-from replicator.sample import insert_rows
-from replicator.stack import free_port, load_connector_file
+from replicator.local.connect import ConnectClient
+from replicator.local.processes import free_port
+from replicator.local.sample import insert_rows
+from replicator.local.stack import load_connector_file
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
     execute,
+    spawn_replicator,
     unique,
     wait_converged,
 )
@@ -134,32 +134,11 @@ def test_readyz_follows_the_target(stack: StackInfo, table: str) -> None:
         wait_converged(stack, table, p, timeout=90)
 
 
-def spawn(cli_env: dict[str, str], table: str, group: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "replicator.cli",
-            "run",
-            "--target-table",
-            table,
-            "--group-id",
-            group,
-            "--log-format",
-            "human",
-        ],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_scale_out_and_failover(stack: StackInfo, table: str, cli_env: dict[str, str]) -> None:
     """Two members share the partitions; each stopped one hands them over, nothing lost."""
     p = unique("grp")
     group = unique("g")
-    a, b = spawn(cli_env, table, group), spawn(cli_env, table, group)
+    a, b = spawn_replicator(cli_env, table, group), spawn_replicator(cli_env, table, group)
     writer = threading.Thread(target=churn, args=(stack.source_dsn, p, 150, 2500, 3), daemon=True)
     writer.start()
     c = None
@@ -167,7 +146,7 @@ def test_scale_out_and_failover(stack: StackInfo, table: str, cli_env: dict[str,
         time.sleep(random.uniform(8, 10))
         a.send_signal(signal.SIGTERM)  # orderly: finishes its batch, leaves the group
         assert a.wait(30) == 0
-        c = spawn(cli_env, table, group)
+        c = spawn_replicator(cli_env, table, group)
         time.sleep(8)
         b.send_signal(signal.SIGKILL)  # crash: its partitions move after the session timeout
         b.wait(10)

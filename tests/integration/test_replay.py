@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from replicator.db.schema import apply_target_schema
 from replicator.errors import PositionsFenced
-from replicator.replay import replay
-from replicator.sample import insert_rows
-from replicator.schema import apply_target_schema
-from replicator.sink import PartitionPosition, PositionFence, PostgresSink
+from replicator.events import PartitionPosition
+from replicator.local.sample import insert_rows
+from replicator.replay.runner import replay
+from replicator.stream.checkpoint import PositionFence
+from replicator.stream.sink import PostgresSink
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
@@ -146,7 +148,7 @@ def test_swap_under_readers_and_a_running_replicator(
                 [
                     sys.executable,
                     "-m",
-                    "replicator.cli",
+                    "replicator",
                     "replay",
                     "--swap",
                     "--target-table",

@@ -19,15 +19,16 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from replicator.connect import ConnectClient
-from replicator.sample import insert_rows, legacy_rows
-from replicator.schema import apply_target_schema
-from replicator.stack import load_connector_file
+from replicator.db.schema import apply_target_schema
+from replicator.local.connect import ConnectClient
+from replicator.local.sample import insert_rows, legacy_rows
+from replicator.local.stack import load_connector_file
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
     execute,
     mapped_source,
+    spawn_replicator,
     target_rows,
     unique,
     wait_converged,
@@ -362,24 +363,6 @@ def _events_for_topic(stack: StackInfo, topic: str) -> list:
     return out
 
 
-def _spawn_replicator(cli_env: dict[str, str], table: str, group: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "replicator.cli",
-            "run",
-            "--target-table",
-            table,
-            "--group-id",
-            group,
-        ],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     stack: StackInfo, table: str, cli_env: dict[str, str]
 ) -> None:
@@ -394,15 +377,15 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     rng = random.Random(11)
     kills = 0
     while kills < 5:
-        proc = _spawn_replicator(cli_env, table, group)
+        proc = spawn_replicator(cli_env, table, group)
         time.sleep(rng.uniform(2.0, 6.0))
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
     writer.join(120)
     assert done.is_set()
-    proc = _spawn_replicator(cli_env, table, group)
+    proc = spawn_replicator(cli_env, table, group)
     try:
         wait_converged(stack, table, p, timeout=120)
     finally:
@@ -417,7 +400,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
 
 def test_sigterm_exits_cleanly(stack: StackInfo, table: str, cli_env: dict[str, str]) -> None:
     p = unique("term")
-    proc = _spawn_replicator(cli_env, table, unique("g"))
+    proc = spawn_replicator(cli_env, table, unique("g"))
     try:
         insert_rows(stack.source_dsn, 50, prefix=f"{p}-")
         wait_converged(stack, table, p)
@@ -453,7 +436,7 @@ def test_target_restart_mid_stream(stack: StackInfo, table: str) -> None:
 def test_cli_reports_bad_settings(cli_env: dict[str, str]) -> None:
     env = dict(cli_env, REPLICATOR_BATCH_MAX_ROWS="lots", REPLICATOR_TARGET_TABLE="x; drop")
     res = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "run"],
+        [sys.executable, "-m", "replicator", "run"],
         env=env,
         capture_output=True,
         text=True,

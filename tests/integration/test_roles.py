@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from replicator.sample import insert_rows
+from replicator.local.sample import insert_rows
 from tests.integration.conftest import RunningReplicator, StackInfo, unique, wait_converged
 
 pytestmark = pytest.mark.integration
@@ -99,7 +99,7 @@ def test_schema_apply_roles_is_idempotent(stack: StackInfo, cli_env: dict[str, s
 
     for _ in range(2):
         res = subprocess.run(
-            [sys.executable, "-m", "replicator.cli", "schema", "apply", "--roles"],
+            [sys.executable, "-m", "replicator", "schema", "apply", "--roles"],
             env=cli_env,
             capture_output=True,
             text=True,

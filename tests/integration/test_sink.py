@@ -15,13 +15,9 @@ import pytest
 from psycopg import sql
 
 from replicator.errors import ConfigurationError, EventError, TargetUnavailable
-from replicator.sink import (
-    TARGET_COLUMNS,
-    ApplyResult,
-    PartitionPosition,
-    PostgresSink,
-    RowChange,
-)
+from replicator.events import ApplyResult, PartitionPosition, RowChange
+from replicator.mapping.columns import TARGET_COLUMNS
+from replicator.stream.sink import PostgresSink
 
 pytestmark = pytest.mark.integration
 

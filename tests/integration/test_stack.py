@@ -9,7 +9,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from replicator.stack import LocalStack, pid_alive
+from replicator.local.processes import pid_alive
+from replicator.local.stack import LocalStack
 from tests.integration.conftest import StackInfo, execute, stack_state_dir, unique
 
 pytestmark = pytest.mark.integration

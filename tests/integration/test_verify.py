@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from replicator.sample import insert_rows, legacy_row
-from replicator.schema import apply_target_schema
-from replicator.verify import Options, verify
+from replicator.db.schema import apply_target_schema
+from replicator.local.sample import insert_rows, legacy_row
+from replicator.verify.runner import Options, verify
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
@@ -50,7 +50,7 @@ def insert_odd_rows(dsn: str) -> None:
 
 def run_verify(env: dict[str, str], *args: str) -> tuple[int, dict]:
     res = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "verify", "--json", *args],
+        [sys.executable, "-m", "replicator", "verify", "--json", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -10,14 +10,17 @@ from datetime import datetime
 import pytest
 from psycopg import sql
 
-from replicator import backfill_sql as bsql
-from replicator import cli
-from replicator.backfill import BackfillReport
-from replicator.backfill_checks import same_database
-from replicator.backfill_workers import TolerantTimestampLoader
+from replicator.backfill import chunks as bsql
+from replicator.backfill.checks import same_database
+from replicator.backfill.runner import BackfillReport
+from replicator.backfill.workers import TolerantTimestampLoader
+from replicator.cli import main as cli
+from replicator.cli.backfill import cmd_backfill
 from replicator.errors import MappingError
-from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.progress import LineProgress, describe, for_stream
+from replicator.mapping import sql as mapped_sql
+from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
+from replicator.mapping.rows import map_to_tuple
+from replicator.observe.progress import Progress
 
 # --------------------------------------------------------------------------- planning
 
@@ -67,8 +70,8 @@ def test_chunk_ranges_are_literal_and_collate_c(
 
 
 def test_sql_mapping_has_every_target_column_in_order() -> None:
-    assert tuple(bsql.MAPPED) == TARGET_COLUMNS
-    rendered = {k: v.as_string(None) for k, v in bsql.MAPPED.items()}
+    assert tuple(mapped_sql.MAPPED) == TARGET_COLUMNS
+    rendered = {k: v.as_string(None) for k, v in mapped_sql.MAPPED.items()}
     assert rendered["result_data"].startswith("""(CASE WHEN p."result" IS NULL THEN '{}'""")
     assert """'{"result": ' || to_json(p."result")::text || '}'""" in rendered["result_data"]
     assert """'{"error": ' || to_json(p."error_message")::text""" in rendered["error_details"]
@@ -83,7 +86,7 @@ def test_sql_mapping_has_every_target_column_in_order() -> None:
 
 
 def test_problem_checks_every_column_map_to_tuple_can_refuse() -> None:
-    text = bsql.problem().as_string(None)
+    text = mapped_sql.problem().as_string(None)
     for column in ("workflow_name", "message", "session_name", "git_branch", "repository_url"):
         assert f"""p."{column}" = '__debezium_unavailable_value'""" in text
     for column in ("created_at", "updated_at", "started_at", "completed_at"):
@@ -121,7 +124,7 @@ def test_copy_statements_use_the_source_columns_in_order() -> None:
     assert text.startswith('COPY (SELECT "p"."id", "p"."workflow_name"')
     assert text.endswith("""WHERE "p".id COLLATE "C" < 'm') TO STDOUT (FORMAT BINARY)""")
     stage = bsql.CREATE_STAGE.as_string(None)
-    assert list(bsql.SOURCE_TYPES) == list(SOURCE_COLUMNS)
+    assert list(SOURCE_TYPES) == list(SOURCE_COLUMNS)
     assert '"total_cost" real' in stage and "ON COMMIT DELETE ROWS" in stage
 
 
@@ -168,24 +171,29 @@ def test_report_lists_outstanding_rejects() -> None:
     )
 
 
-def test_plain_progress_lines() -> None:
-    assert describe(25, 100, 1, 4, 10.0) == "25/100 rows (25%), chunk 1/4, 10 rows/s, ETA 0:00:08"
-    assert describe(120, 100, 4, 4, 0.0).endswith("ETA 0:00:00")
+def test_plain_progress_lines_of_a_resumed_step() -> None:
     out = io.StringIO()
-    progress = for_stream("bf", out)
-    assert isinstance(progress, LineProgress)
-    progress.start(100, 40, 4, 2)
+    progress = Progress(out, interval=0.0)
+    progress.start("bf", 100, "rows", done=40)
     progress.advance(30)
     progress.finish()
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("bf: 40/100 rows (40%), chunk 2/4")
-    assert lines[-1].startswith("bf: 70/100 rows (70%), chunk 3/4")
+    assert lines[0].startswith("bf: 70/100 rows (70%)")
+    assert lines[-1].startswith("bf: 70/100 rows (70%)")
+
+
+def test_a_step_that_did_nothing_prints_nothing() -> None:
+    out = io.StringIO()
+    progress = Progress(out, interval=0.0)
+    progress.start("bf", 100, "rows", done=100)
+    progress.finish()
+    assert out.getvalue() == ""
 
 
 def test_cli_backfill_arguments() -> None:
     args = cli.build_parser().parse_args(["backfill"])
     assert (args.workers, args.chunk_rows, args.restart, args.via) == (2, 50_000, False, "auto")
-    assert args.slot_check and args.target_table is None and args.func is cli.cmd_backfill
+    assert args.slot_check and args.target_table is None and args.func is cmd_backfill
     assert not args.defer_indexes
     flags = "--workers 3 --chunk-rows 10 --restart --via python --defer-indexes --no-slot-check"
     args = cli.build_parser().parse_args(["backfill", *flags.split()])
@@ -212,7 +220,7 @@ def test_connector_apply_overrides_the_snapshot_mode(monkeypatch: pytest.MonkeyP
         def status(self, name: str) -> dict:
             return {"connector": {"state": "RUNNING"}, "tasks": [{"state": "RUNNING"}]}
 
-    monkeypatch.setattr("replicator.connect.ConnectClient", FakeClient)
+    monkeypatch.setattr("replicator.local.connect.ConnectClient", FakeClient)
     monkeypatch.setenv("REPLICATOR_TARGET_DSN", "postgresql://x@h/db")
     monkeypatch.setenv("REPLICATOR_KAFKA_BOOTSTRAP", "h:9092")
     monkeypatch.setenv("REPLICATOR_CONNECT_URL", "http://h:8083")

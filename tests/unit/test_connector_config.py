@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from replicator.connect import mask_config
-from replicator.stack import load_connector_file, topic_name
+from replicator.local.connect import mask_config
+from replicator.local.stack import load_connector_file, topic_name
 
 ROOT = Path(__file__).resolve().parents[2]
 

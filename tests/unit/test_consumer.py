@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.consumer import SNAPSHOT_VERSION, Batch, dead_letter_headers, to_row_change
-from replicator.events import ChangeEvent, KafkaPosition, Op
+from replicator.events import SNAPSHOT_VERSION, ChangeEvent, KafkaPosition, Op
+from replicator.stream.batch import Batch
+from replicator.stream.deadletter import dead_letter_headers
+from replicator.stream.source import client_config
+from replicator.stream.transform import to_row_change
 
 ROW = {
     "id": "wp-1",
@@ -103,28 +106,19 @@ def test_dead_letter_headers_say_where_and_why() -> None:
     }
 
 
-def test_kafka_config_tunes_the_consumer_but_cannot_undo_the_guarantees(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import replicator.consumer as consumer_module
-    from replicator.consumer import Replicator
-    from replicator.settings import Settings
-
-    seen: dict = {}
-    monkeypatch.setattr(consumer_module, "Consumer", lambda config: seen.update(config))
-    settings = Settings(
-        target_dsn="postgresql://app@db.invalid/t",
-        kafka_bootstrap="k1:9092",
-        kafka_config={
-            "fetch.wait.max.ms": "200",
-            "security.protocol": "SASL_SSL",
-            "enable.auto.commit": "true",
-            "group.id": "other",
-        },
-    )
-    Replicator(settings)._make_consumer()
+def test_kafka_config_tunes_the_consumer_but_cannot_undo_the_guarantees() -> None:
+    extra = {
+        "fetch.wait.max.ms": "200",
+        "security.protocol": "SASL_SSL",
+        "enable.auto.commit": "true",
+        "group.id": "other",
+    }
+    seen = client_config("group", "k1:9092", extra, **{"group.id": "workflow-runs-replicator"})
     assert seen["fetch.wait.max.ms"] == "200"
     assert seen["security.protocol"] == "SASL_SSL"
     assert seen["enable.auto.commit"] is False
     assert seen["enable.auto.offset.store"] is False
-    assert seen["group.id"] == settings.group_id
+    assert seen["group.id"] == "workflow-runs-replicator"
+    reader = client_config("reader", "k1:9092", extra)
+    assert reader["group.id"].startswith("replicator-reader-")
+    assert reader["enable.auto.commit"] is False

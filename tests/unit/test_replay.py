@@ -8,21 +8,24 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from replicator.db.names import plain_identifier
 from replicator.errors import ConfigurationError, PositionsFenced, TransientError
-from replicator.meter import Meter, describe
-from replicator.replay import AssignOnlyConsumer, Replay, _identifier, shadow_name
-from replicator.settings import Settings
-from replicator.sink import PartitionPosition, PositionFence
-from replicator.swap import (
+from replicator.events import PartitionPosition
+from replicator.observe.progress import Progress, describe
+from replicator.replay.reader import ReplaySource
+from replicator.replay.runner import Replay, shadow_name
+from replicator.replay.swap import (
     grant_statements,
     old_name,
     plan_swap,
     rename_statements,
     renamed,
 )
-from replicator.watermarks import PartitionEnd, caught_up, describe_lag, lagging
+from replicator.settings import Settings
+from replicator.stream.checkpoint import PositionFence
+from replicator.stream.ends import PartitionEnd, caught_up, describe_lag, lagging
 
 ENDS = {0: PartitionEnd(0, 0, 10), 1: PartitionEnd(1, 0, 0), 2: PartitionEnd(2, 5, 5)}
 
@@ -48,7 +51,12 @@ def test_a_compacted_partition_counts_from_its_low_offset() -> None:
     assert PartitionEnd(0, 100, 150).events == 50
 
 
-# --------------------------------------------------------------------------- the consumer
+# --------------------------------------------------------------------------- the reader
+
+
+class Eof:
+    def code(self) -> int:
+        return KafkaError._PARTITION_EOF
 
 
 class Msg:
@@ -83,60 +91,61 @@ class FakeConsumer:
 
     def poll(self, timeout: float = -1) -> Msg | None:
         batch = self.consume()
+        if batch:
+            self.batches.insert(0, batch[1:])
         return batch[0] if batch else None
 
     def commit(self, *args: Any, **kwargs: Any) -> None:
         self.commits += 1
 
-    def pause(self, partitions: list[TopicPartition]) -> str:
-        return "paused"
 
-
-def reader(batches: list[list[Msg]]) -> tuple[AssignOnlyConsumer, FakeConsumer, threading.Event]:
+def reader(batches: list[list[Msg]]) -> tuple[ReplaySource, FakeConsumer, threading.Event]:
     fake, stop = FakeConsumer(batches), threading.Event()
     ends = {0: PartitionEnd(0, 0, 3), 1: PartitionEnd(1, 0, 0)}
-    return AssignOnlyConsumer(fake, "t", ends, stop, Meter(enabled=False)), fake, stop  # type: ignore[arg-type]
+    return ReplaySource(fake, "t", ends, stop.set, Progress(enabled=False)), fake, stop
+
+
+def no_loss(partitions: list[int]) -> None:
+    raise AssertionError("a replay is never revoked")
 
 
 def test_subscribe_assigns_every_partition_through_on_assign() -> None:
-    consumer, fake, stop = reader([])
+    source, fake, stop = reader([])
     seen: list[list[int]] = []
 
-    def on_assign(c: AssignOnlyConsumer, partitions: list[TopicPartition]) -> None:
-        seen.append([tp.partition for tp in partitions])
-        for tp in partitions:
-            tp.offset = 2 if tp.partition == 0 else OFFSET_BEGINNING
-        c.assign(partitions)
+    def on_assign(partitions: list[int]) -> dict[int, int | None]:
+        seen.append(partitions)
+        return {0: 2}
 
-    consumer.subscribe(["t"], on_assign=on_assign, on_revoke=None)
+    source.subscribe(on_assign, no_loss, no_loss)
     assert seen == [[0, 1]] and [tp.partition for tp in fake.assigned] == [0, 1]
-    assert consumer.read == {0: 2, 1: None} and not stop.is_set()
+    assert [tp.offset for tp in fake.assigned] == [2, OFFSET_BEGINNING]
+    assert source.read == {0: 2, 1: None} and not stop.is_set()
 
 
 def test_stops_once_every_partition_is_read_to_its_end() -> None:
-    eof = object()
-    consumer, _fake, stop = reader([[Msg(0, 0), Msg(0, 1)], [Msg(0, 1, error=eof)], [Msg(0, 2)]])
-    consumer.subscribe(["t"])
-    consumer.consume(10)
-    assert consumer.read[0] == 2 and not stop.is_set()
-    consumer.consume(10)  # errors (end-of-partition...) move nothing
-    assert consumer.events == 2 and not stop.is_set()
-    assert consumer.poll(1.0) is not None  # poll is watched too
-    assert stop.is_set() and consumer.events == 3
+    source, _fake, stop = reader([[Msg(0, 0), Msg(0, 1)], [Msg(0, 1, error=Eof())], [Msg(0, 2)]])
+    source.subscribe(lambda partitions: {}, no_loss, no_loss)
+    assert len(source.poll(1.0)) == 2
+    assert source.read[0] == 2 and not stop.is_set()
+    assert source.poll(1.0) == []  # end-of-partition events move nothing
+    assert source.events == 2 and not stop.is_set()
+    assert len(source.poll(1.0)) == 1
+    assert stop.is_set() and source.events == 3
 
 
 def test_a_seek_back_is_read_again_and_nothing_is_committed() -> None:
-    consumer, fake, stop = reader([[Msg(0, 2)], [Msg(0, 1), Msg(0, 2)]])
-    consumer.subscribe(["t"])
-    consumer.consume()
+    source, fake, stop = reader([[Msg(0, 2)], [Msg(0, 1), Msg(0, 2)]])
+    source.subscribe(lambda partitions: {}, no_loss, no_loss)
+    source.poll(1.0)
     assert stop.is_set()
     stop.clear()
-    consumer.seek(TopicPartition("t", 0, 1))  # after an outage: back to the stored position
-    assert consumer.read[0] == 1 and fake.seeks
-    consumer.consume()
+    source.seek(0, 1)  # after an outage: back to the stored position
+    assert source.read[0] == 1 and fake.seeks[0].offset == 1
+    source.poll(1.0)
     assert stop.is_set()
-    consumer.commit(offsets=[], asynchronous=True)
-    assert fake.commits == 0 and consumer.pause([]) == "paused"
+    source.commit({0: 3})
+    assert fake.commits == 0
 
 
 # --------------------------------------------------------------------------- replay
@@ -160,7 +169,7 @@ def test_replay_tables_and_their_positions() -> None:
     live = Replay(settings(), "workflow_runs")
     assert live.settings.offsets_table == "replicator_replay_offsets"  # never the live ones
     with pytest.raises(ConfigurationError):
-        _identifier('bad"name')
+        plain_identifier('bad"name')
 
 
 # --------------------------------------------------------------------------- swap
@@ -238,7 +247,7 @@ def test_position_fence_bookkeeping() -> None:
 
 
 def test_progress_line() -> None:
-    assert describe("replay", 500, 2000, "events", 2.0) == (
+    assert describe("replay", 500, 2000, "events", 250.0) == (
         "replay: 500/2,000 events (25%), 250 events/s, ETA 0:00:06"
     )
     assert describe("x", 0, 0, "keys", 0).endswith("0 keys/s, ETA 0:00:00")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from replicator.schema import roles_script
+from replicator.db.schema import roles_script
 
 
 def test_each_database_gets_the_roles_and_only_its_own_grants() -> None:

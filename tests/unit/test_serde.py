@@ -15,11 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicator import serde
 from replicator.errors import DecodeError, TransientError
 from replicator.events import UNAVAILABLE, ChangeEvent, KafkaPosition, Op
-from replicator.mapping import map_row, map_to_tuple
-from replicator.serde import AvroDecoder, decode_json
+from replicator.mapping.rows import map_to_tuple
+from replicator.stream import decode as serde
+from replicator.stream.decode import decode_json
+from replicator.stream.decode_avro import AvroDecoder
+from tests.unit.helpers import map_row
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 AVRO = Path(__file__).resolve().parents[2] / "schemas" / "avro"

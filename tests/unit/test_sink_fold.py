@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.sink import TARGET_COLUMNS, RowChange, fold
+from replicator.events import RowChange
+from replicator.mapping.columns import TARGET_COLUMNS
+from replicator.stream.batch import fold
 
 RESULT = TARGET_COLUMNS.index("result_data")
 STATUS = TARGET_COLUMNS.index("status")

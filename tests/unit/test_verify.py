@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from replicator import verify_sql as vs
-from replicator.mapping import SOURCE_COLUMNS, TARGET_COLUMNS, map_to_tuple
-from replicator.verify import Options, recheck
-from replicator.verify_report import (
+from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
+from replicator.mapping.rows import map_to_tuple
+from replicator.stream.ends import NotCaughtUp
+from replicator.verify import sql as vs
+from replicator.verify.report import (
     KeyDiff,
     RepairSummary,
     Report,
@@ -23,8 +24,8 @@ from replicator.verify_report import (
     rich_table,
     summary_lines,
 )
-from replicator.verify_tables import Observed, image_of, merge_chunks, prefetched
-from replicator.watermarks import NotCaughtUp
+from replicator.verify.runner import Options, recheck
+from replicator.verify.tables import Observed, image_of, merge_chunks, prefetched
 
 
 def source_row(run_id: str, **changes: Any) -> tuple[Any, ...]:

@@ -1,0 +1,68 @@
+"""``replicator connector apply|status|restart|delete``: the Debezium connector."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, settings_from, with_env
+from replicator.errors import ConfigurationError
+
+#: Debezium PostgreSQL connector's snapshot.mode values.
+SNAPSHOT_MODES = (
+    "initial",
+    "initial_only",
+    "no_data",
+    "always",
+    "when_needed",
+    "configuration_based",
+    "custom",
+)
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = with_env(sub.add_parser("connector", help="manage the Debezium connector"))
+    p.add_argument("action", choices=["apply", "status", "restart", "delete"])
+    p.add_argument("--file", help="connector JSON (default connectors/workflow-processes.json)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--snapshot-mode",
+        choices=SNAPSHOT_MODES,
+        help="override the file's snapshot.mode (no_data before a 'replicator backfill')",
+    )
+    p.set_defaults(func=cmd_connector)
+
+
+def cmd_connector(args: argparse.Namespace) -> int:
+    from replicator.local.connect import ConnectClient, mask_config
+    from replicator.local.stack import CONNECTOR_FILE, load_connector_file
+
+    settings = settings_from(args)
+    if not settings.connect_url:
+        raise ConfigurationError("connect_url is not set; set REPLICATOR_CONNECT_URL")
+    spec = load_connector_file(Path(args.file) if args.file else CONNECTOR_FILE)
+    client = ConnectClient(settings.connect_url)
+    name = spec["name"]
+    if args.snapshot_mode:
+        spec["config"]["snapshot.mode"] = args.snapshot_mode
+    if args.action == "apply":
+        client.put_config(name, spec["config"])
+        client.wait_running(name, timeout=args.timeout)
+        print(json.dumps(mask_config(client.get_config(name)), indent=2, sort_keys=True))
+    elif args.action == "restart":
+        client.restart(name)
+        client.wait_running(name, timeout=args.timeout)
+    elif args.action == "delete":
+        client.delete(name)
+        print(f"deleted connector {name} (its replication slot and publication remain)")
+        return EXIT_OK
+    status = client.status(name)
+    print(json.dumps(status, indent=2))
+    tasks = status.get("tasks", [])
+    running = (
+        status["connector"]["state"] == "RUNNING"
+        and tasks
+        and all(t["state"] == "RUNNING" for t in tasks)
+    )
+    return EXIT_OK if running else EXIT_FAILED

@@ -1,0 +1,63 @@
+"""Sample legacy rows for demos, tests and benchmarks (deterministic for a seed)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from replicator.db.connect import connect
+from replicator.mapping.columns import SOURCE_COLUMNS
+
+WORKFLOWS = ("code-review", "bug-fix", "refactor", "docs", "release", "triage")
+STATUSES = ("pending", "running", "completed", "failed", "cancelled", None)
+
+
+def legacy_row(rng: random.Random, run_id: str) -> tuple:
+    """One ``workflow_processes`` row (values in :data:`SOURCE_COLUMNS` order)."""
+    created = datetime(2025, 1, 1) + timedelta(microseconds=rng.randrange(10**14))
+    started = created + timedelta(microseconds=rng.randrange(10**9)) if rng.random() < 0.8 else None
+    done = (
+        started + timedelta(microseconds=rng.randrange(10**10))
+        if started and rng.random() < 0.6
+        else None
+    )
+    status = rng.choice(STATUSES)
+    return (
+        run_id,
+        rng.choice(WORKFLOWS),
+        f"Task {run_id}: " + "lorem ipsum " * rng.randrange(1, 8),
+        rng.choice((10, 20, 30, 50, None)),
+        f"session-{rng.randrange(10**6)}" if rng.random() < 0.7 else None,
+        f"feature/{rng.randrange(10**4)}" if rng.random() < 0.5 else None,
+        f"https://git.example.com/org/repo-{rng.randrange(100)}" if rng.random() < 0.5 else None,
+        created,
+        created + timedelta(seconds=rng.randrange(10**5)),
+        status,
+        f"result of {run_id} " * rng.randrange(0, 20) if status == "completed" else None,
+        f"error in {run_id}" if status == "failed" else None,
+        rng.randrange(10**7) if done else None,
+        round(rng.random() * 100, 4) if rng.random() < 0.9 else None,
+        started,
+        done,
+    )
+
+
+def legacy_rows(
+    count: int, *, seed: int = 7, prefix: str = "wp-", start: int = 0
+) -> Iterator[tuple]:
+    rng = random.Random(seed)
+    width = max(8, len(str(start + count)))
+    for n in range(start, start + count):
+        yield legacy_row(rng, f"{prefix}{n:0{width}d}")
+
+
+def insert_rows(dsn: str, count: int, *, seed: int = 7, prefix: str = "wp-", start: int = 0) -> int:
+    """COPY ``count`` sample rows into ``workflow_processes``; return how many were written."""
+    columns = ", ".join(SOURCE_COLUMNS)
+    with connect(dsn, "the source database", autocommit=False) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY workflow_processes ({columns}) FROM STDIN") as copy:
+            for row in legacy_rows(count, seed=seed, prefix=prefix, start=start):
+                copy.write_row(row)
+        conn.commit()
+    return count

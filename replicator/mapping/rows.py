@@ -1,0 +1,280 @@
+"""The transform stage: one legacy ``workflow_processes`` row -> one ``workflow_runs`` row.
+
+Pure functions, no I/O.  The input is the row as Debezium's JSON (or Avro) payload
+gives it -- timestamps as integer microseconds since the epoch of the wall-clock
+value -- or as psycopg reads it from the source table (naive ``datetime`` values).
+
+The mapping is the migration plan's table with the rulings of design.md
+("Guarantees", item 4):
+
+* ``result`` -> ``{"result": <text>}`` and ``error_message`` -> ``{"error": <text>}``
+  as JSON text (``json.dumps(..., ensure_ascii=False)``, default separators), ``{}``
+  when NULL;
+* a NULL ``status`` becomes ``'pending'``; every other NULL stays NULL (no defaults
+  are applied to ``max_turns``, ``created_at`` or ``updated_at``);
+* new columns get the plan's defaults: ``user_id`` NULL, ``priority`` ``'normal'``,
+  ``tags`` ``[]``, ``metadata``/``progress_data``/``resource_usage`` ``{}``;
+* timestamps keep their microseconds and are never shifted: the result is naive;
+* ``total_cost`` (REAL, a float32) is its exact float32 value rounded half-up to
+  4 decimal places, as ``DECIMAL(10,4)`` can hold it.
+
+A source value equal to Debezium's :data:`~replicator.events.UNAVAILABLE` placeholder
+(an unchanged TOASTed column) is never mapped: the target column is reported in
+the unavailable columns :func:`map_to_tuple` returns, and the sink leaves it untouched.
+
+Every invalid input raises :class:`~replicator.errors.MappingError` (reason
+``mapping_error``) whose message names the column, the row id and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from json.encoder import encode_basestring as _json_string  # what ensure_ascii=False uses
+from typing import Any
+
+from replicator.errors import MappingError
+from replicator.events import UNAVAILABLE
+from replicator.mapping.columns import (
+    COST_LIMIT,
+    COST_QUANTUM,
+    INT32_MAX,
+    INT32_MIN,
+    JSON_WRAPPED,
+    NEW_COLUMN_DEFAULTS,
+    SOURCE_COLUMNS,
+    SOURCE_TABLE,
+    TARGET_COLUMNS,
+    TARGET_INDEX,
+)
+
+__all__ = ["map_to_tuple"]
+
+
+# --------------------------------------------------------------------------- converters
+#
+# Each converter takes a non-NULL source value and returns the target value, or
+# _UNAVAILABLE for Debezium's placeholder; it raises _Problem, which _convert turns into
+# a MappingError naming the column and row.  The exact-type checks come first because
+# this is the hot path; subclasses (and bool, which is an int) take the slow branch.
+
+_MISSING: Any = object()
+_UNAVAILABLE: Any = object()
+_EPOCH = datetime(1970, 1, 1)
+_F32 = struct.Struct("<f")
+_DECIMAL_CONTEXT = Context(prec=28, rounding=ROUND_HALF_UP)
+_ZERO_COST = Decimal("0.0000")
+
+
+class _Problem(Exception):
+    """Raised by converters; turned into a MappingError naming the row by _convert."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _wrong_type(value: Any, expected: str) -> _Problem:
+    return _Problem(f"expected {expected}, got {type(value).__name__} {_show(value)}")
+
+
+def _text(value: Any) -> Any:
+    if value.__class__ is str:
+        if value == UNAVAILABLE:
+            return _UNAVAILABLE
+        if "\x00" in value:
+            raise _Problem("text contains a NUL character, which PostgreSQL TEXT cannot store")
+        if not value.isascii():
+            _check_encodable(value)
+        return value
+    if isinstance(value, str):
+        return _text(str(value))
+    raise _wrong_type(value, "text")
+
+
+def _check_encodable(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Problem(f"text is not valid Unicode ({exc.reason} at index {exc.start})") from None
+
+
+def _json_wrapper(name: str) -> Callable[[Any], Any]:
+    prefix = '{"' + name + '": '
+
+    def wrap(value: Any) -> Any:
+        if value.__class__ is not str:
+            if not isinstance(value, str):
+                raise _wrong_type(value, "text")
+            value = str(value)
+        if value == UNAVAILABLE:
+            return _UNAVAILABLE
+        if not value.isascii():
+            _check_encodable(value)
+        # Identical to json.dumps({name: value}, ensure_ascii=False), without the dict.
+        return prefix + _json_string(value) + "}"
+
+    return wrap
+
+
+def _int32(value: Any) -> Any:
+    if value.__class__ is int or (isinstance(value, int) and not isinstance(value, bool)):
+        if INT32_MIN <= value <= INT32_MAX:
+            return int(value)
+        raise _Problem(f"{value} is outside the INTEGER range [{INT32_MIN}, {INT32_MAX}]")
+    if value.__class__ is str and value == UNAVAILABLE:
+        return _UNAVAILABLE
+    raise _wrong_type(value, "an integer")
+
+
+def _timestamp(value: Any) -> Any:
+    if value.__class__ is int or (isinstance(value, int) and not isinstance(value, bool)):
+        try:
+            return _EPOCH + timedelta(microseconds=int(value))
+        except OverflowError:
+            raise _Problem(
+                f"{value} microseconds since 1970-01-01 is outside the datetime range "
+                "(years 1 to 9999)"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise _Problem(
+                f"expected a naive TIMESTAMP, got the time-zone aware {_show(value)}; "
+                "TIMESTAMP WITHOUT TIME ZONE values must not be shifted"
+            )
+        return value
+    if value.__class__ is str and value == UNAVAILABLE:
+        return _UNAVAILABLE
+    raise _wrong_type(value, "integer microseconds since the epoch or a naive datetime")
+
+
+def _cost(value: Any) -> Any:
+    cls = value.__class__
+    if cls is float or isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Problem(f"{value} is not a finite number; DECIMAL(10,4) cannot hold it")
+        try:
+            # The source column is REAL: the canonical value is the exact float32.
+            exact = Decimal(_F32.unpack(_F32.pack(value))[0])
+        except OverflowError:
+            raise _Problem(f"{value} is outside the REAL (float32) range") from None
+    elif cls is str or cls is Decimal or isinstance(value, str | Decimal):
+        if value == UNAVAILABLE:
+            return _UNAVAILABLE
+        try:
+            exact = Decimal(value)
+        except (InvalidOperation, ValueError):
+            raise _Problem(f"{_show(value)} is not a decimal number") from None
+        if not exact.is_finite():
+            raise _Problem(f"{_show(value)} is not a finite number; DECIMAL(10,4) cannot hold it")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        exact = Decimal(value)
+    else:
+        raise _wrong_type(value, "a number")
+    if abs(exact) >= COST_LIMIT:
+        raise _Problem(f"{_show(value)} does not fit DECIMAL(10,4) (|value| must be < 10**6)")
+    cost = exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
+    if abs(cost) >= COST_LIMIT:
+        raise _Problem(f"{_show(value)} rounds to {cost}, which does not fit DECIMAL(10,4)")
+    return cost if cost else _ZERO_COST  # no negative zero
+
+
+# (source column, target index, converter, value when NULL or _MISSING for NOT NULL,
+#  placeholder when unavailable).  ``id`` is handled before the loop.
+_IDX = TARGET_INDEX
+_PLAN: tuple[tuple[str, int, Callable[[Any], Any], Any, Any], ...] = (
+    ("workflow_name", _IDX["workflow_type"], _text, _MISSING, ""),
+    ("message", _IDX["description"], _text, _MISSING, ""),
+    ("max_turns", _IDX["max_turns"], _int32, None, None),
+    ("session_name", _IDX["session_id"], _text, None, None),
+    ("git_branch", _IDX["git_branch"], _text, None, None),
+    ("repository_url", _IDX["repository_url"], _text, None, None),
+    ("created_at", _IDX["created_at"], _timestamp, None, None),
+    ("updated_at", _IDX["updated_at"], _timestamp, None, None),
+    ("status", _IDX["status"], _text, "pending", ""),
+    ("result", _IDX["result_data"], _json_wrapper(JSON_WRAPPED["result"]), "{}", "{}"),
+    (
+        "error_message",
+        _IDX["error_details"],
+        _json_wrapper(JSON_WRAPPED["error_message"]),
+        "{}",
+        "{}",
+    ),
+    ("execution_time", _IDX["execution_time_ms"], _int32, None, None),
+    ("total_cost", _IDX["total_cost"], _cost, None, None),
+    ("started_at", _IDX["started_at"], _timestamp, None, None),
+    ("completed_at", _IDX["completed_at"], _timestamp, None, None),
+)
+assert len(_PLAN) + 1 == len(SOURCE_COLUMNS)
+
+# Target values of the columns the legacy table does not have: the plan's defaults.
+_TEMPLATE: tuple[Any, ...] = tuple(NEW_COLUMN_DEFAULTS.get(name) for name in TARGET_COLUMNS)
+_NO_COLUMNS: frozenset[str] = frozenset()
+
+
+def _fail(column: str, row_id: Any, problem: str) -> MappingError:
+    where = "" if row_id is _MISSING else f" (row id {_show(row_id)})"
+    return MappingError(f"{SOURCE_TABLE}.{column}{where}: {problem}", reason="mapping_error")
+
+
+def _convert(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
+    try:
+        get = row.get
+    except AttributeError:
+        raise MappingError(
+            f"expected the legacy row as a mapping of column names, got {type(row).__name__}",
+            reason="mapping_error",
+        ) from None
+    row_id = get("id", _MISSING)
+    if row_id is _MISSING:
+        raise _fail("id", _MISSING, "column is missing from the row")
+    if row_id is None:
+        raise _fail("id", _MISSING, "is NULL; the primary key is required")
+    try:
+        run_id = _text(row_id)
+    except _Problem as exc:
+        raise _fail("id", _MISSING, str(exc)) from None
+    if run_id is _UNAVAILABLE:
+        raise _fail("id", _MISSING, "is Debezium's unavailable-value placeholder")
+
+    out = list(_TEMPLATE)
+    out[0] = run_id
+    unavailable: list[str] | None = None
+    for column, index, convert, if_null, placeholder in _PLAN:
+        value = get(column, _MISSING)
+        if value is None:
+            if if_null is _MISSING:
+                raise _fail(column, row_id, "is NULL but the column is NOT NULL")
+            out[index] = if_null
+            continue
+        if value is _MISSING:
+            raise _fail(column, row_id, "column is missing from the row")
+        try:
+            value = convert(value)
+        except _Problem as exc:
+            raise _fail(column, row_id, str(exc)) from None
+        if value is _UNAVAILABLE:
+            value = placeholder
+            if unavailable is None:
+                unavailable = []
+            unavailable.append(TARGET_COLUMNS[index])
+        out[index] = value
+    return tuple(out), (frozenset(unavailable) if unavailable else _NO_COLUMNS)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def map_to_tuple(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
+    """Map a legacy row to the target values in :data:`TARGET_COLUMNS` order.
+
+    Returns ``(values, unavailable target columns)``; JSON columns as JSON text,
+    timestamps naive.  An unavailable column holds a harmless placeholder (``""`` for the
+    NOT NULL text columns, ``"{}"`` for ``result_data``/``error_details``, ``None``
+    otherwise), never Debezium's placeholder string.  Raises :class:`MappingError`.
+    """
+    return _convert(row)

@@ -1,0 +1,148 @@
+"""What the replicator tells the outside world about its work: the metrics and health
+of each applied batch, the progress lines, and the lag gauges (consumer lag per
+partition, the source replication slot's retained WAL).  Called by the loop; it never
+changes what is applied."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from replicator.db.connect import connect, first_line, mapped_errors
+from replicator.errors import ReplicatorError
+from replicator.events import ApplyResult
+from replicator.observe.metrics import Health, Metrics
+from replicator.settings import Settings
+
+log = logging.getLogger("replicator.consumer")
+
+SLOT_LAG = (
+    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
+    " FROM pg_replication_slots WHERE slot_name = %s"
+)
+
+
+class Tracker:
+    """Accounts for applied batches and refreshes the gauges, at most every few seconds."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, health: Health) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = health
+        self._last_observed = 0.0
+        self._last_progress = time.monotonic()
+        self._progress_consumed = 0
+
+    def applied(
+        self,
+        events: int,
+        result: ApplyResult,
+        seconds: float,
+        *,
+        applied_at: float,
+        source_ts_ms: Iterable[int],
+        last_lsns: Mapping[int, int],
+    ) -> None:
+        """One batch of ``events`` committed at ``applied_at`` (wall clock)."""
+        m = self.metrics
+        m.target_up.set(1)
+        self.health.progressed()
+        m.apply_seconds.observe(seconds)
+        m.batch_size.observe(events)
+        m.rows.labels("upsert").inc(result.upserted)
+        m.rows.labels("delete").inc(result.deleted)
+        m.rows.labels("stale").inc(result.stale)
+        for ts in source_ts_ms:
+            m.end_to_end_seconds.observe(max(0.0, applied_at - ts / 1000))
+        if last_lsns:
+            m.last_lsn.set(max(last_lsns.values()))
+        t = m.tally
+        t.consumed += events
+        t.applied += result.upserted
+        t.deleted += result.deleted
+        t.stale += result.stale
+        t.batches += 1
+        for run_id in result.unresolved:
+            log.error(
+                "update with unchanged TOASTed columns for a row missing from the target; "
+                "resync it (replicator verify --repair)",
+                extra={"run_id": run_id},
+            )
+
+    def skipped(self, kind: str) -> None:
+        self.metrics.skipped.labels(kind).inc()
+        self.metrics.tally.skipped += 1
+
+    def target_down(self) -> None:
+        self.metrics.target_up.set(0)
+        self.health.target_ok = False
+
+    def target_back(self) -> None:
+        self.metrics.target_up.set(1)
+        self.health.progressed()
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        self.health.assigned = frozenset(partitions)
+
+    def observe(
+        self,
+        lag: Callable[[], Mapping[int, int]],
+        ping: Callable[[], None],
+        every_s: float = 5.0,
+    ) -> None:
+        """Refresh the lag gauges and the target's health (an idle stream must notice an
+        outage too), at most every ``every_s`` seconds."""
+        now = time.monotonic()
+        if now - self._last_observed < every_s:
+            return
+        self._last_observed = now
+        lags = lag()
+        for p, n in lags.items():
+            self.metrics.consumer_lag.labels(str(p)).set(n)
+        self.health.lag = sum(lags.values())
+        try:
+            ping()
+            self.health.target_ok = True
+        except ReplicatorError:
+            self.target_down()
+        if self.settings.source_dsn is not None:
+            self._observe_slot(self.settings.source_dsn.get_secret_value())
+
+    def _observe_slot(self, dsn: str) -> None:
+        """The slot's retained WAL, when the source lets us read pg_replication_slots."""
+        try:
+            with (
+                connect(dsn, "the source database", connect_timeout=3) as conn,
+                mapped_errors("read the replication slot's lag"),
+            ):
+                row = conn.execute(SLOT_LAG, (self.settings.slot_name,)).fetchone()
+        except ReplicatorError as exc:
+            log.debug("slot lag not readable", extra={"error": first_line(exc)})
+            return
+        if row and row[0] is not None:
+            self.metrics.slot_lag_bytes.labels(self.settings.slot_name).set(float(row[0]))
+
+    def progress(self, partitions: Iterable[int], force: bool = False) -> None:
+        """A progress log line every ``progress_interval_s`` (``force``: now)."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.settings.progress_interval_s:
+            return
+        elapsed = max(now - self._last_progress, 1e-9)
+        self._last_progress = now
+        t = self.metrics.tally
+        interval_events, self._progress_consumed = t.consumed - self._progress_consumed, t.consumed
+        log.info(
+            "progress",
+            extra={
+                "consumed": t.consumed,
+                "upserted": t.applied,
+                "deleted": t.deleted,
+                "stale": t.stale,
+                "dead_lettered": t.dead_lettered,
+                "skipped": t.skipped,
+                "batches": t.batches,
+                "events_per_s": round(interval_events / elapsed, 1),
+                "partitions": sorted(partitions),
+            },
+        )

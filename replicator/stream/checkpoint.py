@@ -1,0 +1,197 @@
+"""The positions table (``replicator_offsets``): the only code that reads or writes it.
+
+A row per ``(target_table, topic, kafka_partition)`` holds ``next_offset``, the offset of
+the NEXT message to read, and the source LSN of the last event below it.
+
+Invariants:
+
+1. Positions are written only inside the transaction that applies the rows their events
+   produced (:meth:`Checkpoint.store` takes the sink's connection), so a stored position
+   never disagrees with the table's content.
+2. Fencing (with a :class:`PositionFence`): a partition's position is stored only if the
+   stored ``next_offset`` is still the one this consumer last loaded or stored (or still
+   absent when it found none), compare-and-set in the batch's transaction.  Otherwise
+   :class:`~replicator.errors.PositionsFenced` rolls the batch back: someone else moved
+   the positions (``replicator replay --swap`` handed the shadow table's over, or the
+   partition has another owner), and the consumer must re-read them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.db.connect import connect, mapped_errors
+from replicator.errors import PositionsFenced
+from replicator.events import PartitionPosition
+
+
+class PositionFence:
+    """The positions one consumer expects to find stored: what it last loaded or stored,
+    per ``(topic, partition)``; a partition it does not know is expected to be absent.
+
+    Shared by the sinks of one consumer (positions may be loaded on one connection and
+    stored on another); thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, int], int] = {}
+
+    def expected(self, topic: str, partition: int) -> int | None:
+        with self._lock:
+            return self._known.get((topic, partition))
+
+    def loaded(self, topic: str, positions: Mapping[int, PartitionPosition]) -> None:
+        """Everything stored for ``topic`` was read: forget what was known before."""
+        with self._lock:
+            for key in [k for k in self._known if k[0] == topic]:
+                del self._known[key]
+            self._known.update(((topic, p), pos.next_offset) for p, pos in positions.items())
+
+    def stored(self, positions: Sequence[PartitionPosition], *, replace: bool = False) -> None:
+        """``positions`` were committed (``replace``: and nothing else is stored any more)."""
+        with self._lock:
+            if replace:
+                self._known.clear()
+            self._known.update(((p.topic, p.partition), p.next_offset) for p in positions)
+
+
+class Checkpoint:
+    """The positions of one target table, read and written on the caller's connection."""
+
+    def __init__(
+        self, offsets_table: str, target_table: str, fence: PositionFence | None = None
+    ) -> None:
+        self.offsets_table = offsets_table
+        self.target_table = target_table
+        self.fence = fence  # None: positions are stored unconditionally
+        o = sql.Identifier(offsets_table)
+        q = sql.SQL
+        statements = {
+            "load": q(
+                "SELECT kafka_partition, next_offset, last_lsn FROM {o}"
+                " WHERE target_table = %s AND topic = %s ORDER BY kafka_partition"
+            ),
+            "store": q(
+                "INSERT INTO {o} AS o (target_table, topic, kafka_partition, next_offset, last_lsn)"
+                " SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[])"
+                " ON CONFLICT (target_table, topic, kafka_partition) DO UPDATE"
+                " SET next_offset = EXCLUDED.next_offset,"
+                " last_lsn = COALESCE(EXCLUDED.last_lsn, o.last_lsn), updated_at = now()"
+            ),
+            # compare-and-set: a row moves only from the expected offset (NULL: only when absent)
+            "store_fenced": q(
+                "WITH want AS (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[]) AS w(topic, part, next_offset, last_lsn, expected)),"
+                " moved AS (UPDATE {o} AS o SET next_offset = w.next_offset,"
+                " last_lsn = COALESCE(w.last_lsn, o.last_lsn), updated_at = now() FROM want w"
+                " WHERE o.target_table = %s AND o.topic = w.topic AND o.kafka_partition = w.part"
+                " AND o.next_offset = w.expected RETURNING 1),"
+                " added AS (INSERT INTO {o} (target_table, topic, kafka_partition, next_offset,"
+                " last_lsn) SELECT %s, w.topic, w.part, w.next_offset, w.last_lsn FROM want w"
+                " WHERE w.expected IS NULL ON CONFLICT DO NOTHING RETURNING 1)"
+                " SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)"
+            ),
+            "found": q(
+                "SELECT topic, kafka_partition, next_offset FROM {o} WHERE target_table = %s"
+                " AND (topic, kafka_partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
+            ),
+            "forget": q("DELETE FROM {o} WHERE target_table = %s"),
+            "forget_others": q(
+                "DELETE FROM {o} WHERE target_table = %s AND (topic, kafka_partition)"
+                " NOT IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
+            ),
+            "move": q("UPDATE {o} SET target_table = %s WHERE target_table = %s"),
+        }
+        self._sql = {k: v.format(o=o).as_string(None) for k, v in statements.items()}
+
+    def load(self, conn: psycopg.Connection[Any], topic: str) -> dict[int, PartitionPosition]:
+        """The stored positions of ``topic``, by partition (the fence learns them)."""
+        rows = conn.execute(self._sql["load"], [self.target_table, topic]).fetchall()
+        positions = {p: PartitionPosition(topic, p, offset, lsn) for p, offset, lsn in rows}
+        if self.fence is not None:
+            self.fence.loaded(topic, positions)
+        return positions
+
+    def store(
+        self, conn: psycopg.Connection[Any], positions: Sequence[PartitionPosition]
+    ) -> list[PartitionPosition]:
+        """Store ``positions`` (the last one per partition wins) in the caller's transaction;
+        return what was stored.  Call :meth:`committed` once that transaction committed."""
+        if not positions:
+            return []
+        last = {(p.topic, p.partition): p for p in positions}
+        rows = list(last.values())
+        values = [
+            [p.topic for p in rows],
+            [p.partition for p in rows],
+            [p.next_offset for p in rows],
+            [p.last_lsn for p in rows],
+        ]
+        if self.fence is None:
+            conn.execute(self._sql["store"], [self.target_table, *values])
+            return rows
+        expected = [self.fence.expected(p.topic, p.partition) for p in rows]
+        (count,) = conn.execute(
+            self._sql["store_fenced"], [*values, expected, self.target_table, self.target_table]
+        ).fetchone() or (0,)
+        if count != len(rows):
+            found = {
+                (topic, part): offset
+                for topic, part, offset in conn.execute(
+                    self._sql["found"], [self.target_table, values[0], values[1]]
+                )
+            }
+            moved = [
+                f"{p.topic}[{p.partition}]: expected {want}, found {found.get(key)}"
+                for (key, p), want in zip(last.items(), expected, strict=True)
+                if found.get(key) != want
+            ]
+            raise PositionsFenced(
+                f"the stored positions of {self.target_table!r} were moved by another writer"
+                f" ({'; '.join(moved) or 'concurrently'}); re-read them"
+            )
+        return rows
+
+    def replace(
+        self, conn: psycopg.Connection[Any], positions: Sequence[PartitionPosition]
+    ) -> list[PartitionPosition]:
+        """Store ``positions`` and forget every other position of this table."""
+        if self.fence is None:
+            self.forget(conn)
+            return self.store(conn, positions)
+        stored = self.store(conn, positions)  # fenced: checked first
+        conn.execute(
+            self._sql["forget_others"],
+            [self.target_table, [p.topic for p in stored], [p.partition for p in stored]],
+        )
+        return stored
+
+    def committed(self, stored: Sequence[PartitionPosition], *, replace: bool = False) -> None:
+        """The transaction that stored ``stored`` committed: the fence expects them now."""
+        if self.fence is not None:
+            self.fence.stored(stored, replace=replace)
+
+    def forget(self, conn: psycopg.Connection[Any]) -> None:
+        """Delete every position of this table (a replay starting from the beginning)."""
+        conn.execute(self._sql["forget"], [self.target_table])
+
+    def move(self, conn: psycopg.Connection[Any], to_table: str) -> None:
+        """Hand this table's positions over to ``to_table`` (a swap renaming tables)."""
+        conn.execute(self._sql["move"], [to_table, self.target_table])
+
+
+def read_positions(dsn: str, offsets_table: str, target_table: str, topic: str) -> dict[int, int]:
+    """The next offsets stored for ``target_table`` (a short connection of its own)."""
+    checkpoint = Checkpoint(offsets_table, target_table)
+    with (
+        connect(dsn, "the target database") as conn,
+        mapped_errors(f"read the positions of {target_table!r}"),
+    ):
+        stored = checkpoint.load(conn, topic)
+    return {p: pos.next_offset for p, pos in stored.items()}

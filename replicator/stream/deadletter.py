@@ -1,0 +1,164 @@
+"""Dead letters: events the pipeline cannot use go to ``<topic>.dlq``, never lost.
+
+Invariant: the dead-letter producer is flushed, and every delivery confirmed, BEFORE the
+transaction that stores the position of a dead-lettered event commits
+(:meth:`DeadLetters.confirm`); a failed delivery fails the batch, which is then re-read
+from the stored positions.  So a bad event is never lost, and never stops the stream.
+
+:class:`DeadLetteringSink` wraps the sink: when the target rejects a batch
+(``EventError``, e.g. a value the column cannot hold), it finds the rejected changes by
+halving, dead-letters them and applies the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from replicator.errors import BrokerUnavailable, EventError
+from replicator.events import NOTHING_APPLIED, ApplyResult
+from replicator.observe.metrics import Metrics
+from replicator.settings import Settings
+from replicator.stream.batch import Batch
+from replicator.stream.sink import PostgresSink
+from replicator.stream.source import client_config
+
+log = logging.getLogger("replicator.consumer")
+
+
+def dead_letter_headers(reason: str, error: str, msg: Any) -> list[tuple[str, bytes]]:
+    """Pure. The original headers plus why (``dlq.reason``, ``dlq.error``) and where from."""
+    headers = [
+        ("dlq.reason", reason.encode()),
+        ("dlq.error", error[:4000].encode("utf-8", "replace")),
+        ("dlq.topic", str(msg.topic()).encode()),
+        ("dlq.partition", str(msg.partition()).encode()),
+        ("dlq.offset", str(msg.offset()).encode()),
+    ]
+    return headers + list(msg.headers() or [])
+
+
+class DeadLetters:
+    """The dead-letter topic's producer; counts every dead letter in ``metrics``."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, producer: Any = None) -> None:
+        self.settings = settings
+        self.topic = settings.dead_letter_topic
+        self.metrics = metrics
+        self._producer = producer
+        self._errors: list[str] = []
+
+    def ensure_topic(self) -> None:
+        """Create the topic when missing (a broker that refuses is only warned about)."""
+        s = self.settings
+        admin = AdminClient(client_config("admin", s.kafka_bootstrap, s.kafka_config))
+        try:
+            existing = admin.list_topics(timeout=10).topics
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"cannot list topics: {exc}") from exc
+        if self.topic in existing:
+            return
+        futures = admin.create_topics(
+            [NewTopic(self.topic, num_partitions=1, replication_factor=-1)]
+        )
+        try:
+            futures[self.topic].result(timeout=15)
+            log.info("created dead-letter topic", extra={"topic": self.topic})
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                log.warning(
+                    "could not create the dead-letter topic; it must exist or be auto-created",
+                    extra={"topic": self.topic, "error": str(exc)},
+                )
+
+    def send(self, msg: Any, reason: str, error: str) -> None:
+        """Produce ``msg`` with the dead-letter headers (delivery confirmed by :meth:`confirm`)."""
+        if self._producer is None:
+            s = self.settings
+            self._producer = Producer(client_config("producer", s.kafka_bootstrap, s.kafka_config))
+        self._producer.produce(
+            self.topic,
+            key=msg.key(),
+            value=msg.value(),
+            headers=dead_letter_headers(reason, error, msg),
+            on_delivery=self._delivered,
+        )
+        self._producer.poll(0)
+        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.tally.dead_lettered += 1
+        log.warning(
+            "event dead-lettered",
+            extra={
+                "reason": reason,
+                "partition": msg.partition(),
+                "offset": msg.offset(),
+                "dlq": self.topic,
+            },
+        )
+
+    def confirm(self, timeout: float = 30) -> None:
+        """Every dead letter sent so far is delivered, or :class:`BrokerUnavailable`."""
+        if self._producer is None:
+            return
+        left = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if left > 0 or errors:
+            raise BrokerUnavailable(
+                f"dead-letter delivery failed ({left} undelivered): {errors[:3]}"
+            )
+
+    def forget(self) -> None:
+        """A batch was abandoned: its events are read again, failed deliveries with them."""
+        self._errors.clear()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            left = self._producer.flush(10)
+            if left:
+                log.error("dead-letter messages not delivered at exit", extra={"count": left})
+            self._producer = None
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err.str())
+
+
+class DeadLetteringSink:
+    """The sink, wrapped: a batch is applied with its positions; dead letters of the
+    batch are confirmed first; changes the target rejects are dead-lettered."""
+
+    def __init__(self, sink: PostgresSink, dead_letters: DeadLetters) -> None:
+        self.sink = sink
+        self.dead_letters = dead_letters
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        if batch.dead_letters:
+            self.dead_letters.confirm()
+        try:
+            return self.sink.apply(batch.changes, batch.positions())
+        except EventError:
+            return self._isolating(batch)
+
+    def _isolating(self, batch: Batch) -> ApplyResult:
+        """Find the rejected changes by halving and dead-letter them.
+
+        Sub-batches commit without positions (applying a change twice is harmless), and
+        the positions commit last, after the dead letters are confirmed."""
+        result = self._halves(batch, 0, len(batch.changes))
+        self.dead_letters.confirm()
+        self.sink.apply([], batch.positions())
+        return result
+
+    def _halves(self, batch: Batch, lo: int, hi: int) -> ApplyResult:
+        try:
+            return self.sink.apply(batch.changes[lo:hi], [])
+        except EventError as exc:
+            if hi - lo == 1:
+                self.dead_letters.send(batch.messages[lo], exc.reason, str(exc))
+                return NOTHING_APPLIED
+            mid = (lo + hi) // 2
+            return self._halves(batch, lo, mid) + self._halves(batch, mid, hi)

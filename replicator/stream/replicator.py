@@ -1,0 +1,400 @@
+"""The long-running replicator: poll -> decode -> transform -> batch -> apply -> checkpoint.
+
+This module only composes the stages of ``stream/`` (source, decode, transform, batch,
+deadletter, sink with checkpoint, worker).  Invariants (the whole correctness argument,
+stated once):
+
+1. The position of a partition moves only inside the sink's transaction that applies
+   the rows its events produced.  Batches are applied by one worker thread, strictly in
+   order, while the next batch is decoded; after a failed batch the worker discards the
+   queued ones unapplied.  Kafka's committed offsets are written afterwards and are
+   informational only.
+2. On assignment, and after any failed apply, a partition is positioned at the offset
+   stored in the target database (or the beginning when none is stored).  So every
+   event is applied at least once, and a re-applied event is harmless because the
+   sink's order guard (source LSN per row) makes applying idempotent and keeps older
+   images from overwriting newer rows.
+3. An event that cannot be decoded or mapped is dead-lettered, and its delivery is
+   confirmed BEFORE the batch holding its position commits (deadletter.py).
+4. A target outage discards the in-memory batch, pauses the partitions and retries with
+   capped exponential backoff; when the target answers again, the partitions are
+   re-positioned from the database and resumed.  Nothing is lost or skipped.
+5. Positions are fenced (checkpoint.py): when someone else moved the stored positions,
+   the batch rolls back with ``PositionsFenced``, a transient error, and the partitions
+   are re-positioned from the database exactly as after an outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from replicator.errors import EventError, ReplicatorError, TargetUnavailable, TransientError
+from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op
+from replicator.observe.metrics import Health, Metrics, serve
+from replicator.observe.tracker import Tracker
+from replicator.settings import Settings
+from replicator.stream.batch import Batch
+from replicator.stream.checkpoint import PositionFence
+from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
+from replicator.stream.decode import decoder_for
+from replicator.stream.sink import PostgresSink
+from replicator.stream.source import KafkaSource
+from replicator.stream.transform import to_row_change
+from replicator.stream.worker import ApplyWorker
+
+log = logging.getLogger("replicator.consumer")
+
+Decoder = Callable[[bytes | None, bytes | None, KafkaPosition], ChangeEvent | None]
+SourceFactory = Callable[[Settings], KafkaSource]
+
+
+class Replicator:
+    """Keeps ``settings.target_table`` equal to the mapped source, from ``settings.topic``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: SourceFactory = KafkaSource.group_member,
+        sink: PostgresSink | None = None,
+        control: PostgresSink | None = None,
+        metrics: Metrics | None = None,
+        decoder: Decoder | None = None,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health(settings.stall_after_s)
+        self.tracker = Tracker(settings, self.metrics, self.health)
+        self.sink = sink or PostgresSink(
+            settings.target_dsn.get_secret_value(),
+            table=settings.target_table,
+            offsets_table=settings.offsets_table,
+            apply_deletes=settings.on_delete == "delete",
+            fence=PositionFence(),  # positions move only from where this consumer left them
+        )
+        # positions and pings use their own connection: the sink's belongs to the worker
+        self.control = control or PostgresSink(
+            settings.target_dsn.get_secret_value(),
+            table=settings.target_table,
+            offsets_table=settings.offsets_table,
+            fence=self.sink.fence,
+        )
+        self.dead_letters = dead_letters or DeadLetters(settings, self.metrics)
+        self.applier = DeadLetteringSink(self.sink, self.dead_letters)
+        self.decode: Decoder = decoder or decoder_for(settings)
+        self.stop_event = threading.Event()
+        self._make_source = source
+        self.source: KafkaSource | None = None
+        self._worker: ApplyWorker[Batch, ApplyResult] | None = None
+        self._assigned: set[int] = set()
+        self._unpositioned: set[int] = set()
+        self._batch = self._new_batch()
+        self._last_message = time.monotonic()
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self, *, exit_when_idle_s: float | None = None) -> int:
+        """Replicate until :attr:`stop_event` is set (or idle that long); return an exit code."""
+        stop_http = None
+        if self.settings.metrics_port:
+            stop_http = serve(
+                self.settings.metrics_port, self.metrics, self.health, self.settings.metrics_host
+            )
+            log.info(
+                "serving /metrics, /healthz, /readyz", extra={"port": self.settings.metrics_port}
+            )
+        try:
+            if not self._start():
+                return 0
+            return self._run(exit_when_idle_s)
+        finally:
+            if stop_http is not None:
+                stop_http()
+
+    def _start(self) -> bool:
+        """Schema and dead-letter topic, retried while the target or broker is down.
+
+        False when asked to stop before they were ready."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self.sink.ensure_schema()
+                self.health.target_ok = True
+                self.dead_letters.ensure_topic()
+                return True
+            except TransientError as exc:
+                log.warning("not ready; retrying", extra={"error": str(exc), "backoff_s": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+        return False
+
+    def _run(self, exit_when_idle_s: float | None) -> int:
+        self._worker = ApplyWorker(self._apply_batch)
+        self.source = source = self._make_source(self.settings)
+        source.subscribe(self._on_assign, self._on_revoke, self._on_lost)
+        log.info(
+            "replicating",
+            extra={
+                "topic": self.settings.topic,
+                "table": self.settings.target_table,
+                "group": self.settings.group_id,
+            },
+        )
+        backoff = 0.5
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._step(source)
+                    backoff = 0.5
+                except TransientError as exc:
+                    self._unavailable(exc, backoff)
+                    backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                self.tracker.progress(self._assigned)
+                self.tracker.observe(lambda: source.lag(self._assigned), self.control.ping)
+                if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
+                    log.info("idle; exiting", extra={"idle_s": exit_when_idle_s})
+                    break
+            try:
+                self._drain()
+            except ReplicatorError as exc:
+                log.warning("last batch rolled back", extra={"error": str(exc)})
+        finally:
+            self._close()
+        self.tracker.progress(self._assigned, force=True)
+        return 0
+
+    def _step(self, source: KafkaSource) -> None:
+        """One turn: re-position what waits, poll, hand a due batch over, collect."""
+        if self._unpositioned:
+            self._reposition()
+        busy = self._batch.events or (self._worker is not None and not self._worker.idle)
+        messages = source.poll(0.05 if busy else 0.5)
+        if messages:
+            self._last_message = time.monotonic()
+        for msg in messages:
+            partition = msg.partition()
+            if partition in self._unpositioned or partition not in self._assigned:
+                continue
+            self._handle(msg)
+            batch = self._batch
+            if batch.events >= self.settings.batch_max_rows or (
+                batch.bytes >= self.settings.batch_max_bytes
+            ):
+                self._submit()
+        if self._batch_due():
+            self._submit()
+        self._collect()
+
+    def _unavailable(self, exc: TransientError, backoff: float) -> None:
+        if isinstance(exc, TargetUnavailable):
+            self.tracker.target_down()
+        log.warning("unavailable; retrying", extra={"error": str(exc), "backoff_s": backoff})
+        self._abandon()
+        self._sleep(backoff)
+
+    def _idle_for(self, seconds: float) -> bool:
+        return (
+            not self._batch.events
+            and self._worker is not None
+            and self._worker.idle
+            and not self._unpositioned
+            and bool(self._assigned)
+            and time.monotonic() - self._last_message > seconds
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, while still serving group callbacks (the partitions are paused)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            assert self.source is not None
+            # paused partitions deliver nothing new; anything already fetched is
+            # dropped, because those partitions will be re-positioned from the database
+            try:
+                self.source.poll(0.2)
+            except TransientError:
+                continue
+
+    # ---- one event ---------------------------------------------------------------------
+
+    def _handle(self, msg: Any) -> None:
+        batch = self._batch
+        partition, offset = msg.partition(), msg.offset()
+        value = msg.value()
+        batch.bytes += len(value) if value else 0
+        try:
+            event = self.decode(msg.key(), value, KafkaPosition(msg.topic(), partition, offset))
+            if event is None:
+                self.tracker.skipped("tombstone")
+                batch.advance(partition, offset, None)
+                return
+            self.metrics.events.labels(event.op.value).inc()
+            if event.op is Op.TRUNCATE:
+                self._truncate(event, partition, offset)
+                return
+            change = to_row_change(event)
+        except EventError as exc:
+            self.dead_letters.send(msg, exc.reason, str(exc))
+            batch.dead_letters += 1
+            batch.advance(partition, offset, None)
+            return
+        if change is None:
+            self.tracker.skipped(event.op.name.lower())
+        else:
+            batch.add(change, msg, event.source_ts_ms)
+        batch.advance(partition, offset, event.lsn)
+
+    def _truncate(self, event: ChangeEvent, partition: int, offset: int) -> None:
+        if self.settings.on_truncate == "apply":
+            self._drain()  # everything before the truncate first
+            batch = self._batch
+            batch.advance(partition, offset, event.lsn)
+            self.sink.truncate(batch.positions())
+            log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
+            self._batch = self._new_batch()
+            return
+        self.tracker.skipped("truncate")
+        log.warning(
+            "source TRUNCATE not applied (on_truncate=ignore); the target keeps its rows",
+            extra={"partition": partition, "offset": offset},
+        )
+        self._batch.advance(partition, offset, event.lsn)
+
+    # ---- batches -----------------------------------------------------------------------
+
+    def _new_batch(self) -> Batch:
+        return Batch(topic=self.settings.topic)
+
+    def _batch_due(self) -> bool:
+        """Apply at once when the worker is free (latency); while it is busy the batch
+        grows (throughput) until a limit is reached."""
+        batch = self._batch
+        if not batch.events:
+            return False
+        if self._worker is not None and self._worker.idle:
+            return True
+        return (time.monotonic() - batch.started) * 1000 >= self.settings.batch_max_ms
+
+    def _submit(self) -> None:
+        """Hand the batch to the apply worker; batches are applied strictly in order."""
+        batch = self._batch
+        if not batch.events:
+            return
+        self._batch = self._new_batch()
+        assert self._worker is not None
+        self._worker.submit(batch)
+
+    def _apply_batch(self, batch: Batch) -> ApplyResult:
+        """On the worker: the batch and its positions in one target transaction (invariant 1)."""
+        result = self.applier.apply(batch)
+        batch.applied_at = time.time()
+        return result
+
+    def _collect(self, wait: bool = False) -> None:
+        """Account for the batches the worker finished; raise the first failure."""
+        if self._worker is None:
+            return
+        error: BaseException | None = None
+        for done in self._worker.finished(wait):
+            if done.error is not None:
+                error = error or done.error
+            elif done.result is not None:
+                self._account(done.item, done.result, done.seconds)
+        if error is not None:
+            self._worker.finished(wait=True)  # the rest were discarded unapplied
+            self._worker.reset()
+            raise error
+
+    def _account(self, batch: Batch, result: ApplyResult, seconds: float) -> None:
+        self.tracker.applied(
+            batch.events,
+            result,
+            seconds,
+            applied_at=batch.applied_at,
+            source_ts_ms=batch.source_ts_ms,
+            last_lsns=batch.last_lsns,
+        )
+        if self.source is not None:
+            self.source.commit(batch.next_offsets)  # informational only (invariant 1)
+
+    def _drain(self) -> None:
+        """Apply everything consumed so far and wait for it."""
+        self._submit()
+        self._collect(wait=True)
+
+    # ---- partitions --------------------------------------------------------------------
+
+    def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None] | None:
+        self._assigned |= set(partitions)
+        self.tracker.assigned(self._assigned)
+        try:
+            stored = self.control.load_positions(self.settings.topic)
+        except TransientError as exc:
+            log.warning(
+                "target unavailable at assignment; partitions wait paused",
+                extra={"error": str(exc)},
+            )
+            self._unpositioned |= set(partitions)
+            return None
+        starts = {p: stored[p].next_offset if p in stored else None for p in partitions}
+        log.info("partitions assigned", extra={"positions": starts})
+        return starts
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        # Finish the batch in flight while the partitions are still ours; on failure it
+        # is abandoned and the remaining partitions re-read from the stored positions.
+        try:
+            self._drain()
+        except ReplicatorError as exc:
+            log.warning("batch abandoned at revocation", extra={"error": str(exc)})
+            self._abandon()
+        self._forget(partitions)
+        log.info("partitions revoked", extra={"partitions": sorted(partitions)})
+
+    def _on_lost(self, partitions: list[int]) -> None:
+        self._abandon()
+        self._forget(partitions)
+        log.warning("partitions lost", extra={"partitions": sorted(partitions)})
+
+    def _forget(self, partitions: list[int]) -> None:
+        self._assigned -= set(partitions)
+        self._unpositioned -= set(partitions)
+        self.tracker.assigned(self._assigned)
+
+    def _abandon(self) -> None:
+        """Drop the batch in flight; its partitions re-read from the stored positions."""
+        self._batch = self._new_batch()
+        if self._worker is not None:
+            self._worker.finished(wait=True)  # whatever was queued: applied or discarded
+            self._worker.reset()
+        self.dead_letters.forget()
+        if self.source is not None and self._assigned:
+            self.source.pause(self._assigned)
+            self._unpositioned |= self._assigned
+
+    def _reposition(self) -> None:
+        """Seek the waiting partitions to their stored positions and resume them."""
+        stored = self.control.load_positions(self.settings.topic)
+        assert self.source is not None
+        todo = sorted(self._unpositioned & self._assigned)
+        for p in todo:
+            self.source.seek(p, stored[p].next_offset if p in stored else None)
+        self.source.resume(todo)
+        self._unpositioned.clear()
+        self.tracker.target_back()
+        log.info("partitions re-positioned from the target", extra={"partitions": todo})
+
+    def _close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        self.dead_letters.close()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        self.sink.close()
+        self.control.close()

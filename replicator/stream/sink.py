@@ -1,0 +1,226 @@
+"""The PostgreSQL sink: apply a batch of row changes and the positions it consumed.
+
+Invariants (the rest of the package relies on them):
+
+1. One transaction per :meth:`PostgresSink.apply`: target rows, versions and partition
+   positions commit together or not at all, so a stored position never disagrees with
+   the table's content.  Errors are classified by :mod:`replicator.db.connect`: a
+   transient failure raises :class:`~replicator.errors.TargetUnavailable` (the next call
+   reconnects); the target rejecting data raises :class:`~replicator.errors.EventError`
+   with reason ``target_rejected``; a missing table or privilege raises
+   :class:`~replicator.errors.ConfigurationError`.  Retrying a batch after any failure is
+   safe: applying the same change twice is harmless.
+2. Order guard: the versions table holds, per ``run_id``, the LSN of the newest applied
+   change and whether it was a delete.  A change older than that is stale and skipped;
+   an equal LSN is a redelivery and is applied again.  A change without an LSN
+   (incremental snapshot read) is applied unconditionally and leaves the stored LSN as
+   it was (-1 stands for "none").  LSN 0 is the weakest version: the transform gives it
+   to snapshot reads, which then fill rows no streamed change has touched.  Deletes keep
+   their versions row, so an older image can never bring a deleted row back; with
+   ``apply_deletes=False`` the target row stays but the version is still recorded.
+3. Columns named in ``RowChange.unavailable`` (unchanged TOASTed values) are never
+   written.  Such a change updates an existing row only; when the row is absent it is
+   not inserted (it could not be complete), not versioned, and reported in
+   ``ApplyResult.unresolved``.
+4. Speed: changes are folded to one per ``run_id`` (:func:`~replicator.stream.batch.fold`),
+   staged with one binary COPY and applied with the set-based statements of
+   :mod:`replicator.stream.sink_sql`.  No per-batch DDL.
+5. Positions are stored through :class:`~replicator.stream.checkpoint.Checkpoint`, fenced
+   when it has a fence (compare-and-set: ``PositionsFenced`` rolls the batch back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+
+from replicator.db.connect import classify, connect
+from replicator.db.schema import check_target_names, ensure_target
+from replicator.errors import EventError, TargetUnavailable
+from replicator.events import ApplyResult, PartitionPosition, RowChange
+from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX
+from replicator.stream.batch import fold
+from replicator.stream.checkpoint import Checkpoint, PositionFence
+from replicator.stream.sink_sql import COPY_TYPES, SinkStatements
+
+_NULLS = (None,) * (len(TARGET_COLUMNS) - 1)
+
+
+class PostgresSink:
+    """Applies folded batches to ``table`` with their positions, one transaction each."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        table: str = "workflow_runs",
+        offsets_table: str = "replicator_offsets",
+        versions_table: str | None = None,
+        apply_deletes: bool = True,
+        connect_timeout: float = 5.0,
+        fence: PositionFence | None = None,
+    ) -> None:
+        self.table = table
+        self.offsets_table = offsets_table
+        self.versions_table = versions_table or f"{table}_versions"
+        self.apply_deletes = apply_deletes
+        check_target_names(table, offsets_table, self.versions_table)
+        self.checkpoint = Checkpoint(offsets_table, table, fence)
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._sql = SinkStatements(table, self.versions_table)
+
+    @property
+    def fence(self) -> PositionFence | None:
+        return self.checkpoint.fence
+
+    # -- public API --------------------------------------------------------------------
+
+    def ensure_schema(self) -> list[str]:
+        """Create what is missing (users, target + indexes, offsets, versions); report each."""
+        with self._transaction("create the schema") as conn:
+            return ensure_target(conn, self.table, self.offsets_table, self.versions_table)
+
+    def load_positions(self, topic: str) -> dict[int, PartitionPosition]:
+        """The stored positions of ``topic`` for this target table, by partition."""
+        with self._transaction("load positions") as conn:
+            return self.checkpoint.load(conn, topic)
+
+    def apply(
+        self,
+        changes: Sequence[RowChange],
+        positions: Sequence[PartitionPosition],
+        *,
+        then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None = None,
+    ) -> ApplyResult:
+        """Apply ``changes`` (log order per run_id) and store ``positions``, atomically.
+
+        ``then(conn, result)`` runs last, inside the same transaction (the backfill
+        records its finished chunk there)."""
+        folded = fold(changes)
+        result = ApplyResult(0, 0, 0, ())
+        with self._transaction("apply a batch") as conn:
+            if folded:
+                result = self._write(conn, folded)
+            stored = self.checkpoint.store(conn, positions)
+            if then is not None:
+                then(conn, result)
+        self.checkpoint.committed(stored)
+        return result
+
+    def truncate(self, positions: Sequence[PartitionPosition]) -> None:
+        """Empty the target and versions tables and replace this table's positions."""
+        with self._transaction("truncate the target") as conn:
+            conn.execute(self._sql.truncate)
+            stored = self.checkpoint.replace(conn, positions)
+        self.checkpoint.committed(stored, replace=True)
+
+    def ping(self) -> None:
+        """Raise :class:`TargetUnavailable` unless the target answers."""
+        with self._transaction("ping") as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._discard()
+
+    def __enter__(self) -> PostgresSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _write(self, conn: psycopg.Connection[Any], folded: list[RowChange]) -> ApplyResult:
+        n_deletes, n_partial = self._stage(conn, folded)
+        skipped = conn.execute(self._sql.claim_versions).fetchall()
+        unresolved = tuple(run_id for run_id, _, missing in skipped if missing)
+        stale = len(skipped) - len(unresolved)
+        deletes = n_deletes - sum(1 for _, is_delete, _ in skipped if is_delete)
+        upserted = len(folded) - n_deletes - (len(skipped) - (n_deletes - deletes))
+        deleted = 0
+        if deletes and self.apply_deletes:
+            conn.execute(self._sql.delete_rows)
+            deleted = deletes
+        if len(folded) > n_deletes + n_partial:
+            conn.execute(self._sql.upsert_full)
+        if n_partial:
+            conn.execute(self._sql.update_partial)
+        return ApplyResult(upserted, deleted, stale, unresolved)
+
+    def _stage(self, conn: psycopg.Connection[Any], folded: list[RowChange]) -> tuple[int, int]:
+        """COPY the folded batch into the staging table; the number of deletes and partials."""
+        n_deletes = n_partial = 0
+        with conn.cursor().copy(self._sql.copy_stage) as copy:
+            copy.set_types(COPY_TYPES)
+            write = copy.write_row
+            ch = None
+            try:
+                for ch in folded:
+                    if ch.delete:
+                        n_deletes += 1
+                        write((ch.lsn, True, None, ch.run_id, *_NULLS))
+                    elif ch.unavailable:
+                        n_partial += 1
+                        write((ch.lsn, False, *_partial_row(ch)))
+                    else:
+                        write((ch.lsn, False, None, *ch.values))  # type: ignore[misc]
+            except (TypeError, OverflowError, psycopg.DataError) as exc:
+                run_id = ch.run_id if ch else "?"
+                raise EventError(
+                    f"run_id {run_id!r}: a value cannot be written to {self.table!r}: {exc}",
+                    reason="target_rejected",
+                ) from exc
+        return n_deletes, n_partial
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            error = classify(exc, f"{what} on {self.table!r}")
+            if isinstance(error, TargetUnavailable) or (self._conn and self._conn.broken):
+                self._discard()
+            raise error from exc
+        except TargetUnavailable:
+            self._discard()
+            raise
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._discard()
+        conn = connect(self._conninfo, "the target database", connect_timeout=self._connect_timeout)
+        try:
+            # Statements are replanned every time: a cached generic plan would carry the
+            # staging table's size at the moment it was prepared.
+            conn.prepare_threshold = None
+            conn.execute(self._sql.create_stage)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
+                conn.close()
+
+
+def _partial_row(ch: RowChange) -> tuple[Any, ...]:
+    """Unavailable columns are staged as NULL: their placeholder must not reach a cast."""
+    values = list(ch.values)  # type: ignore[arg-type]
+    for name in ch.unavailable:
+        index = TARGET_INDEX.get(name, 0)
+        if index == 0:  # unknown name or run_id: a mapping bug, not bad data
+            raise ValueError(f"{ch.run_id}: {name!r} cannot be an unavailable column")
+        values[index] = None
+    return (sorted(ch.unavailable), *values)

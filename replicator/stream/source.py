@@ -1,0 +1,200 @@
+"""The source stage: the Kafka consumer, and the one builder of Kafka client configs.
+
+:class:`KafkaSource` returns messages and takes callbacks for the partitions it is given
+or loses; it never calls into the loop otherwise, so the loop composes it without a
+cycle.  A source positions a partition where the assignment callback says (the positions
+stored in the target), never where Kafka's committed offsets are: those are written for
+monitoring only (:meth:`KafkaSource.commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from replicator.errors import BrokerUnavailable
+from replicator.settings import Settings
+
+log = logging.getLogger("replicator.consumer")
+
+Kind = Literal["group", "reader", "producer", "admin"]
+
+#: Tuning per kind of client, which ``REPLICATOR_KAFKA_CONFIG`` may override.
+_TUNING: dict[Kind, dict[str, Any]] = {
+    "group": {
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        # Kafka answers a fetch as soon as data arrives; this bounds how long an idle
+        # fetch waits (and is the whole wait on brokers that answer only then)
+        "fetch.wait.max.ms": 20,
+        "topic.metadata.refresh.interval.ms": 5000,
+        "queued.max.messages.kbytes": 64 * 1024,
+    },
+    "reader": {
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 128 * 1024,
+        "auto.offset.reset": "earliest",
+    },
+    "producer": {"acks": "all", "linger.ms": 5, "message.timeout.ms": 30_000},
+    "admin": {},
+}
+
+
+def _log_kafka_error(err: KafkaError) -> None:
+    log.warning("kafka: %s", err.str(), extra={"code": err.name()})
+
+
+def client_config(
+    kind: Kind, bootstrap: str, extra: Mapping[str, Any], **fixed: Any
+) -> dict[str, Any]:
+    """The librdkafka config of one client: tuning, then ``extra`` (the user's
+    ``REPLICATOR_KAFKA_CONFIG``: SASL, SSL, tuning), then what the guarantees rest on,
+    which nothing overrides: no automatic commits or offset stores, and for a
+    ``reader`` a throw-away group id that never joins a group or commits."""
+    guarantees: dict[str, Any] = {}
+    if kind in ("group", "reader"):
+        guarantees = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+    if kind == "reader":
+        guarantees["group.id"] = f"replicator-reader-{uuid.uuid4().hex[:12]}"
+    return {
+        **_TUNING[kind],
+        "bootstrap.servers": bootstrap,
+        "error_cb": _log_kafka_error,
+        **extra,
+        **guarantees,
+        **fixed,
+    }
+
+
+#: ``on_assign(partitions)`` answers where each partition starts (None: the beginning),
+#: or None when it cannot tell yet: then the partitions are assigned paused.
+OnAssign = Callable[[list[int]], Mapping[int, int | None] | None]
+OnLoss = Callable[[list[int]], None]
+
+
+class KafkaSource:
+    """One topic's partitions, read through a confluent-kafka consumer."""
+
+    def __init__(self, consumer: Any, topic: str) -> None:
+        self._consumer = consumer
+        self.topic = topic
+
+    @classmethod
+    def group_member(cls, settings: Settings) -> KafkaSource:
+        """``replicator run``'s source: a member of ``settings.group_id``."""
+        session_ms = settings.session_timeout_ms
+        config = client_config(
+            "group",
+            settings.kafka_bootstrap,
+            settings.kafka_config,
+            **{
+                "group.id": settings.group_id,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(500, session_ms // 5),
+            },
+        )
+        return cls(Consumer(config), settings.topic)
+
+    def subscribe(self, on_assign: OnAssign, on_revoke: OnLoss, on_lost: OnLoss) -> None:
+        """Join the group; the callbacks run inside :meth:`poll`."""
+
+        def assigned(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self._assign(partitions, on_assign)
+
+        def revoked(consumer: Any, partitions: list[TopicPartition]) -> None:
+            on_revoke([tp.partition for tp in partitions])
+            consumer.unassign()
+
+        def lost(consumer: Any, partitions: list[TopicPartition]) -> None:
+            on_lost([tp.partition for tp in partitions])
+            consumer.unassign()
+
+        self._consumer.subscribe([self.topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
+
+    def _assign(self, partitions: list[TopicPartition], on_assign: OnAssign) -> None:
+        starts = on_assign([tp.partition for tp in partitions])
+        if starts is not None:
+            for tp in partitions:
+                start = starts.get(tp.partition)
+                tp.offset = OFFSET_BEGINNING if start is None else start
+        self._consumer.assign(partitions)
+        if starts is None:
+            self._consumer.pause(partitions)
+
+    def poll(self, timeout: float) -> list[Any]:
+        """The messages fetched so far, waiting up to ``timeout`` for the first one.
+
+        End-of-partition events and passing errors (the topic not created yet: Debezium
+        creates it with its first event) are logged and skipped; a fatal error raises
+        :class:`BrokerUnavailable`."""
+        # poll returns with the first message; consume(timeout=0) then takes what is
+        # already fetched (consume with a timeout would wait for a full 1000)
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        out = []
+        for msg in [first, *self._consumer.consume(999, timeout=0)]:
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal():
+                raise BrokerUnavailable(f"consumer error: {err.str()}")
+            else:
+                log.warning("consumer: %s", err.str(), extra={"code": err.name()})
+        return out
+
+    def seek(self, partition: int, offset: int | None) -> None:
+        """Read ``partition`` from ``offset`` next (None: from its beginning)."""
+        start = OFFSET_BEGINNING if offset is None else offset
+        try:
+            self._consumer.seek(TopicPartition(self.topic, partition, start))
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"seek of partition {partition} failed: {exc}") from exc
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        self._consumer.pause(self._partitions(partitions))
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self._consumer.resume(self._partitions(partitions))
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        """Kafka's committed offsets, for monitoring only: never read back."""
+        offsets = [TopicPartition(self.topic, p, off) for p, off in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("kafka commit failed", extra={"error": str(exc)})
+
+    def lag(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Messages between the read position and the high watermark, per partition."""
+        out = {}
+        for p in sorted(partitions):
+            tp = TopicPartition(self.topic, p)
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                (position,) = self._consumer.position([tp])
+            except KafkaException:
+                continue
+            out[p] = max(0, high - position.offset) if position.offset >= 0 else high
+        return out
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("consumer close: %s", exc)
+
+    def _partitions(self, numbers: Iterable[int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in sorted(numbers)]

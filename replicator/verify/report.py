@@ -1,0 +1,258 @@
+"""What ``replicator verify`` found, compared row by row, and how it is shown.
+
+Pure: the row comparison that decides every reported difference, the report, its JSON
+form for machines and its rich table for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from replicator.mapping.columns import TARGET_COLUMNS
+
+EXIT_IN_SYNC, EXIT_DRIFT, EXIT_UNVERIFIED = 0, 1, 2
+
+Kind = Literal["missing", "extra", "different", "unmappable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unmappable:
+    """A source row that :func:`~replicator.mapping.rows.map_to_tuple` refuses (dead-lettered
+    by the replicator): it has no expected target row."""
+
+    reason: str
+
+
+#: A source row as the target should hold it: the mapped values, Unmappable, or None
+#: (no such source row).
+Image = tuple[Any, ...] | Unmappable | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDiff:
+    """How the target row of ``run_id`` differs from the mapped source row."""
+
+    run_id: str
+    kind: Kind
+    columns: tuple[str, ...] = ()  # for "different": the target columns that differ
+    reason: str = ""  # for "unmappable": why the source row cannot be mapped
+
+
+def compare(run_id: str, expected: Image, actual: tuple[Any, ...] | None) -> KeyDiff | None:
+    """Pure. ``expected`` (the mapped source row) against ``actual`` (the target row, JSON
+    columns as their exact text); None when they agree."""
+    if isinstance(expected, Unmappable):
+        return KeyDiff(run_id, "unmappable", reason=expected.reason)
+    if expected is None:
+        return None if actual is None else KeyDiff(run_id, "extra")
+    if actual is None:
+        return KeyDiff(run_id, "missing")
+    columns = tuple(
+        name
+        for name, want, have in zip(TARGET_COLUMNS, expected, actual, strict=True)
+        if want != have
+    )
+    return KeyDiff(run_id, "different", columns) if columns else None
+
+
+def diff_rows(
+    expected: Mapping[str, Image], actual: Mapping[str, tuple[Any, ...]]
+) -> dict[str, KeyDiff]:
+    """Pure. Every key of either side that differs."""
+    out: dict[str, KeyDiff] = {}
+    for run_id in expected.keys() | actual.keys():
+        found = compare(run_id, expected.get(run_id), actual.get(run_id))
+        if found is not None:
+            out[run_id] = found
+    return out
+
+
+@dataclass
+class RepairSummary:
+    """What ``--repair`` did before verifying again."""
+
+    snapshot_ids: int = 0  # missing + different rows re-read through an incremental snapshot
+    signals: int = 0  # signal rows written
+    deleted: int = 0  # extra target rows deleted through the sink
+    kept_extra: int = 0  # extra rows that exist in the source after all (not deleted)
+    converged: bool = False  # the repaired rows matched the source before the final verify
+    seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    source_table: str
+    target_table: str
+    source_rows: int = 0
+    target_rows: int = 0
+    chunks: int = 0
+    chunks_differing: int = 0
+    suspects: int = 0  # keys that differed in the first comparison
+    rechecks: int = 0  # re-comparison rounds after the replicator caught up
+    drift: dict[str, KeyDiff] = field(default_factory=dict)  # confirmed differences
+    unmappable: dict[str, KeyDiff] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)  # still changing at every re-check
+    error: str | None = None  # why it could not verify
+    seconds: float = 0.0
+    repair: RepairSummary | None = None
+
+    def of_kind(self, kind: Kind) -> list[KeyDiff]:
+        return sorted((d for d in self.drift.values() if d.kind == kind), key=_key)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "unverified"
+        return "drift" if self.drift else "in_sync"
+
+    @property
+    def exit_code(self) -> int:
+        return {"in_sync": EXIT_IN_SYNC, "drift": EXIT_DRIFT}.get(self.status, EXIT_UNVERIFIED)
+
+    def to_dict(self, max_report: int = 20) -> dict[str, Any]:
+        """The machine-readable report: totals, and the first ``max_report`` ids of each kind."""
+
+        def ids(items: Sequence[KeyDiff]) -> dict[str, Any]:
+            return {"total": len(items), "ids": [d.run_id for d in items[:max_report]]}
+
+        different = self.of_kind("different")
+        unmappable = sorted(self.unmappable.values(), key=_key)
+        out: dict[str, Any] = {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "confirmed": self.error is None,  # differences re-checked after the catch-up
+            "source": {"table": self.source_table, "rows": self.source_rows},
+            "target": {"table": self.target_table, "rows": self.target_rows},
+            "chunks": {"total": self.chunks, "differing": self.chunks_differing},
+            "suspects": self.suspects,
+            "rechecks": self.rechecks,
+            "missing": ids(self.of_kind("missing")),
+            "extra": ids(self.of_kind("extra")),
+            "different": {
+                "total": len(different),
+                "rows": [{"run_id": d.run_id, "columns": list(d.columns)} for d in different][
+                    :max_report
+                ],
+            },
+            "unmappable": {
+                "total": len(unmappable),
+                "rows": [{"run_id": d.run_id, "reason": d.reason} for d in unmappable][:max_report],
+            },
+            "still_changing": {"total": len(self.busy), "ids": sorted(self.busy)[:max_report]},
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+        if self.repair is not None:
+            out["repair"] = {
+                "snapshot_ids": self.repair.snapshot_ids,
+                "signals": self.repair.signals,
+                "deleted": self.repair.deleted,
+                "kept_extra": self.repair.kept_extra,
+                "converged": self.repair.converged,
+                "seconds": round(self.repair.seconds, 3),
+            }
+        return out
+
+
+def _key(d: KeyDiff) -> bytes:
+    return d.run_id.encode("utf-8")  # COLLATE "C" order
+
+
+def summary_lines(report: Report, max_report: int = 20) -> list[str]:
+    """Pure. The report as plain lines (logs, non-terminals)."""
+    d = report.to_dict(max_report)
+    lines = [
+        f"{report.source_table} ({report.source_rows:,} rows) vs {report.target_table}"
+        f" ({report.target_rows:,} rows): {d['status'].replace('_', ' ')}"
+        f" in {report.seconds:.1f}s; {report.chunks_differing}/{report.chunks} chunks differed,"
+        f" {report.suspects} keys re-checked in {report.rechecks} round(s)"
+    ]
+    if report.error:
+        lines.append(f"could not verify: {report.error}")
+    for kind in ("missing", "extra"):
+        if d[kind]["total"]:
+            lines.append(f"{kind} in the target ({d[kind]['total']}): {_join(d[kind]['ids'])}")
+    if d["different"]["total"]:
+        lines.append(f"different ({d['different']['total']}):")
+        lines += [f"  {r['run_id']}: {', '.join(r['columns'])}" for r in d["different"]["rows"]]
+    if d["unmappable"]["total"]:
+        lines.append(
+            f"unmappable source rows, dead-lettered by the replicator"
+            f" ({d['unmappable']['total']}, not drift):"
+        )
+        lines += [f"  {r['run_id']}: {r['reason']}" for r in d["unmappable"]["rows"]]
+    if d["still_changing"]["total"]:
+        lines.append(
+            f"still changing at every re-check ({d['still_changing']['total']}, not drift):"
+            f" {_join(d['still_changing']['ids'])}"
+        )
+    if report.repair is not None:
+        r = report.repair
+        lines.append(
+            f"repair: {r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
+            f" {r.deleted} extra rows deleted, {r.kept_extra} kept (present in the source),"
+            f" {'converged' if r.converged else 'NOT converged'} in {r.seconds:.1f}s"
+        )
+    return lines
+
+
+def _join(ids: Iterable[str]) -> str:
+    return ", ".join(ids)
+
+
+def rich_table(report: Report, max_report: int = 20) -> Any:
+    """The report as a rich renderable (a summary table, then the differing rows)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    d = report.to_dict(max_report)
+    style = {"in_sync": "bold green", "drift": "bold red"}.get(d["status"], "bold yellow")
+    head = Table(title=f"verify {report.source_table} -> {report.target_table}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("status", f"[{style}]{d['status'].replace('_', ' ')}[/]")
+    head.add_row("rows", f"source {report.source_rows:,} / target {report.target_rows:,}")
+    head.add_row("chunks differing", f"{report.chunks_differing} of {report.chunks}")
+    head.add_row("re-checked", f"{report.suspects} keys, {report.rechecks} round(s)")
+    for kind in ("missing", "extra", "different", "unmappable", "still_changing"):
+        head.add_row(kind.replace("_", " "), f"{d[kind]['total']:,}")
+    head.add_row("time", f"{report.seconds:.1f}s")
+    if report.error:
+        head.add_row("could not verify", f"[yellow]{report.error}[/]")
+    parts: list[Any] = [head]
+    rows = Table(title=f"first {max_report} of each kind", show_lines=False)
+    rows.add_column("run_id")
+    rows.add_column("kind")
+    rows.add_column("columns / reason")
+    shown = 0
+    for kind in ("missing", "extra"):
+        for run_id in d[kind]["ids"]:
+            rows.add_row(run_id, kind, "")
+            shown += 1
+    for r in d["different"]["rows"]:
+        rows.add_row(r["run_id"], "different", ", ".join(r["columns"]))
+        shown += 1
+    for r in d["unmappable"]["rows"]:
+        rows.add_row(r["run_id"], "unmappable", r["reason"])
+        shown += 1
+    if shown:
+        parts.append(rows)
+    if report.repair is not None:
+        parts.append(summary_lines(report, max_report)[-1])
+    return Group(*parts)
+
+
+def show(report: Report, *, as_json: bool, max_report: int = 20, stream: Any = None) -> None:
+    """Print the report: JSON (machines) or a rich table (people) on ``stream`` (stdout)."""
+    import json
+    import sys
+
+    stream = stream or sys.stdout
+    if as_json:
+        print(json.dumps(report.to_dict(max_report), indent=2), file=stream)
+        return
+    from rich.console import Console
+
+    Console(file=stream).print(rich_table(report, max_report))

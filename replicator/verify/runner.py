@@ -1,0 +1,306 @@
+"""``replicator verify``: is the target table the mapped source table, and if not, where not.
+
+The comparison, cheapest first:
+
+1. Count the source rows and plan chunks of about ``chunk_rows`` ids (``COLLATE "C"``
+   quantiles of the source ids, see verify_sql.py).
+2. Checksum every chunk inside each database -- source and target may be separate
+   databases -- both scans at once, each in one REPEATABLE READ snapshot, in slices of
+   blocks that drive the progress bar.
+3. In the chunks whose count or checksum differ, the hash of every row on both sides
+   (computed in each database, keys and hashes only cross the network) narrows the
+   difference down to keys; then the row-level diff of those keys: the source rows mapped
+   with :func:`~replicator.mapping.rows.map_to_tuple` against the target rows (JSON columns as
+   their exact text).  Only this diff reports anything: a hash that disagrees on equal
+   rows costs a row read, never a false report.
+
+Live tables: rows change while we compare, and the replicator applies them a moment
+later, so a difference seen once is only a *suspect*.  Suspects are re-checked after the
+replicator has caught up past the moment of the comparison:
+
+* wait ``settle_s`` after the comparison (Debezium publishes a committed change within
+  about a second here), then take the exact end of every partition of the change topic
+  (:func:`~replicator.stream.ends.probe_ends`: not the broker's high watermark, which the
+  local broker reports short), and wait until the positions the replicator stored for
+  this target table reach those ends (a partition without traffic needs nothing);
+  no catch-up within ``catch_up_timeout_s``: exit 2, "could not verify", with where the
+  replicator is;
+* re-read only the suspect keys on both sides.  A key is drift only if it still differs
+  AND nothing about it moved since the previous read: the same source row, the same
+  target row, the same order-guard version (the replicator applied nothing to it; a
+  change undone meanwhile -- a row deleted and inserted again, a value set back -- still
+  moves the version).  The replicator has then seen every change of that row before the
+  probe and still disagrees.  A key that moved is re-checked again (new ends), up to
+  ``rounds`` times; one still moving at every round is reported as "still changing",
+  not as drift.
+
+``catch_up_timeout_s=0`` compares a static copy: every difference counts at once.
+
+Repair (``--repair``) re-syncs only the drifted keys, through the normal path: missing
+and different rows are re-read by Debezium with an incremental snapshot restricted to
+those ids (rows in the source signal table, ids hex-encoded in the filter), which the
+running replicator applies like any event; rows extra in the target, absent from the
+source, are not covered by a snapshot and are deleted through the sink after checking
+again that the source does not have them.  Then it waits until those keys agree and
+verifies everything again; the exit code is the final result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from replicator.errors import ConfigurationError, TransientError
+from replicator.events import RowChange
+from replicator.mapping.columns import SOURCE_TABLE
+from replicator.observe.progress import Progress
+from replicator.settings import Settings
+from replicator.stream.ends import NotCaughtUp, probe_ends, wait_for_positions
+from replicator.stream.sink import PostgresSink
+from replicator.verify import sql as vs
+from replicator.verify.report import KeyDiff, RepairSummary, Report, diff_rows
+from replicator.verify.tables import Tables, merge_chunks, prefetched
+
+log = logging.getLogger("replicator.verify")
+
+#: catch_up(timeout_s): return once the target has applied everything published so far,
+#: raise NotCaughtUp after timeout_s.
+CatchUp = Callable[[float], None]
+
+SIGNAL_IDS = 1_000  # ids per snapshot signal
+
+
+@dataclass(frozen=True)
+class Options:
+    chunk_rows: int = 10_000
+    slice_blocks: int = 8_192  # 64 MiB of table per checksum query
+    settle_s: float = 2.0
+    catch_up_timeout_s: float = 60.0
+    rounds: int = 3
+    repair_timeout_s: float = 300.0
+
+
+# --------------------------------------------------------------------------- the passes
+
+
+def first_pass(
+    tables: Tables, options: Options, report: Report, meter: Progress
+) -> tuple[dict[str, KeyDiff], dict[str, tuple[Any, ...]]]:
+    """Counts, checksums, row-level diff of the differing chunks: the suspects, with what
+    was seen of each (:meth:`Observed.of`)."""
+    rows = tables.count(tables.source)
+    bounds = tables.plan(rows, options.chunk_rows)
+    report.chunks = len(bounds) + 1
+    total_blocks = sum(tables.blocks(side)[0] or 1 for side in (tables.source, tables.target))
+    meter.start("checksums", total_blocks, "blocks")
+    with ThreadPoolExecutor(2, thread_name_prefix="verify") as pool:
+        futures = [
+            pool.submit(tables.checksums, side, bounds, options.slice_blocks, meter)
+            for side in (tables.source, tables.target)
+        ]
+        source_sums, target_sums = (f.result() for f in futures)
+    meter.finish()
+    report.source_rows = sum(n for n, _ in source_sums.values())
+    report.target_rows = sum(n for n, _ in target_sums.values())
+    differing = sorted(
+        c
+        for c in source_sums.keys() | target_sums.keys()
+        if source_sums.get(c) != target_sums.get(c)
+    )
+    report.chunks_differing = len(differing)
+    if not differing:
+        return {}, {}
+    meter.start("row hashes", len(differing), "chunks")
+    keys: set[str] = set()
+    for _, source_hashes, target_hashes in merge_chunks(
+        prefetched(tables.chunk_hashes(tables.source, bounds, differing)),
+        tables.chunk_hashes(tables.target, bounds, differing),
+    ):
+        for key in source_hashes.keys() | target_hashes.keys():
+            if source_hashes.get(key) != target_hashes.get(key):
+                keys.add(key)
+        meter.advance()
+    meter.finish()
+    meter.start("row diff", len(keys), "rows")
+    seen = tables.by_key(keys, meter.advance)
+    meter.finish()
+    suspects = diff_rows({k: seen.images.get(k) for k in keys}, seen.targets)
+    return suspects, {k: seen.of(k) for k in suspects}
+
+
+def recheck(
+    tables: Tables,
+    suspects: dict[str, KeyDiff],
+    seen: dict[str, tuple[Any, ...]],
+    catch_up: CatchUp,
+    options: Options,
+    report: Report,
+    compared_at: float,
+) -> None:
+    """Confirm or clear the suspects once the replicator has caught up (module docstring).
+
+    ``seen``: what the last read saw of each key (:meth:`Observed.of`): the mapped source
+    row, the target row and its order-guard version.  A key is drift when it still
+    differs and none of the three moved across a complete catch-up: the source row did
+    not change, and the replicator applied nothing to it (a change undone meanwhile --
+    deleted and inserted again, or set back -- still moves the version)."""
+    pending = suspects
+    for round_no in range(1, options.rounds + 1):
+        time.sleep(max(0.0, compared_at + options.settle_s - time.monotonic()))
+        try:
+            catch_up(options.catch_up_timeout_s)
+        except NotCaughtUp as exc:
+            report.error = str(exc)
+            report.drift.update((k, d) for k, d in pending.items() if d.kind != "unmappable")
+            return
+        compared_at = time.monotonic()
+        now = tables.by_key(pending)
+        report.rechecks = round_no
+        changing: dict[str, KeyDiff] = {}
+        for run_id, found in diff_rows(
+            {k: now.images.get(k) for k in pending},
+            {k: v for k, v in now.targets.items() if k in pending},
+        ).items():
+            if now.of(run_id) != seen.get(run_id):
+                changing[run_id] = found
+            elif found.kind == "unmappable":
+                report.unmappable[run_id] = found
+            else:
+                report.drift[run_id] = found
+        if not changing:
+            return
+        pending, seen = changing, {k: now.of(k) for k in changing}
+    report.busy = sorted(pending)
+
+
+def compare(
+    tables: Tables,
+    options: Options,
+    catch_up: CatchUp | None,
+    meter: Progress,
+    report: Report,
+) -> Report:
+    started = time.monotonic()
+    try:
+        suspects, seen = first_pass(tables, options, report, meter)
+        report.suspects = len(suspects)
+        if suspects and catch_up is not None and options.catch_up_timeout_s > 0:
+            recheck(tables, suspects, seen, catch_up, options, report, time.monotonic())
+        else:
+            for run_id, found in suspects.items():
+                target = report.unmappable if found.kind == "unmappable" else report.drift
+                target[run_id] = found
+    except TransientError as exc:
+        meter.finish()
+        report.error = str(exc)
+    except psycopg.errors.UndefinedTable as exc:
+        raise ConfigurationError(f"cannot verify: {str(exc).strip()}") from exc
+    except psycopg.Error as exc:
+        meter.finish()
+        report.error = f"{type(exc).__name__}: {str(exc).strip()}"
+    report.seconds += time.monotonic() - started
+    return report
+
+
+# --------------------------------------------------------------------------- repair
+
+
+def repair(tables: Tables, settings: Settings, report: Report, options: Options) -> RepairSummary:
+    """Re-sync the drifted keys through the normal path (module docstring)."""
+    started = time.monotonic()
+    summary = RepairSummary()
+    resync = sorted(k for k, d in report.drift.items() if d.kind in ("missing", "different"))
+    extra = sorted(k for k, d in report.drift.items() if d.kind == "extra")
+    if resync:
+        collection = tables.data_collection()
+        with tables.connect(tables.source, autocommit=True) as conn:
+            for group in vs.batches(resync, SIGNAL_IDS):
+                try:
+                    conn.execute(vs.insert_signal(), vs.snapshot_signal(collection, group))
+                except psycopg.errors.UndefinedTable as exc:
+                    raise ConfigurationError(
+                        f"the source has no signal table {vs.SIGNAL_TABLE} (create it with"
+                        " `replicator schema apply`; the connector needs"
+                        f" signal.data.collection): {str(exc).strip()}"
+                    ) from exc
+                summary.signals += 1
+        summary.snapshot_ids = len(resync)
+        log.info("incremental snapshot requested", extra={"rows": len(resync)})
+    deleted: list[str] = []
+    if extra and settings.on_delete == "delete":
+        present = tables.source_ids(extra)
+        deleted = [k for k in extra if k not in present]
+        summary.kept_extra = len(extra) - len(deleted)
+        with PostgresSink(
+            settings.target_dsn.get_secret_value(),
+            table=tables.target.table,
+            offsets_table=settings.offsets_table,
+        ) as sink:
+            for group in vs.batches(deleted, 5_000):
+                sink.apply([RowChange(k, None, True, None) for k in group], [])
+        summary.deleted = len(deleted)
+    pending = set(resync) | set(deleted)
+    deadline = time.monotonic() + options.repair_timeout_s
+    while pending and time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = tables.by_key(pending)
+        diffs = diff_rows({k: now.images.get(k) for k in pending}, now.targets)
+        pending = {k for k, d in diffs.items() if k in pending and d.kind != "unmappable"}
+    summary.converged = not pending
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def wait_for_replicator(settings: Settings, target_table: str) -> CatchUp:
+    """Catch-up of a running ``replicator run``: its stored positions reach the topic's ends."""
+
+    def catch_up(timeout: float) -> None:
+        ends = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)
+        wait_for_positions(
+            settings.target_dsn.get_secret_value(),
+            settings.offsets_table,
+            target_table,
+            settings.topic,
+            ends,
+            timeout,
+        )
+
+    return catch_up
+
+
+def verify(
+    settings: Settings,
+    *,
+    target_table: str | None = None,
+    options: Options | None = None,
+    catch_up: CatchUp | None = None,
+    repair_drift: bool = False,
+    meter: Progress | None = None,
+) -> Report:
+    """Compare ``workflow_processes`` (mapped) with the target table; repair on request."""
+    if settings.source_dsn is None:
+        raise ConfigurationError("verify needs the source: set REPLICATOR_SOURCE_DSN")
+    options = options or Options()
+    meter = meter or Progress(enabled=False)
+    table = target_table or settings.target_table
+    tables = Tables(
+        settings.source_dsn.get_secret_value(), settings.target_dsn.get_secret_value(), table
+    )
+    catch_up = catch_up or wait_for_replicator(settings, table)
+    report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
+    if not repair_drift or report.status != "drift":
+        return report
+    summary = repair(tables, settings, report, options)
+    final = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
+    final.repair = summary
+    final.seconds += report.seconds
+    return final

@@ -1,0 +1,298 @@
+"""The replicator loop, driven through its source seam: no Kafka, no database.
+
+A scripted source hands out Debezium JSON messages of one partition and honours seeks,
+pauses and the group callbacks; a recording sink stands for PostgreSQL and stores
+positions only inside ``apply``, as the real one does in its transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from replicator.errors import EventError, TargetUnavailable
+from replicator.events import ApplyResult, PartitionPosition, RowChange
+from replicator.settings import Settings
+from replicator.stream.replicator import Replicator
+
+TOPIC = "legacy.public.workflow_processes"
+
+
+class Message:
+    def __init__(self, offset: int, run_id: str, cost: float = 1.0) -> None:
+        self._offset = offset
+        self._key = json.dumps({"id": run_id}).encode()
+        after = {
+            "id": run_id,
+            "workflow_name": "w",
+            "message": "m",
+            "max_turns": 30,
+            "session_name": None,
+            "git_branch": None,
+            "repository_url": None,
+            "created_at": 0,
+            "updated_at": 0,
+            "status": "running",
+            "result": None,
+            "error_message": None,
+            "execution_time": None,
+            "total_cost": cost,
+            "started_at": None,
+            "completed_at": None,
+        }
+        source = {"lsn": 1000 + offset, "ts_ms": 1, "snapshot": "false"}
+        self._value = json.dumps({"op": "c", "after": after, "source": source}).encode()
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+
+class ScriptedSource:
+    """Partition 0 of a topic holding ``messages``; ``on_poll`` runs before each poll."""
+
+    def __init__(self, messages: list[Message], chunk: int = 2) -> None:
+        self.messages = messages
+        self.chunk = chunk
+        self.position = 0
+        self.paused = False
+        self.assigned = False
+        self.log: list[tuple[str, Any]] = []
+        self.on_poll: Callable[[ScriptedSource], None] | None = None
+        self.callbacks: tuple[Any, Any, Any] | None = None
+
+    def subscribe(self, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
+        self.callbacks = (on_assign, on_revoke, on_lost)
+
+    def poll(self, timeout: float) -> list[Message]:
+        assert self.callbacks is not None
+        if not self.assigned:
+            self.assigned = True
+            starts = self.callbacks[0]([0])
+            self.paused = starts is None
+            self.position = (starts or {}).get(0) or 0
+            self.log.append(("assigned", starts))
+        if self.on_poll is not None:
+            self.on_poll(self)
+        if self.paused or not self.assigned:
+            return []
+        out = self.messages[self.position : self.position + self.chunk]
+        self.position += len(out)
+        return out
+
+    def seek(self, partition: int, offset: int | None) -> None:
+        self.log.append(("seek", offset))
+        self.position = offset or 0
+
+    def pause(self, partitions: Any) -> None:
+        self.log.append(("pause", sorted(partitions)))
+        self.paused = True
+
+    def resume(self, partitions: Any) -> None:
+        self.log.append(("resume", sorted(partitions)))
+        self.paused = False
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        self.log.append(("commit", dict(next_offsets)))
+
+    def lag(self, partitions: Any) -> dict[int, int]:
+        return {0: len(self.messages) - self.position}
+
+    def close(self) -> None:
+        self.log.append(("close", None))
+
+
+class RecordingSink:
+    """Stores rows and positions together, in ``apply`` only; fails as told."""
+
+    fence = None
+
+    def __init__(self) -> None:
+        self.rows: dict[str, RowChange] = {}
+        self.positions: dict[int, int] = {}
+        self.applies: list[tuple[list[str], list[PartitionPosition]]] = []
+        self.outages = 0  # applies that fail
+        self.load_outages = 0  # position reads that fail
+        self.rejects: set[str] = set()
+
+    def ensure_schema(self) -> list[str]:
+        return []
+
+    def load_positions(self, topic: str) -> dict[int, PartitionPosition]:
+        if self.load_outages:
+            self.load_outages -= 1
+            raise TargetUnavailable("down")
+        return {p: PartitionPosition(topic, p, off, None) for p, off in self.positions.items()}
+
+    def apply(self, changes: list[RowChange], positions: list[PartitionPosition]) -> ApplyResult:
+        if self.outages:
+            self.outages -= 1
+            raise TargetUnavailable("the target went away")
+        bad = [c.run_id for c in changes if c.run_id in self.rejects]
+        if bad:
+            raise EventError(f"{bad[0]} rejected", reason="target_rejected")
+        self.applies.append(([c.run_id for c in changes], list(positions)))
+        for change in changes:
+            self.rows[change.run_id] = change
+        for p in positions:
+            self.positions[p.partition] = p.next_offset
+        return ApplyResult(len(changes), 0, 0, ())
+
+    def ping(self) -> None:
+        pass
+
+    def truncate(self, positions: list[PartitionPosition]) -> None:
+        raise AssertionError("not in these tests")
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingDeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.confirmed = 0
+
+    def ensure_topic(self) -> None:
+        pass
+
+    def send(self, msg: Any, reason: str, error: str) -> None:
+        self.sent.append((msg.offset(), reason))
+
+    def confirm(self, timeout: float = 30) -> None:
+        self.confirmed = len(self.sent)
+
+    def forget(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def replicate(
+    source: ScriptedSource,
+    sink: RecordingSink,
+    dead_letters: RecordingDeadLetters | None = None,
+    **settings: Any,
+) -> Replicator:
+    values: dict[str, Any] = {
+        "target_dsn": "postgresql://app@db.invalid/t",
+        "kafka_bootstrap": "k.invalid:9092",
+        "retry_backoff_max_s": 0.1,
+        "batch_max_rows": 3,
+        **settings,
+    }
+    replicator = Replicator(
+        Settings(**values),
+        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
+        sink=sink,  # type: ignore[arg-type]
+        control=sink,  # type: ignore[arg-type]
+        dead_letters=dead_letters or RecordingDeadLetters(),  # type: ignore[arg-type]
+    )
+    assert replicator.run(exit_when_idle_s=0.3) == 0
+    return replicator
+
+
+def test_positions_are_stored_only_with_the_rows_they_produced() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(7)])
+    sink = RecordingSink()
+    replicate(source, sink)
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(7)]
+    assert sink.positions == {0: 7}
+    applied: list[str] = []
+    for run_ids, positions in sink.applies:
+        applied += run_ids
+        # a batch's positions cover exactly the events whose rows it carries
+        assert [p.next_offset for p in positions] == [len(applied)]
+    commits = [entry for entry in source.log if entry[0] == "commit"]
+    assert commits[-1] == ("commit", {0: 7})  # Kafka's offsets only after the database's
+
+
+def test_a_failed_apply_backs_off_and_rereads_from_the_stored_positions() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(6)])
+    sink = RecordingSink()
+    sink.positions = {0: 2}  # rows 0 and 1 were applied by an earlier run
+    sink.outages = 1
+    replicator = replicate(source, sink)
+    assert source.log[0] == ("assigned", {0: 2})
+    events = [name for name, _ in source.log if name != "commit"]
+    assert events[1:4] == ["pause", "seek", "resume"]  # after the backoff, not before
+    assert ("seek", 2) in source.log  # the stored position, not where the source was
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(2, 6)]
+    assert sink.positions == {0: 6}
+    assert replicator.metrics.target_up._value.get() == 1
+
+
+def test_a_target_down_at_assignment_keeps_the_partition_paused_until_it_answers() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(3)])
+    sink = RecordingSink()
+    sink.load_outages = 1  # the positions cannot be read at the assignment
+    replicate(source, sink)
+    assert source.log[0] == ("assigned", None)
+    assert ("seek", None) in source.log  # nothing stored: from the beginning
+    assert sink.positions == {0: 3} and len(sink.rows) == 3
+
+
+def test_a_revoke_in_the_middle_of_a_batch_applies_it_before_the_partition_goes() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(5)], chunk=2)
+    sink = RecordingSink()
+    seen_at_revoke: list[dict[int, int]] = []
+
+    def rebalance_after_two(src: ScriptedSource) -> None:
+        if src.position == 2 and src.callbacks is not None:
+            src.on_poll = None
+            src.callbacks[1]([0])  # the group takes partition 0 away ...
+            seen_at_revoke.append(dict(sink.positions))
+            src.assigned = False  # ... and hands it out again at the next poll
+
+    source.on_poll = rebalance_after_two
+    replicate(source, sink, batch_max_rows=100, batch_max_ms=60_000)
+    # the two events consumed before the revoke were applied, their positions with them
+    assert seen_at_revoke == [{0: 2}]
+    assert [entry for entry in source.log if entry[0] == "assigned"] == [
+        ("assigned", {0: None}),
+        ("assigned", {0: 2}),  # the new owner starts where the batch left it
+    ]
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(5)] and sink.positions == {0: 5}
+
+
+def test_a_rejected_row_is_isolated_and_dead_lettered_and_the_rest_applied() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)], chunk=4)
+    sink = RecordingSink()
+    sink.rejects = {"wp-2"}
+    dead = RecordingDeadLetters()
+    replicate(source, sink, dead, batch_max_rows=4)
+    assert dead.sent == [(2, "target_rejected")]
+    assert dead.confirmed == 1
+    assert sorted(sink.rows) == ["wp-0", "wp-1", "wp-3"]
+    # the positions are stored last, alone, once the dead letter is confirmed
+    assert sink.applies[-1] == ([], [PartitionPosition(TOPIC, 0, 4, 1003)])
+
+
+@pytest.mark.parametrize("value", [b"not json", b'{"op": "x"}'])
+def test_an_undecodable_event_is_dead_lettered_and_passed(value: bytes) -> None:
+    bad = Message(1, "wp-1")
+    bad._value = value
+    source = ScriptedSource([Message(0, "wp-0"), bad, Message(2, "wp-2")], chunk=3)
+    sink = RecordingSink()
+    dead = RecordingDeadLetters()
+    replicate(source, sink, dead)
+    assert [offset for offset, _ in dead.sent] == [1]
+    assert sorted(sink.rows) == ["wp-0", "wp-2"] and sink.positions == {0: 3}
