@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from replicator.db.connect import classify, connect
+from replicator.db.connect import classify, connect, with_application_name
 from replicator.db.schema import check_target_names, ensure_target
 from replicator.errors import EventError, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
@@ -69,7 +69,7 @@ class PostgresSink:
         self.apply_deletes = apply_deletes
         check_target_names(table, offsets_table, self.versions_table)
         self.checkpoint = Checkpoint(offsets_table, table, fence)
-        self._conninfo = conninfo
+        self._conninfo = with_application_name(conninfo)  # a bad DSN is reported here
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._sql = SinkStatements(table, self.versions_table)
