@@ -9,8 +9,10 @@ value is validated when the process starts; a bad one raises
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
     )
     dlq_topic: str | None = Field(None, description="dead-letter topic (default: <topic>.dlq)")
     group_id: str = Field("workflow-runs-replicator", description="Kafka consumer group")
-    kafka_config: dict[str, str] = Field(
+    kafka_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="extra librdkafka settings passed through (SASL/SSL...), as JSON",
     )
@@ -211,7 +213,10 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate the settings; ``overrides`` are command-line values (None = unset)."""
+    """Build and validate the settings; ``overrides`` are the command's flags (None = unset).
+
+    A bad value raises :class:`ConfigurationError` naming where it came from: the flag,
+    the environment variable or the env file."""
     file_values: dict[str, Any] = {}
     path = env_file or default_env_file()
     if path is not None:
@@ -219,27 +224,75 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
             if key.startswith("REPLICATOR_"):
                 name = key.removeprefix("REPLICATOR_").lower()
                 if name in Settings.model_fields and key not in os.environ:
-                    file_values[name] = value
+                    file_values[name] = _from_file(name, value, path)
     given = {k: v for k, v in overrides.items() if v is not None}
+    sources = Sources(flags=set(overrides), given=set(given), file=path, in_file=set(file_values))
     try:
         return Settings(**{**file_values, **given})
     except ValidationError as exc:
-        raise ConfigurationError(describe_validation_error(exc)) from exc
+        raise ConfigurationError(describe_validation_error(exc, sources)) from exc
     except SettingsError as exc:  # an environment value that is not valid JSON
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigurationError(f"invalid settings: {exc}{cause}") from exc
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else "a setting"
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigurationError(
+            f"invalid settings: {field}: REPLICATOR_{field.upper()} is not valid JSON{cause};"
+            ' give an object such as {"security.protocol": "SASL_SSL", "fetch.wait.max.ms": 20}'
+        ) from exc
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def _from_file(name: str, value: str, path: Path) -> Any:
+    """An env file's value; JSON settings are parsed as the environment's are."""
+    if name != "kafka_config":
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid settings: REPLICATOR_KAFKA_CONFIG in {path} is not valid JSON ({exc})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where each setting could come from: ``flags`` the command has, the ones ``given``,
+    the env ``file`` and the settings found ``in_file``."""
+
+    flags: set[str] = field(default_factory=set)
+    given: set[str] = field(default_factory=set)
+    file: Path | None = None
+    in_file: set[str] = field(default_factory=set)
+
+    def where(self, name: str) -> str:
+        env = f"REPLICATOR_{name.upper()}"
+        if name in self.given:
+            return f"--{name.replace('_', '-')}"
+        if name in self.in_file:
+            return f"{env} in {self.file}"
+        return env
+
+    def how_to_set(self, name: str) -> str:
+        env = f"REPLICATOR_{name.upper()}"
+        flag = f" or --{name.replace('_', '-')}" if name in self.flags else ""
+        return f"set {env} (environment or env file){flag}"
+
+
+def describe_validation_error(exc: ValidationError, sources: Sources | None = None) -> str:
+    sources = sources or Sources()
     lines = ["invalid settings:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        env = f"REPLICATOR_{field.upper()}"
+        loc = [str(p) for p in err["loc"]]
+        name = loc[0] if loc else "settings"
+        what = name + "".join(f"[{p!r}]" for p in loc[1:2])
+        if len(loc) > 2:  # one member of a union: say it once, for the whole value
+            err = {**err, "msg": "must be a string, a number or a boolean"}
         if err["type"] == "missing":
-            lines.append(f"  {field}: missing; set {env} or --{field.replace('_', '-')}")
+            lines.append(f"  {name}: missing; {sources.how_to_set(name)}")
         else:
             shown = err.get("input")
-            if "dsn" in field or "password" in field:
+            if "dsn" in name or "password" in name:
                 shown = "<hidden>"
-            lines.append(f"  {field}={shown!r}: {err['msg']} (set via {env})")
+            line = f"  {what}={shown!r}: {err['msg']} (set via {sources.where(name)})"
+            if line not in lines:
+                lines.append(line)
     return "\n".join(lines)

@@ -137,6 +137,8 @@ class BackfillReport:
     index_seconds: float = 0.0
     rejects_total: int = 0
     rejects: list[tuple[str, str]] = field(default_factory=list)
+    rows_before: int = 0  # read by the earlier runs that finished chunks
+    source_rows: int | None = None  # counted when an earlier run had finished every chunk
 
     @property
     def rate(self) -> float:
@@ -144,6 +146,13 @@ class BackfillReport:
 
     def summary(self) -> list[str]:
         how = _HOW[self.path]
+        if self.chunks and self.chunks_before == self.chunks:
+            return [
+                f"backfill {self.table}: already complete: its {self.chunks} chunks were loaded"
+                f" by an earlier run ({self.rows_before:,} rows read then; the source holds"
+                f" {self.source_rows or 0:,} rows now, later changes arrive through the stream);"
+                " `replicator backfill --restart` plans and loads again"
+            ]
         lines = [
             f"backfill {self.table} ({how}, {self.workers} workers): "
             f"{self.chunks - self.chunks_before} of {self.chunks} chunks in {self.seconds:.1f} s"
@@ -183,8 +192,13 @@ def backfill(
     if workers < 1 or chunk_rows < 1:
         raise ConfigurationError("--workers and --chunk-rows must be at least 1")
     settings = settings.as_admin()  # it creates its state tables (and drops indexes on request)
+    if settings.source_dsn is None:
+        raise ConfigurationError(
+            "backfill needs the source database: set REPLICATOR_SOURCE_DSN (or"
+            " REPLICATOR_ADMIN_SOURCE_DSN)"
+        )
     target_dsn = settings.target_dsn.get_secret_value()
-    source_dsn = settings.source_dsn.get_secret_value() if settings.source_dsn else target_dsn
+    source_dsn = settings.source_dsn.get_secret_value()
     run = _Run(source_dsn, target_dsn, settings.target_table, settings.versions_table)
     progress = progress or Progress(enabled=False)
     return run.run(workers, chunk_rows, restart, via, check_slot, defer, progress)
@@ -235,6 +249,11 @@ class _Run:
                 " WHERE target_table = %s AND finished_at IS NOT NULL",
                 [self.table],
             ).fetchone()[0]  # type: ignore[index]
+            report.rows_before = int(done_rows)
+            if not todo:
+                (report.source_rows,) = src.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(self.job.source)
+                ).fetchone()  # type: ignore[misc]
             total = int(done_rows) + sum(c.planned_rows for c in todo)
             log.info("backfill %s: %d chunks to load via %s", self.table, len(todo), path)
             if defer and todo:

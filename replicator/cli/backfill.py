@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    positive_int,
+    settings_from,
+    with_env,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -15,9 +22,13 @@ def add_parser(sub: Subparsers) -> None:
             " connector with --snapshot-mode no_data first)",
         )
     )
-    p.add_argument("--workers", type=int, default=2, help="chunks in flight (default 2)")
-    p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per chunk (default 50000)")
-    p.add_argument("--target-table")
+    p.add_argument("--workers", type=positive_int, default=2, help="chunks in flight (default 2)")
+    p.add_argument(
+        "--chunk-rows", type=positive_int, default=50_000, help="rows per chunk (default 50000)"
+    )
+    p.add_argument(
+        "--target-table", help="table to load (default: workflow_runs or REPLICATOR_TARGET_TABLE)"
+    )
     p.add_argument("--restart", action="store_true", help="forget finished chunks, plan again")
     p.add_argument(
         "--via",

@@ -27,3 +27,23 @@ def with_env(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "else .replicator/stack/stack.env when present)",
     )
     return p
+
+
+def _number(kind: type, minimum: float, what: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "an integer of 0 or more")
+positive_seconds = _number(float, 0.001, "a positive number of seconds")
+non_negative_seconds = _number(float, 0, "a number of seconds of 0 or more")

@@ -11,7 +11,7 @@ from replicator.cli.common import EXIT_OK, Subparsers, settings_from, with_env
 def add_parser(sub: Subparsers) -> None:
     p = with_env(sub.add_parser("config", help="the effective settings, secrets masked"))
     p.add_argument("action", choices=["show"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the settings as JSON on stdout")
     p.set_defaults(func=cmd_config)
 
 

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    positive_seconds,
+    settings_from,
+    with_env,
+)
 from replicator.errors import ConfigurationError
 
 #: Debezium PostgreSQL connector's snapshot.mode values.
@@ -22,10 +29,24 @@ SNAPSHOT_MODES = (
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = with_env(sub.add_parser("connector", help="manage the Debezium connector"))
+    p = with_env(
+        sub.add_parser(
+            "connector",
+            help="manage the Debezium connector",
+            description="apply: register or update the connector from its file and wait until"
+            " it runs; status: its state and its tasks' (exit 1 unless RUNNING); restart: restart"
+            " it with its tasks; delete: remove it (its replication slot stays).",
+        )
+    )
     p.add_argument("action", choices=["apply", "status", "restart", "delete"])
     p.add_argument("--file", help="connector JSON (default connectors/workflow-processes.json)")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long apply and restart wait for RUNNING (default 60 s)",
+    )
     p.add_argument(
         "--snapshot-mode",
         choices=SNAPSHOT_MODES,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import psycopg
+
 from replicator import __version__
 from replicator.cli import (
     backfill,
@@ -22,6 +24,7 @@ from replicator.cli import (
     verify,
 )
 from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED
+from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
 #: In the order ``replicator --help`` lists them.
@@ -44,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except psycopg.Error as exc:  # a database error no module expected: still one line
+            raise classify(exc, f"run {args.command}") from exc
     except ConfigurationError as exc:
         print(f"replicator: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

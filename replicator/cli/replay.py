@@ -29,7 +29,9 @@ def add_parser(sub: Subparsers) -> None:
         action="store_true",
         help="with --swap: drop the previous table instead of keeping it as <target>_old_<time>",
     )
-    p.add_argument("--target-table")
+    p.add_argument(
+        "--target-table", help="the live table (default: workflow_runs or REPLICATOR_TARGET_TABLE)"
+    )
     p.set_defaults(func=cmd_replay)
 
 

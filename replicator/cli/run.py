@@ -6,24 +6,52 @@ import argparse
 import logging
 import signal
 
-from replicator.cli.common import Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    Subparsers,
+    positive_int,
+    positive_seconds,
+    settings_from,
+    with_env,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
     p = with_env(sub.add_parser("run", help="replicate until stopped (SIGTERM/SIGINT)"))
-    p.add_argument("--on-delete", choices=["delete", "ignore"])
-    p.add_argument("--on-truncate", choices=["ignore", "apply"])
-    p.add_argument("--group-id")
-    p.add_argument("--target-table")
-    p.add_argument("--batch-max-rows", type=int)
-    p.add_argument("--batch-max-ms", type=int)
-    p.add_argument("--log-format", choices=["json", "human"])
+    p.add_argument(
+        "--on-delete",
+        choices=["delete", "ignore"],
+        help="a source DELETE deletes the target row (default) or is ignored (audit tables)",
+    )
+    p.add_argument(
+        "--on-truncate",
+        choices=["ignore", "apply"],
+        help="a source TRUNCATE is logged and counted (default) or empties the target",
+    )
+    p.add_argument(
+        "--group-id",
+        help="Kafka consumer group (default workflow-runs-replicator); its members share the"
+        " partitions",
+    )
+    p.add_argument("--target-table", help="table to keep up to date (default workflow_runs)")
+    p.add_argument(
+        "--batch-max-rows",
+        type=positive_int,
+        help="most events in one applied batch (default 5000)",
+    )
+    p.add_argument(
+        "--batch-max-ms",
+        type=positive_int,
+        help="longest an event waits in a batch while the apply is busy, in ms (default 100)",
+    )
+    p.add_argument(
+        "--log-format", choices=["json", "human"], help="one JSON object per line (default) or text"
+    )
     p.add_argument(
         "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
     )
     p.add_argument(
         "--exit-when-idle",
-        type=float,
+        type=positive_seconds,
         metavar="SECONDS",
         help="exit 0 once no event arrived for this long (one-shot catch-up)",
     )

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from replicator.cli.common import EXIT_OK, Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    non_negative_int,
+    positive_int,
+    settings_from,
+    with_env,
+)
 from replicator.errors import ConfigurationError
 
 
 def add_parser(sub: Subparsers) -> None:
     p = with_env(sub.add_parser("sample", help="insert sample legacy rows into the source"))
-    p.add_argument("--rows", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--start", type=int, default=0, help="first row number (ids wp-<n>)")
+    p.add_argument("--rows", type=positive_int, default=1000, help="rows to insert (default 1000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the values (default 7)")
+    p.add_argument(
+        "--start",
+        type=non_negative_int,
+        default=0,
+        help="first row number: ids wp-<start>... (default 0; past existing sample rows)",
+    )
     p.set_defaults(func=cmd_sample)
 
 

@@ -12,7 +12,14 @@ from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("stack", help="the local stack: PostgreSQL, broker, Kafka Connect")
+    p = sub.add_parser(
+        "stack",
+        help="the local stack: PostgreSQL, broker, Kafka Connect",
+        description="up: start what is not running (PostgreSQL, the broker, Kafka Connect with"
+        " Debezium), create the tables and roles, register the connector, write stack.env;"
+        " down: stop exactly the processes up started; status: each part's health (exit 1"
+        " unless all are healthy); destroy: down, then delete the state folder.",
+    )
     p.add_argument("action", choices=["up", "down", "status", "destroy"])
     p.add_argument("--state-dir", help="state folder (default .replicator/stack)")
     p.add_argument(

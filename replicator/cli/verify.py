@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from replicator.cli.common import Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    Subparsers,
+    non_negative_int,
+    non_negative_seconds,
+    positive_int,
+    settings_from,
+    with_env,
+)
 from replicator.errors import ConfigurationError, ReplicatorError
 
 
@@ -23,12 +30,22 @@ def add_parser(sub: Subparsers) -> None:
         action="store_true",
         help="re-sync the drifted rows (incremental snapshot; extra rows deleted), verify again",
     )
-    p.add_argument("--chunk-rows", type=int, default=10_000, help="rows per checksum chunk")
-    p.add_argument("--max-report", type=int, default=20, help="ids listed per kind of difference")
-    p.add_argument("--target-table")
+    p.add_argument(
+        "--chunk-rows", type=positive_int, default=10_000, help="rows per checksum chunk"
+    )
+    p.add_argument(
+        "--max-report",
+        type=non_negative_int,
+        default=20,
+        help="ids listed per kind of difference (default 20)",
+    )
+    p.add_argument(
+        "--target-table",
+        help="table to compare (default: workflow_runs or REPLICATOR_TARGET_TABLE)",
+    )
     p.add_argument(
         "--catch-up-timeout",
-        type=float,
+        type=non_negative_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long differences wait for the replicator to catch up before they count"

@@ -49,6 +49,11 @@ def classify(exc: psycopg.Error, what: str) -> ReplicatorError:
         return EventError(message, reason="target_rejected")
     if state in ("42P01", "42703"):  # undefined table / column
         return ConfigurationError(f"{message} (create it with `replicator schema apply`)")
+    if state == "42501":
+        return ConfigurationError(
+            f"{message} (the role lacks a privilege: run this as the tables' owner, through"
+            " REPLICATOR_ADMIN_SOURCE_DSN / REPLICATOR_ADMIN_TARGET_DSN, or grant it)"
+        )
     if state.startswith(CONFIG_STATES):  # privileges, authentication, missing database
         return ConfigurationError(message)
     return TerminalError(message)

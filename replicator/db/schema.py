@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.db.connect import connect, mapped_errors
+from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.db.names import MAX_IDENTIFIER_BYTES, too_long
 from replicator.errors import ConfigurationError
 
@@ -148,7 +148,8 @@ def apply_source_schema(dsn: str) -> list[str]:
                 (existed,) = conn.execute(
                     "SELECT to_regclass(%s) IS NOT NULL", [table]
                 ).fetchone() or (False,)
-                conn.execute(read_sql(file), prepare=False)
+                if not existed:  # a role that may not create it is not blamed for it
+                    conn.execute(read_sql(file), prepare=False)
             lines.append(f"table {table} already present" if existed else f"created table {table}")
     return lines
 
@@ -206,7 +207,8 @@ def create_backfill_state(conn: psycopg.Connection[Any], tables: list[str]) -> N
         conn.execute(read_sql("backfill_state.sql"))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigurationError(
-            f"cannot create the backfill's state tables ({exc}); run"
-            f" {SCHEMAS_DIR / 'backfill_state.sql'} as the owner of the target tables and"
-            f" grant SELECT, INSERT, UPDATE, DELETE on {', '.join(tables)}"
+            f"cannot create the backfill's state tables ({first_line(exc)}): run the backfill"
+            " as the tables' owner (REPLICATOR_ADMIN_TARGET_DSN), or run"
+            f" {SCHEMAS_DIR / 'backfill_state.sql'} as the owner and grant SELECT, INSERT,"
+            f" UPDATE, DELETE on {', '.join(tables)}"
         ) from exc

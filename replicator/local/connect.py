@@ -56,7 +56,17 @@ class ConnectClient:
         return self._call("GET", f"/connectors/{name}/config")
 
     def status(self, name: str) -> dict[str, Any]:
+        """The connector's and its tasks' state; :class:`ConnectError` when it is not
+        registered (Connect may still answer a status for a connector just deleted)."""
+        if name not in self.names():
+            raise ConnectError(
+                f"connector {name} is not registered with Kafka Connect at {self.url};"
+                " register it with `replicator connector apply`"
+            )
         return self._call("GET", f"/connectors/{name}/status")
+
+    def names(self) -> list[str]:
+        return list(self._call("GET", "/connectors") or [])
 
     def restart(self, name: str) -> None:
         self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=false")

@@ -6,8 +6,11 @@ import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from replicator.db.connect import connect
-from replicator.mapping.columns import SOURCE_COLUMNS
+import psycopg
+
+from replicator.db.connect import classify, connect
+from replicator.errors import ConfigurationError
+from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TABLE
 
 WORKFLOWS = ("code-review", "bug-fix", "refactor", "docs", "release", "triage")
 STATUSES = ("pending", "running", "completed", "failed", "cancelled", None)
@@ -55,9 +58,20 @@ def legacy_rows(
 def insert_rows(dsn: str, count: int, *, seed: int = 7, prefix: str = "wp-", start: int = 0) -> int:
     """COPY ``count`` sample rows into ``workflow_processes``; return how many were written."""
     columns = ", ".join(SOURCE_COLUMNS)
-    with connect(dsn, "the source database", autocommit=False) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY workflow_processes ({columns}) FROM STDIN") as copy:
-            for row in legacy_rows(count, seed=seed, prefix=prefix, start=start):
-                copy.write_row(row)
-        conn.commit()
+    with connect(dsn, "the source database", autocommit=False) as conn:
+        try:
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY {SOURCE_TABLE} ({columns}) FROM STDIN") as copy,
+            ):
+                for row in legacy_rows(count, seed=seed, prefix=prefix, start=start):
+                    copy.write_row(row)
+            conn.commit()
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConfigurationError(
+                f"sample rows {prefix}{start}... already exist in {SOURCE_TABLE}; pass --start"
+                " with a row number past them"
+            ) from exc
+        except psycopg.Error as exc:
+            raise classify(exc, f"insert sample rows into {SOURCE_TABLE}") from exc
     return count

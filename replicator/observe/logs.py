@@ -48,3 +48,42 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class RateLimit(logging.Filter):
+    """At most one line per ``key`` every ``interval`` seconds; the next line that passes
+    says how many were held back (``suppressed``).  librdkafka repeats a failing
+    connection's line several times a second."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 3:  # librdkafka's ("FAIL", "rdkafka#consumer-1", text)
+            facility, client, text = args
+            record.msg, record.args = "kafka: %s", (text,)
+            record.facility, record.client = facility, client
+        kind = getattr(record, "facility", None) or getattr(record, "code", None)
+        key = f"{record.levelno}:{kind or record.getMessage()}"
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.suppressed = held
+        return True
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger librdkafka's own lines go to (confluent-kafka's ``logger`` setting):
+    through the process's formatter, rate-limited."""
+    logger = logging.getLogger("replicator.kafka")
+    if not any(isinstance(f, RateLimit) for f in logger.filters):
+        logger.addFilter(RateLimit())
+    return logger

@@ -6,14 +6,18 @@ that several pipelines in one process (tests, replay beside run) do not collide.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from replicator.errors import ConfigurationError
 
 
 @dataclass
@@ -147,7 +151,13 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = make_server(host, port, app, Server, handler_class=QuietHandler)
+    try:
+        server = make_server(host, port, app, Server, handler_class=QuietHandler)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve /metrics on {host}:{port}: {exc.strerror}; choose another"
+            " --metrics-port (REPLICATOR_METRICS_PORT), or leave it unset"
+        ) from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
 
@@ -156,3 +166,22 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
         server.server_close()
 
     return stop
+
+
+@contextmanager
+def served(
+    port: int | None, metrics: Metrics, health: Health, host: str = "0.0.0.0"
+) -> Iterator[None]:
+    """Serve the endpoints (:func:`serve`) for the duration of the block; nothing when
+    ``port`` is None."""
+    if not port:
+        yield
+        return
+    stop = serve(port, metrics, health, host)
+    logging.getLogger("replicator.consumer").info(
+        "serving /metrics, /healthz, /readyz", extra={"port": port}
+    )
+    try:
+        yield
+    finally:
+        stop()

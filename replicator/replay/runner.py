@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from psycopg import sql
+
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.names import plain_identifier
 from replicator.errors import ConfigurationError
@@ -188,13 +190,22 @@ def replay(
     table = plain_identifier(into or shadow_name(live))
     if swap and table == live:
         raise ConfigurationError("--swap replays into a shadow table: drop --into or name another")
+    if drop_old and not swap:
+        raise ConfigurationError("--drop-old only applies with --swap")
     old = old_name(live, now or datetime.now(UTC))
     if swap:
         plan_swap(live, table, old)  # names checked before any work
+    _require_table(settings, live)
+    ends = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)
+    if not ends:
+        raise ConfigurationError(
+            f"the topic {settings.topic} does not exist on {settings.kafka_bootstrap}: nothing to"
+            " replay (REPLICATOR_TOPIC names the connector's change topic)"
+        )
     meter = meter or Progress(enabled=False)
     job = Replay(settings, table, meter)
     job.reset()
-    job.run_to(probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config))
+    job.run_to(ends)
     if not swap:
         return job.report
     job.report.verify = verify(
@@ -213,3 +224,19 @@ def replay(
     job.report.swapped = True
     job.report.old_table = None if drop_old else old
     return job.report
+
+
+def _require_table(settings: Settings, table: str) -> None:
+    """The live table must exist: a replay rebuilds it or a shadow of it, never a typo."""
+    with (
+        connect(settings.target_dsn.get_secret_value(), "the target database") as conn,
+        mapped_errors(f"look up {table!r}"),
+    ):
+        (exists,) = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(table).as_string(None)]
+        ).fetchone()  # type: ignore[misc]
+    if not exists:
+        raise ConfigurationError(
+            f"the target database has no table {table!r}; create it with `replicator schema"
+            f" apply --target-table {table}` or name the live table with --target-table"
+        )

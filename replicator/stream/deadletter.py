@@ -28,6 +28,11 @@ from replicator.stream.source import client_config
 
 log = logging.getLogger("replicator.consumer")
 
+#: The largest key or value a dead letter carries whole.  A larger one is cut to this size
+#: and the headers say so (``dlq.value_bytes``: the original size): an event too large for
+#: the dead-letter topic must still be dead-lettered, or its partition could never move.
+MAX_DEAD_LETTER_BYTES = 256 * 1024
+
 
 def dead_letter_headers(reason: str, error: str, msg: Any) -> list[tuple[str, bytes]]:
     """Pure. The original headers plus why (``dlq.reason``, ``dlq.error``) and where from."""
@@ -50,6 +55,7 @@ class DeadLetters:
         self.metrics = metrics
         self._producer = producer
         self._errors: list[str] = []
+        self._too_large: list[tuple[Any, bytes, list[tuple[str, bytes]]]] = []
 
     def ensure_topic(self) -> None:
         """Create the topic when missing (a broker that refuses is only warned about)."""
@@ -80,14 +86,16 @@ class DeadLetters:
         if self._producer is None:
             s = self.settings
             self._producer = Producer(client_config("producer", s.kafka_bootstrap, s.kafka_config))
-        self._producer.produce(
-            self.topic,
-            key=msg.key(),
-            value=msg.value(),
-            headers=dead_letter_headers(reason, error, msg),
-            on_delivery=self._delivered,
+        key, value = msg.key(), msg.value()
+        headers = dead_letter_headers(reason, error, msg)
+        for name, data in (("key", key), ("value", value)):
+            if data is not None and len(data) > MAX_DEAD_LETTER_BYTES:
+                headers.append((f"dlq.{name}_bytes", str(len(data)).encode()))
+        self._produce(
+            key[:MAX_DEAD_LETTER_BYTES] if key else key,
+            value[:MAX_DEAD_LETTER_BYTES] if value else value,
+            headers,
         )
-        self._producer.poll(0)
         self.metrics.dead_letters.labels(reason).inc()
         self.metrics.tally.dead_lettered += 1
         log.warning(
@@ -100,11 +108,32 @@ class DeadLetters:
             },
         )
 
+    def _produce(self, key: Any, value: Any, headers: list[tuple[str, bytes]]) -> None:
+        assert self._producer is not None
+        try:
+            self._producer.produce(
+                self.topic, key=key, value=value, headers=headers, on_delivery=self._delivered
+            )
+        except BufferError:  # the local queue is full: make room, once
+            self._producer.poll(1.0)
+            self._producer.produce(
+                self.topic, key=key, value=value, headers=headers, on_delivery=self._delivered
+            )
+        self._producer.poll(0)
+
     def confirm(self, timeout: float = 30) -> None:
-        """Every dead letter sent so far is delivered, or :class:`BrokerUnavailable`."""
+        """Every dead letter sent so far is delivered, or :class:`BrokerUnavailable`.
+
+        A dead letter the broker refuses as too large is sent again without its value (the
+        headers keep the reason, the origin and ``dlq.value_omitted``)."""
         if self._producer is None:
             return
         left = self._producer.flush(timeout)
+        while self._too_large and not left:
+            for key, size, headers in self._too_large:
+                self._produce(key, None, [*headers, ("dlq.value_omitted", size)])
+            self._too_large.clear()
+            left = self._producer.flush(timeout)
         errors, self._errors = self._errors, []
         if left > 0 or errors:
             raise BrokerUnavailable(
@@ -114,6 +143,7 @@ class DeadLetters:
     def forget(self) -> None:
         """A batch was abandoned: its events are read again, failed deliveries with them."""
         self._errors.clear()
+        self._too_large.clear()
 
     def close(self) -> None:
         if self._producer is not None:
@@ -122,8 +152,13 @@ class DeadLetters:
                 log.error("dead-letter messages not delivered at exit", extra={"count": left})
             self._producer = None
 
-    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and msg.value():
+            size = str(len(msg.value())).encode()
+            self._too_large.append((msg.key(), size, list(msg.headers() or [])))
+        else:
             self._errors.append(err.str())
 
 

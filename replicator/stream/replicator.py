@@ -1,8 +1,6 @@
 """The long-running replicator: poll -> decode -> transform -> batch -> apply -> checkpoint.
 
-This module only composes the stages of ``stream/`` (source, decode, transform, batch,
-deadletter, sink with checkpoint, worker).  Invariants (the whole correctness argument,
-stated once):
+It only composes the stages of ``stream/``.  Invariants (the correctness argument, once):
 
 1. The position of a partition moves only inside the sink's transaction that applies
    the rows its events produced.  Batches are applied by one worker thread, strictly in
@@ -26,6 +24,7 @@ stated once):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 from replicator.errors import EventError, ReplicatorError, TargetUnavailable, TransientError
 from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op
-from replicator.observe.metrics import Health, Metrics, serve
+from replicator.observe.metrics import Health, Metrics, served
 from replicator.observe.tracker import Tracker
 from replicator.settings import Settings
 from replicator.stream.batch import Batch
@@ -99,28 +98,21 @@ class Replicator:
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
-        """Replicate until :attr:`stop_event` is set (or idle that long); return an exit code."""
-        stop_http = None
-        if self.settings.metrics_port:
-            stop_http = serve(
-                self.settings.metrics_port, self.metrics, self.health, self.settings.metrics_host
-            )
-            log.info(
-                "serving /metrics, /healthz, /readyz", extra={"port": self.settings.metrics_port}
-            )
-        try:
-            if not self._start():
-                return 0
-            return self._run(exit_when_idle_s)
-        finally:
-            if stop_http is not None:
-                stop_http()
+        """Replicate until :attr:`stop_event` is set; return an exit code.
 
-    def _start(self) -> bool:
+        ``exit_when_idle_s``: return 0 once nothing arrived for that long, or 1 when for
+        that long no partition could be assigned (the target, broker or topic is missing)."""
+        s = self.settings
+        with served(s.metrics_port, self.metrics, self.health, s.metrics_host):
+            if not self._start(exit_when_idle_s):
+                return 0 if self.stop_event.is_set() else 1
+            return self._run(exit_when_idle_s)
+
+    def _start(self, give_up_after_s: float | None) -> bool:
         """Schema and dead-letter topic, retried while the target or broker is down.
 
-        False when asked to stop before they were ready."""
-        backoff = 0.5
+        False when asked to stop, or after ``give_up_after_s``, before they were ready."""
+        backoff, started = 0.5, time.monotonic()
         while not self.stop_event.is_set():
             try:
                 self.sink.ensure_schema()
@@ -128,6 +120,11 @@ class Replicator:
                 self.dead_letters.ensure_topic()
                 return True
             except TransientError as exc:
+                if self.stop_event.is_set():
+                    break
+                if give_up_after_s is not None and time.monotonic() - started > give_up_after_s:
+                    log.error("not ready; giving up", extra={"error": str(exc)})
+                    break
                 log.warning("not ready; retrying", extra={"error": str(exc), "backoff_s": backoff})
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
@@ -145,7 +142,8 @@ class Replicator:
                 "group": self.settings.group_id,
             },
         )
-        backoff = 0.5
+        backoff, exit_code = 0.5, 0
+        self._last_message = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -157,7 +155,7 @@ class Replicator:
                 self.tracker.progress(self._assigned)
                 self.tracker.observe(lambda: source.lag(self._assigned), self.control.ping)
                 if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
-                    log.info("idle; exiting", extra={"idle_s": exit_when_idle_s})
+                    exit_code = 0 if self._assigned else 1
                     break
             try:
                 self._drain()
@@ -166,7 +164,7 @@ class Replicator:
         finally:
             self._close()
         self.tracker.progress(self._assigned, force=True)
-        return 0
+        return exit_code
 
     def _step(self, source: KafkaSource) -> None:
         """One turn: re-position what waits, poll, hand a due batch over, collect."""
@@ -193,31 +191,33 @@ class Replicator:
     def _unavailable(self, exc: TransientError, backoff: float) -> None:
         if isinstance(exc, TargetUnavailable):
             self.tracker.target_down()
-        log.warning("unavailable; retrying", extra={"error": str(exc), "backoff_s": backoff})
+        if not self.stop_event.is_set():
+            log.warning("unavailable; retrying", extra={"error": str(exc), "backoff_s": backoff})
         self._abandon()
         self._sleep(backoff)
 
     def _idle_for(self, seconds: float) -> bool:
-        return (
-            not self._batch.events
-            and self._worker is not None
-            and self._worker.idle
-            and not self._unpositioned
-            and bool(self._assigned)
-            and time.monotonic() - self._last_message > seconds
-        )
+        """Nothing arrived for ``seconds`` and nothing is left to apply (logged)."""
+        if time.monotonic() - self._last_message <= seconds or self._batch.events:
+            return False
+        if not self._assigned:
+            log.error(
+                "no partition assigned; exiting",
+                extra={"idle_s": seconds, "topic": self.settings.topic},
+            )
+            return True
+        if self._worker is None or not self._worker.idle or self._unpositioned:
+            return False
+        log.info("idle; exiting", extra={"idle_s": seconds})
+        return True
 
     def _sleep(self, seconds: float) -> None:
-        """Wait, while still serving group callbacks (the partitions are paused)."""
+        """Wait, still serving group callbacks; what the paused partitions had fetched is
+        dropped: they are re-positioned from the database."""
         deadline = time.monotonic() + seconds
         while not self.stop_event.is_set() and time.monotonic() < deadline:
-            assert self.source is not None
-            # paused partitions deliver nothing new; anything already fetched is
-            # dropped, because those partitions will be re-positioned from the database
-            try:
-                self.source.poll(0.2)
-            except TransientError:
-                continue
+            with contextlib.suppress(TransientError):
+                self.source.poll(0.2)  # type: ignore[union-attr]
 
     # ---- one event ---------------------------------------------------------------------
 

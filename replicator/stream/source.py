@@ -23,6 +23,7 @@ from confluent_kafka import (
 )
 
 from replicator.errors import BrokerUnavailable
+from replicator.observe.logs import kafka_logger
 from replicator.settings import Settings
 
 log = logging.getLogger("replicator.consumer")
@@ -50,7 +51,7 @@ _TUNING: dict[Kind, dict[str, Any]] = {
 
 
 def _log_kafka_error(err: KafkaError) -> None:
-    log.warning("kafka: %s", err.str(), extra={"code": err.name()})
+    kafka_logger().warning("kafka: %s", err.str(), extra={"code": err.name()})
 
 
 def client_config(
@@ -69,6 +70,7 @@ def client_config(
         **_TUNING[kind],
         "bootstrap.servers": bootstrap,
         "error_cb": _log_kafka_error,
+        "logger": kafka_logger(),
         **extra,
         **guarantees,
         **fixed,

@@ -246,15 +246,46 @@ def repair(tables: Tables, settings: Settings, report: Report, options: Options)
                 sink.apply([RowChange(k, None, True, None) for k in group], [])
         summary.deleted = len(deleted)
     pending = set(resync) | set(deleted)
-    deadline = time.monotonic() + options.repair_timeout_s
-    while pending and time.monotonic() < deadline:
-        time.sleep(1.0)
-        now = tables.by_key(pending)
-        diffs = diff_rows({k: now.images.get(k) for k in pending}, now.targets)
-        pending = {k for k, d in diffs.items() if k in pending and d.kind != "unmappable"}
+    if pending:
+        pending = _await_resync(tables, pending, options)
     summary.converged = not pending
     summary.seconds = time.monotonic() - started
     return summary
+
+
+#: The shortest wait for a re-read row to arrive (``--catch-up-timeout 0`` included).
+MIN_REPAIR_PATIENCE_S = 5.0
+
+
+def _await_resync(tables: Tables, pending: set[str], options: Options) -> set[str]:
+    """Wait until the re-read rows agree; a running ``replicator run`` applies them.  Gives
+    up with a transient error (verify: exit 2) when none agrees for ``catch_up_timeout_s``."""
+    patience = max(options.catch_up_timeout_s, MIN_REPAIR_PATIENCE_S)
+    log.warning(
+        "waiting for `replicator run` to apply %d re-read rows to %s (giving up after %.0f s"
+        " without progress, at most %.0f s)",
+        len(pending),
+        tables.target.table,
+        patience,
+        options.repair_timeout_s,
+    )
+    started = progressed = time.monotonic()
+    while pending and time.monotonic() - started < options.repair_timeout_s:
+        if time.monotonic() - progressed > patience:
+            raise NotCaughtUp(
+                f"repair: {len(pending)} re-read rows did not reach {tables.target.table} within"
+                f" {patience:.0f} s; is `replicator run` running for it? Start it and run"
+                " `replicator verify --repair` again",
+                {},
+            )
+        time.sleep(1.0)
+        now = tables.by_key(pending)
+        diffs = diff_rows({k: now.images.get(k) for k in pending}, now.targets)
+        still = {k for k, d in diffs.items() if k in pending and d.kind != "unmappable"}
+        if len(still) < len(pending):
+            progressed = time.monotonic()
+        pending = still
+    return pending
 
 
 # --------------------------------------------------------------------------- entry point

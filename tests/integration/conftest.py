@@ -8,6 +8,7 @@ and consumer group, never by starting another stack.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from replicator.db.schema import apply_target_schema, grant_to_service_role
 from replicator.local.sample import legacy_row
@@ -225,6 +227,57 @@ class RunningReplicator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def read_topic(
+    stack: StackInfo,
+    topic: str | None = None,
+    *,
+    key_prefix: str | None = None,
+    want: int | None = None,
+    timeout: float = 60.0,
+    idle_s: float = 3.0,
+) -> list[tuple[bytes | None, bytes | None, list]]:
+    """(key, value, headers) of the messages of ``topic`` (default: the change topic) from
+    the start of every partition, those whose key id starts with ``key_prefix`` when given;
+    until ``want`` were found, or else until nothing arrived for ``idle_s``."""
+    topic = topic or stack.topic
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": unique("peek"),
+            "enable.auto.commit": False,
+        }
+    )
+    out: list[tuple[bytes | None, bytes | None, list]] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        deadline = time.monotonic() + timeout
+        idle = time.monotonic()
+        while time.monotonic() < deadline and (want is None or len(out) < want):
+            if want is None and time.monotonic() - idle > idle_s:
+                break
+            msg = consumer.poll(0.3)
+            if msg is None or msg.error():
+                continue
+            idle = time.monotonic()
+            key = msg.key()
+            if key_prefix is not None and not (
+                key and json.loads(key).get("id", "").startswith(key_prefix)
+            ):
+                continue
+            out.append((key, msg.value(), msg.headers() or []))
+    finally:
+        consumer.close()
+    return out
+
+
+def new_database(stack: StackInfo, prefix: str) -> str:
+    """A fresh database on the stack's cluster (owned by the tables' owner); its DSN."""
+    name = unique(prefix)
+    execute(stack.target_dsn, f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(stack.target_dsn, dbname=name)
 
 
 def spawn_replicator(cli_env: dict[str, str], table: str, group: str) -> subprocess.Popen:

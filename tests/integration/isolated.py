@@ -20,13 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from replicator.db.schema import apply_source_schema, roles_script
 from replicator.local.connect import ConnectClient
 from replicator.local.stack import SERVICE_ROLE, load_connector_file
-from tests.integration.conftest import StackInfo, execute, unique
-
-
-def new_database(stack: StackInfo, prefix: str) -> str:
-    name = unique(prefix)
-    execute(stack.target_dsn, f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(stack.target_dsn, dbname=name)
+from tests.integration.conftest import StackInfo, execute, new_database, unique
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     churn_until,
     execute,
     mapped_source,
+    new_database,
     target_rows,
     unique,
     wait_converged,
@@ -55,12 +56,6 @@ COPY_TYPES = [
     {"integer": "int4", "real": "float4", "timestamp without time zone": "timestamp"}.get(t, t)
     for t in SOURCE_TYPES.values()
 ]
-
-
-def other_database(stack: StackInfo, prefix: str) -> str:
-    db = unique(prefix)
-    execute(stack.target_dsn, f'CREATE DATABASE "{db}"')
-    return psycopg.conninfo.make_conninfo(stack.target_dsn, dbname=db)
 
 
 def chunk_state(dsn: str, table: str) -> list[tuple]:
@@ -198,7 +193,7 @@ def test_total_cost_rounds_like_map_to_tuple(
 
 def test_values_python_cannot_hold_are_refused_by_every_path(stack: StackInfo) -> None:
     """Rows map_to_tuple refuses are refused, stored and reported by each path alike."""
-    source = other_database(stack, "src")  # no slot, no stream: these rows stay out of Kafka
+    source = new_database(stack, "src")  # no slot, no stream: these rows stay out of Kafka
     apply_source_schema(source)
     apply_target_schema(source)
     insert_rows(source, 50, prefix="ok-")
@@ -225,7 +220,7 @@ def test_values_python_cannot_hold_are_refused_by_every_path(stack: StackInfo) -
         "INSERT INTO workflow_processes (id, workflow_name, message, total_cost)"
         " VALUES ('ok-edge', 'w', 'm', 999999.9375)",
     )
-    separate = other_database(stack, "tgt")
+    separate = new_database(stack, "tgt")
     apply_target_schema(separate)
     for via, target in (("sql", source), ("copy", separate), ("python", separate)):
         table = unique("wr")
@@ -247,7 +242,7 @@ def test_values_python_cannot_hold_are_refused_by_every_path(stack: StackInfo) -
 
 
 def test_cli_exits_1_and_lists_refused_rows(stack: StackInfo, cli_env: dict[str, str]) -> None:
-    source = other_database(stack, "src")
+    source = new_database(stack, "src")
     apply_source_schema(source)
     apply_target_schema(source)
     insert_rows(source, 10, prefix="ok-")
@@ -280,10 +275,10 @@ def test_cli_exits_1_and_lists_refused_rows(stack: StackInfo, cli_env: dict[str,
 def test_backfill_respects_the_order_guard(stack: StackInfo, via: str) -> None:
     """Deterministic: version 0 fills only what no streamed change holds, even when the
     streamed change commits while the backfill waits for its lock."""
-    source = other_database(stack, "src")  # no slot: the stream is played by the sink
+    source = new_database(stack, "src")  # no slot: the stream is played by the sink
     apply_source_schema(source)
     insert_rows(source, 6, prefix="g-")
-    target = source if via == "sql" else other_database(stack, "tgt")
+    target = source if via == "sql" else new_database(stack, "tgt")
     table = unique("wr")
     apply_target_schema(target, table)
     ids = sorted(mapped_source(source))
@@ -539,7 +534,7 @@ def test_kill_9_midway_then_resume(stack: StackInfo, table: str, cli_env: dict[s
 
 @pytest.mark.parametrize("via", ["auto", "python"])
 def test_separate_target_database(stack: StackInfo, via: str) -> None:
-    dsn = other_database(stack, "tgt")
+    dsn = new_database(stack, "tgt")
     apply_target_schema(dsn)
     p = unique("sep")
     insert_rows(stack.source_dsn, 20_000, prefix=f"{p}-")

@@ -16,7 +16,7 @@ import time
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.db.schema import apply_target_schema
@@ -28,6 +28,8 @@ from tests.integration.conftest import (
     StackInfo,
     execute,
     mapped_source,
+    new_database,
+    read_topic,
     spawn_replicator,
     target_rows,
     unique,
@@ -184,9 +186,7 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
 
 
 def test_target_in_separate_database(stack: StackInfo) -> None:
-    db = unique("tgt")
-    execute(stack.target_dsn, f'CREATE DATABASE "{db}"')
-    dsn = stack.target_dsn.rsplit("/", 1)[0] + f"/{db}"
+    dsn = new_database(stack, "tgt")
     apply_target_schema(dsn)
     p = unique("sep")
     insert_rows(stack.source_dsn, 200, prefix=f"{p}-")
@@ -219,28 +219,8 @@ def test_on_delete_ignore_keeps_rows(stack: StackInfo, table: str) -> None:
     assert len(target_rows(stack.target_dsn, table, "run_id LIKE %s", (p + "%",))) == 11
 
 
-def _events_for(stack: StackInfo, key_prefix: str, topic: str | None = None) -> list:
-    topic = topic or stack.topic
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": unique("peek"),
-            "enable.auto.commit": False,
-        }
-    )
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out = []
-    idle = time.monotonic()
-    while time.monotonic() - idle < 3:
-        msg = consumer.poll(0.3)
-        if msg is None or msg.error():
-            continue
-        idle = time.monotonic()
-        if msg.key() and json.loads(msg.key()).get("id", "").startswith(key_prefix):
-            out.append((msg.key(), msg.value()))
-    consumer.close()
-    return out
+def _events_for(stack: StackInfo, key_prefix: str) -> list:
+    return [(k, v) for k, v, _ in read_topic(stack, key_prefix=key_prefix)]
 
 
 def test_stale_redelivery_never_overwrites_newer_rows(stack: StackInfo, table: str) -> None:
@@ -331,7 +311,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(stack: StackInfo, table:
             assert time.monotonic() < deadline, running.replicator.metrics.tally
             time.sleep(0.2)
     assert len(rows) == 6
-    dead = _events_for_topic(stack, f"{topic}.dlq")
+    dead = read_topic(stack, f"{topic}.dlq")
     assert [v for _, v, _ in dead] == [v for _, v in malformed]
     reasons = [dict(h)["dlq.reason"].decode() for _, _, h in dead]
     assert all(reasons), reasons
@@ -340,27 +320,6 @@ def test_malformed_messages_go_to_the_dead_letter_topic(stack: StackInfo, table:
         h = dict(headers)
         assert h["dlq.topic"].decode() == topic and h["dlq.partition"] == b"0"
         assert h["dlq.error"]
-
-
-def _events_for_topic(stack: StackInfo, topic: str) -> list:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": unique("peek"),
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    out = []
-    idle = time.monotonic()
-    while time.monotonic() - idle < 3:
-        msg = consumer.poll(0.3)
-        if msg is None or msg.error():
-            continue
-        idle = time.monotonic()
-        out.append((msg.key(), msg.value(), msg.headers() or []))
-    consumer.close()
-    return out
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(

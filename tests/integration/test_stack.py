@@ -4,43 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from replicator.local.processes import pid_alive
 from replicator.local.stack import LocalStack
-from tests.integration.conftest import StackInfo, execute, stack_state_dir, unique
+from tests.integration.conftest import StackInfo, execute, read_topic, stack_state_dir, unique
 
 pytestmark = pytest.mark.integration
 
 
 def read_events(stack: StackInfo, prefix: str, want: int, timeout: float = 60) -> list[tuple]:
-    """(key, value) of every message whose key id starts with ``prefix``, in offset order."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": unique("peek"),
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        parts = consumer.list_topics(stack.topic, timeout=10).topics[stack.topic].partitions
-        consumer.assign([TopicPartition(stack.topic, p, 0) for p in parts])
-        found: list[tuple] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(found) < want:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            key = json.loads(msg.key()) if msg.key() else None
-            if key and key.get("id", "").startswith(prefix):
-                value = json.loads(msg.value()) if msg.value() is not None else None
-                found.append((key["id"], value))
-        return found
-    finally:
-        consumer.close()
+    """(id, parsed value) of every message whose key id starts with ``prefix``, in order."""
+    found = read_topic(stack, key_prefix=prefix, want=want, timeout=timeout)
+    return [(json.loads(k)["id"], json.loads(v) if v is not None else None) for k, v, _ in found]
 
 
 def test_change_events_flow(stack: StackInfo) -> None:

@@ -20,10 +20,11 @@ from tests.integration.conftest import (
     StackInfo,
     churn_until,
     execute,
+    new_database,
     unique,
     wait_converged,
 )
-from tests.integration.isolated import isolated_source, new_database
+from tests.integration.isolated import isolated_source
 
 pytestmark = pytest.mark.integration
 

@@ -229,3 +229,10 @@ def test_connector_apply_overrides_the_snapshot_mode(monkeypatch: pytest.MonkeyP
     assert sent["snapshot.mode"] == "no_data"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["connector", "apply", "--snapshot-mode", "sometimes"])
+
+
+def test_a_backfill_with_nothing_left_says_it_is_complete_and_how_to_start_again() -> None:
+    report = BackfillReport("wr", "sql", 2, 3, 3, rows_before=0, source_rows=50_002)
+    (line,) = report.summary()
+    assert "already complete" in line and "--restart" in line
+    assert "0 rows read then" in line and "50,002 rows now" in line

@@ -1,0 +1,111 @@
+"""Dead letters: every event gets one, however large, and delivery is confirmed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from replicator.errors import BrokerUnavailable
+from replicator.observe.metrics import Metrics
+from replicator.settings import Settings
+from replicator.stream.deadletter import MAX_DEAD_LETTER_BYTES, DeadLetters
+
+
+class Msg:
+    def __init__(self, value: bytes | None, key: bytes = b'{"id":"x"}', offset: int = 7) -> None:
+        self._value, self._key, self._offset = value, key, offset
+        self._headers: list[tuple[str, bytes]] = []
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def topic(self) -> str:
+        return "src"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+
+class Producer:
+    """librdkafka's limits: ``local`` bytes refused at produce, ``broker`` at delivery."""
+
+    def __init__(self, local: int = 1_000_000, broker: int = 1_000_000) -> None:
+        self.local, self.broker = local, broker
+        self.queued: list[tuple[Any, Msg]] = []
+        self.delivered: list[Msg] = []
+
+    def produce(self, topic: str, key: Any, value: Any, headers: Any, on_delivery: Any) -> None:
+        if value is not None and len(value) > self.local:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        msg = Msg(value, key)
+        msg._headers = list(headers)
+        self.queued.append((on_delivery, msg))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        queued, self.queued = self.queued, []
+        for on_delivery, msg in queued:
+            value = msg.value()
+            if value is not None and len(value) > self.broker:
+                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), msg)
+            else:
+                self.delivered.append(msg)
+                on_delivery(None, msg)
+        return 0
+
+
+def dead_letters(producer: Producer) -> DeadLetters:
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    return DeadLetters(settings, Metrics(), producer=producer)
+
+
+def test_an_event_too_large_for_the_topic_is_still_dead_lettered() -> None:
+    producer = Producer()
+    dlq = dead_letters(producer)
+    huge = b"x" * (5 * 1024 * 1024)
+    dlq.send(Msg(huge), "decode_error", "not a change event")
+    dlq.confirm()
+    (sent,) = producer.delivered
+    headers = dict(sent.headers())
+    assert sent.value() == huge[:MAX_DEAD_LETTER_BYTES]
+    assert headers["dlq.value_bytes"] == str(len(huge)).encode()
+    assert headers["dlq.reason"] == b"decode_error" and headers["dlq.offset"] == b"7"
+
+
+def test_a_dead_letter_the_broker_refuses_as_too_large_goes_again_without_its_value() -> None:
+    producer = Producer(broker=1000)
+    dlq = dead_letters(producer)
+    dlq.send(Msg(b"y" * 5000), "decode_error", "bad")
+    dlq.confirm()
+    (sent,) = producer.delivered
+    headers = dict(sent.headers())
+    assert sent.value() is None
+    assert headers["dlq.value_omitted"] == b"5000" and headers["dlq.reason"] == b"decode_error"
+
+
+def test_a_failed_delivery_fails_the_confirmation() -> None:
+    class Failing(Producer):
+        def flush(self, timeout: float) -> int:
+            for on_delivery, msg in self.queued:
+                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), msg)
+            self.queued = []
+            return 0
+
+    dlq = dead_letters(Failing())
+    dlq.send(Msg(b"v"), "decode_error", "bad")
+    with pytest.raises(BrokerUnavailable):
+        dlq.confirm()
+    dlq.confirm()  # reported once; the batch is then re-read and sends again
