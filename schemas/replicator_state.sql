@@ -22,3 +22,19 @@ CREATE TABLE IF NOT EXISTS {versions} (
     source_lsn BIGINT NOT NULL,
     deleted BOOLEAN NOT NULL DEFAULT false
 );
+
+-- replicator_redriven: the last outcome of each dead letter `replicator dlq redrive`
+-- tried for a target table.  'applied' and 'stale' (a newer change was there) are written
+-- in the same transaction as the row and are final: a second redrive applies nothing
+-- twice.  'failed' (with the new error) is tried again by the next redrive.  Keyed by
+-- the dead letter's place in its topic.
+CREATE TABLE IF NOT EXISTS replicator_redriven (
+    target_table TEXT NOT NULL,
+    dlq_topic TEXT NOT NULL,
+    dlq_partition INTEGER NOT NULL,
+    dlq_offset BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    redriven_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_table, dlq_topic, dlq_partition, dlq_offset)
+);

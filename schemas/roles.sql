@@ -49,6 +49,7 @@ GRANT pg_monitor TO replicator_app;
 
 -- [target]
 -- target: rows, versions and positions, nothing else (TEMP for the staging table is
--- granted to PUBLIC by default).
+-- granted to PUBLIC by default); the re-driven dead letters, for /metrics and redrive.
 GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_runs, workflow_runs_versions, replicator_offsets
     TO replicator_app;
+GRANT SELECT, INSERT, UPDATE ON replicator_redriven TO replicator_app;

@@ -16,6 +16,7 @@ from replicator.cli import (
     backfill,
     config,
     connector,
+    dlq,
     replay,
     run,
     sample,
@@ -28,7 +29,7 @@ from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
 #: In the order ``replicator --help`` lists them.
-COMMANDS = (stack, schema, connector, run, config, backfill, verify, replay, sample)
+COMMANDS = (stack, schema, connector, run, config, backfill, verify, replay, dlq, sample)
 
 
 def build_parser() -> argparse.ArgumentParser:

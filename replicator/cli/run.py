@@ -59,6 +59,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from replicator.dlq.state import counts as redriven_counts
     from replicator.observe import logs
     from replicator.stream.replicator import Replicator
 
@@ -74,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
     )
     logs.configure(settings.log_format, settings.log_level)
-    replicator = Replicator(settings)
+    dsn, table = settings.target_dsn.get_secret_value(), settings.target_table
+    replicator = Replicator(settings, redriven=lambda: redriven_counts(dsn, table))
 
     def stop(signum: int, _frame: object) -> None:
         logging.getLogger("replicator").info(

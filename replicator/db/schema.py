@@ -20,6 +20,7 @@ from psycopg import sql
 from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.db.names import MAX_IDENTIFIER_BYTES, too_long
 from replicator.errors import ConfigurationError
+from replicator.mapping.columns import PLAN_COST, CostColumn
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -29,6 +30,8 @@ SOURCE_TABLES = (
     ("workflow_processes", "workflow_processes.sql"),
     ("debezium_signal", "debezium_signal.sql"),
 )
+#: The dead letters ``replicator dlq redrive`` applied, per target table.
+REDRIVEN_TABLE = "replicator_redriven"
 _PLACEHOLDER = re.compile(r"\{(table|offsets|versions|index_prefix)\}(\w*)")
 _EXISTING = """
     SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -101,6 +104,7 @@ def ensure_target(
         *(("index", name) for name in indexes),
         ("table", offsets_table),
         ("table", versions_table),
+        ("table", REDRIVEN_TABLE),
     ]
     names = [name for _, name in objects]
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ensure_schema'))")
@@ -125,6 +129,19 @@ def ensure_target(
         f"{kind} {name} already present" if name in before else f"created {kind} {name}"
         for kind, name in objects
     ]
+
+
+def cost_column(conn: psycopg.Connection[Any], table: str) -> CostColumn:
+    """The actual type of ``table.total_cost`` (an operator may have widened it)."""
+    row = conn.execute(
+        "SELECT numeric_precision, numeric_scale FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = %s AND column_name = 'total_cost'",
+        [table],
+    ).fetchone()
+    if row is None:
+        raise ConfigurationError(f"{table!r} has no total_cost column")
+    precision, scale = row
+    return CostColumn(precision, scale if scale is not None else PLAN_COST.scale)
 
 
 def apply_target_schema(

@@ -9,6 +9,7 @@ mapping (:mod:`replicator.mapping.rows`), the mapping in SQL
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -110,9 +111,35 @@ JSON_WRAPPED: dict[str, str] = {"result": "result", "error_message": "error"}
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-#: Exclusive bound of ``DECIMAL(10,4)``: at most 6 digits before the point.
-COST_LIMIT = Decimal(10**6)
-COST_QUANTUM = Decimal("0.0001")
+
+
+@dataclass(frozen=True)
+class CostColumn:
+    """The type of the target's ``total_cost``: ``DECIMAL(precision, scale)``, as the plan
+    creates it (10, 4) or as an operator widened it; ``precision`` None: unbounded NUMERIC.
+    The mapping's limits come from it, so that widening the column lets values through."""
+
+    precision: int | None = 10
+    scale: int = 4
+
+    @property
+    def limit(self) -> Decimal | None:
+        """Exclusive bound of the absolute value (None: none)."""
+        return None if self.precision is None else Decimal(10 ** (self.precision - self.scale))
+
+    @property
+    def quantum(self) -> Decimal:
+        return Decimal(1).scaleb(-self.scale)
+
+    @property
+    def sql_type(self) -> str:
+        return "NUMERIC" if self.precision is None else f"DECIMAL({self.precision},{self.scale})"
+
+
+#: The plan's ``total_cost DECIMAL(10,4)``: at most 6 digits before the point.
+PLAN_COST = CostColumn()
+COST_LIMIT = PLAN_COST.limit
+COST_QUANTUM = PLAN_COST.quantum
 
 if set(SOURCE_TO_TARGET.values()) | set(NEW_COLUMN_DEFAULTS) != set(TARGET_COLUMNS):
     raise ImportError("the column facts disagree: every target column needs one source")

@@ -28,6 +28,7 @@ Every invalid input raises :class:`~replicator.errors.MappingError` (reason
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Mapping
@@ -39,16 +40,16 @@ from typing import Any
 from replicator.errors import MappingError
 from replicator.events import UNAVAILABLE
 from replicator.mapping.columns import (
-    COST_LIMIT,
-    COST_QUANTUM,
     INT32_MAX,
     INT32_MIN,
     JSON_WRAPPED,
     NEW_COLUMN_DEFAULTS,
+    PLAN_COST,
     SOURCE_COLUMNS,
     SOURCE_TABLE,
     TARGET_COLUMNS,
     TARGET_INDEX,
+    CostColumn,
 )
 
 __all__ = ["map_to_tuple"]
@@ -66,7 +67,6 @@ _UNAVAILABLE: Any = object()
 _EPOCH = datetime(1970, 1, 1)
 _F32 = struct.Struct("<f")
 _DECIMAL_CONTEXT = Context(prec=28, rounding=ROUND_HALF_UP)
-_ZERO_COST = Decimal("0.0000")
 
 
 class _Problem(Exception):
@@ -152,17 +152,34 @@ def _timestamp(value: Any) -> Any:
     raise _wrong_type(value, "integer microseconds since the epoch or a naive datetime")
 
 
-def _cost(value: Any) -> Any:
+def _cost_converter(column: CostColumn) -> Callable[[Any], Any]:
+    limit, quantum, kind = column.limit, column.quantum, column.sql_type
+
+    def convert(value: Any) -> Any:
+        exact = _exact_cost(value, kind)
+        if exact is _UNAVAILABLE:
+            return exact
+        if limit is not None and abs(exact) >= limit:
+            raise _Problem(f"{_show(value)} does not fit {kind} (|value| must be < {limit:,})")
+        cost = exact.quantize(quantum, rounding=ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
+        if limit is not None and abs(cost) >= limit:
+            raise _Problem(f"{_show(value)} rounds to {cost}, which does not fit {kind}")
+        return cost if cost else cost.copy_abs()  # no negative zero
+
+    return convert
+
+
+def _exact_cost(value: Any, kind: str) -> Any:
     cls = value.__class__
     if cls is float or isinstance(value, float):
         if not math.isfinite(value):
-            raise _Problem(f"{value} is not a finite number; DECIMAL(10,4) cannot hold it")
+            raise _Problem(f"{value} is not a finite number; {kind} cannot hold it")
         try:
             # The source column is REAL: the canonical value is the exact float32.
-            exact = Decimal(_F32.unpack(_F32.pack(value))[0])
+            return Decimal(_F32.unpack(_F32.pack(value))[0])
         except OverflowError:
             raise _Problem(f"{value} is outside the REAL (float32) range") from None
-    elif cls is str or cls is Decimal or isinstance(value, str | Decimal):
+    if cls is str or cls is Decimal or isinstance(value, str | Decimal):
         if value == UNAVAILABLE:
             return _UNAVAILABLE
         try:
@@ -170,23 +187,18 @@ def _cost(value: Any) -> Any:
         except (InvalidOperation, ValueError):
             raise _Problem(f"{_show(value)} is not a decimal number") from None
         if not exact.is_finite():
-            raise _Problem(f"{_show(value)} is not a finite number; DECIMAL(10,4) cannot hold it")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        exact = Decimal(value)
-    else:
-        raise _wrong_type(value, "a number")
-    if abs(exact) >= COST_LIMIT:
-        raise _Problem(f"{_show(value)} does not fit DECIMAL(10,4) (|value| must be < 10**6)")
-    cost = exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
-    if abs(cost) >= COST_LIMIT:
-        raise _Problem(f"{_show(value)} rounds to {cost}, which does not fit DECIMAL(10,4)")
-    return cost if cost else _ZERO_COST  # no negative zero
+            raise _Problem(f"{_show(value)} is not a finite number; {kind} cannot hold it")
+        return exact
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    raise _wrong_type(value, "a number")
 
 
 # (source column, target index, converter, value when NULL or _MISSING for NOT NULL,
 #  placeholder when unavailable).  ``id`` is handled before the loop.
 _IDX = TARGET_INDEX
-_PLAN: tuple[tuple[str, int, Callable[[Any], Any], Any, Any], ...] = (
+Plan = tuple[tuple[str, int, Callable[[Any], Any], Any, Any], ...]
+_PLAN: Plan = (
     ("workflow_name", _IDX["workflow_type"], _text, _MISSING, ""),
     ("message", _IDX["description"], _text, _MISSING, ""),
     ("max_turns", _IDX["max_turns"], _int32, None, None),
@@ -205,7 +217,7 @@ _PLAN: tuple[tuple[str, int, Callable[[Any], Any], Any, Any], ...] = (
         "{}",
     ),
     ("execution_time", _IDX["execution_time_ms"], _int32, None, None),
-    ("total_cost", _IDX["total_cost"], _cost, None, None),
+    ("total_cost", _IDX["total_cost"], _cost_converter(PLAN_COST), None, None),
     ("started_at", _IDX["started_at"], _timestamp, None, None),
     ("completed_at", _IDX["completed_at"], _timestamp, None, None),
 )
@@ -221,7 +233,18 @@ def _fail(column: str, row_id: Any, problem: str) -> MappingError:
     return MappingError(f"{SOURCE_TABLE}.{column}{where}: {problem}", reason="mapping_error")
 
 
-def _convert(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
+@functools.lru_cache(maxsize=8)
+def _plan_for(cost: CostColumn) -> Plan:
+    """The plan with ``total_cost`` checked against ``cost``."""
+    if cost == PLAN_COST:
+        return _PLAN
+    converter = _cost_converter(cost)
+    return tuple(
+        (*step[:2], converter, *step[3:]) if step[0] == "total_cost" else step for step in _PLAN
+    )
+
+
+def _convert(row: Mapping[str, Any], plan: Plan) -> tuple[tuple[Any, ...], frozenset[str]]:
     try:
         get = row.get
     except AttributeError:
@@ -244,7 +267,7 @@ def _convert(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
     out = list(_TEMPLATE)
     out[0] = run_id
     unavailable: list[str] | None = None
-    for column, index, convert, if_null, placeholder in _PLAN:
+    for column, index, convert, if_null, placeholder in plan:
         value = get(column, _MISSING)
         if value is None:
             if if_null is _MISSING:
@@ -269,12 +292,15 @@ def _convert(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
 # --------------------------------------------------------------------------- public API
 
 
-def map_to_tuple(row: Mapping[str, Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
+def map_to_tuple(
+    row: Mapping[str, Any], cost: CostColumn = PLAN_COST
+) -> tuple[tuple[Any, ...], frozenset[str]]:
     """Map a legacy row to the target values in :data:`TARGET_COLUMNS` order.
 
     Returns ``(values, unavailable target columns)``; JSON columns as JSON text,
     timestamps naive.  An unavailable column holds a harmless placeholder (``""`` for the
     NOT NULL text columns, ``"{}"`` for ``result_data``/``error_details``, ``None``
-    otherwise), never Debezium's placeholder string.  Raises :class:`MappingError`.
+    otherwise), never Debezium's placeholder string.  ``cost``: the target's
+    ``total_cost`` type, whose limits the value must fit.  Raises :class:`MappingError`.
     """
-    return _convert(row)
+    return _convert(row, _plan_for(cost))

@@ -87,6 +87,12 @@ class Metrics:
         self.target_up = Gauge(
             "replicator_target_up", "1 when the last target operation succeeded", registry=r
         )
+        self.redriven = Gauge(
+            "replicator_dead_letters_redriven",
+            "Dead letters `replicator dlq redrive` tried for this target table, by last outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.slot_lag_bytes = Gauge(
             "replicator_replication_slot_lag_bytes",
             "WAL bytes the source keeps for the connector's slot (current LSN - confirmed flush)",

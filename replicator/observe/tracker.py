@@ -26,8 +26,15 @@ SLOT_LAG = (
 class Tracker:
     """Accounts for applied batches and refreshes the gauges, at most every few seconds."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, health: Health) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        health: Health,
+        redriven: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.settings = settings
+        self.redriven = redriven  # dead letters re-driven, by outcome
         self.metrics = metrics
         self.health = health
         self._last_observed = 0.0
@@ -108,6 +115,9 @@ class Tracker:
             self.target_down()
         if self.settings.source_dsn is not None:
             self._observe_slot(self.settings.source_dsn.get_secret_value())
+        if self.redriven is not None:
+            for outcome, count in self.redriven().items():
+                self.metrics.redriven.labels(outcome).set(count)
 
     def _observe_slot(self, dsn: str) -> None:
         """The slot's retained WAL, when the source lets us read pg_replication_slots."""

@@ -132,7 +132,11 @@ def decode_json(
     return envelope_event(payload, op, key_id, position, scales)
 
 
-def decoder_for(settings: Settings) -> Callable[..., ChangeEvent | None]:
+#: A decoder: (key, value, where the message was) -> the event, or None for a tombstone.
+Decoder = Callable[[bytes | None, bytes | None, KafkaPosition], ChangeEvent | None]
+
+
+def decoder_for(settings: Settings) -> Decoder:
     """The decoder of ``settings.value_format``."""
     if settings.value_format == "avro":
         assert settings.schema_registry_url is not None  # settings validate it

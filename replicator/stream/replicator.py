@@ -33,13 +33,14 @@ from typing import Any
 
 from replicator.errors import EventError, ReplicatorError, TargetUnavailable, TransientError
 from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op
+from replicator.mapping.columns import PLAN_COST
 from replicator.observe.metrics import Health, Metrics, served
 from replicator.observe.tracker import Tracker
 from replicator.settings import Settings
 from replicator.stream.batch import Batch
 from replicator.stream.checkpoint import PositionFence
 from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
-from replicator.stream.decode import decoder_for
+from replicator.stream.decode import Decoder, decoder_for
 from replicator.stream.sink import PostgresSink
 from replicator.stream.source import KafkaSource
 from replicator.stream.transform import to_row_change
@@ -47,7 +48,6 @@ from replicator.stream.worker import ApplyWorker
 
 log = logging.getLogger("replicator.consumer")
 
-Decoder = Callable[[bytes | None, bytes | None, KafkaPosition], ChangeEvent | None]
 SourceFactory = Callable[[Settings], KafkaSource]
 
 
@@ -64,11 +64,12 @@ class Replicator:
         metrics: Metrics | None = None,
         decoder: Decoder | None = None,
         dead_letters: DeadLetters | None = None,
+        redriven: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = Health(settings.stall_after_s)
-        self.tracker = Tracker(settings, self.metrics, self.health)
+        self.tracker = Tracker(settings, self.metrics, self.health, redriven)
         self.sink = sink or PostgresSink(
             settings.target_dsn.get_secret_value(),
             table=settings.target_table,
@@ -87,12 +88,13 @@ class Replicator:
         self.applier = DeadLetteringSink(self.sink, self.dead_letters)
         self.decode: Decoder = decoder or decoder_for(settings)
         self.stop_event = threading.Event()
+        self.cost = PLAN_COST  # the target's total_cost type, read at start
         self._make_source = source
         self.source: KafkaSource | None = None
         self._worker: ApplyWorker[Batch, ApplyResult] | None = None
         self._assigned: set[int] = set()
         self._unpositioned: set[int] = set()
-        self._batch = self._new_batch()
+        self._batch = Batch(self.settings.topic)
         self._last_message = time.monotonic()
 
     # ---- the loop ----------------------------------------------------------------------
@@ -116,6 +118,7 @@ class Replicator:
         while not self.stop_event.is_set():
             try:
                 self.sink.ensure_schema()
+                self.cost = self.control.cost_column()
                 self.health.target_ok = True
                 self.dead_letters.ensure_topic()
                 return True
@@ -236,7 +239,7 @@ class Replicator:
             if event.op is Op.TRUNCATE:
                 self._truncate(event, partition, offset)
                 return
-            change = to_row_change(event)
+            change = to_row_change(event, self.cost)
         except EventError as exc:
             self.dead_letters.send(msg, exc.reason, str(exc))
             batch.dead_letters += 1
@@ -255,7 +258,7 @@ class Replicator:
             batch.advance(partition, offset, event.lsn)
             self.sink.truncate(batch.positions())
             log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
-            self._batch = self._new_batch()
+            self._batch = Batch(self.settings.topic)
             return
         self.tracker.skipped("truncate")
         log.warning(
@@ -265,9 +268,6 @@ class Replicator:
         self._batch.advance(partition, offset, event.lsn)
 
     # ---- batches -----------------------------------------------------------------------
-
-    def _new_batch(self) -> Batch:
-        return Batch(topic=self.settings.topic)
 
     def _batch_due(self) -> bool:
         """Apply at once when the worker is free (latency); while it is busy the batch
@@ -284,7 +284,7 @@ class Replicator:
         batch = self._batch
         if not batch.events:
             return
-        self._batch = self._new_batch()
+        self._batch = Batch(self.settings.topic)
         assert self._worker is not None
         self._worker.submit(batch)
 
@@ -367,7 +367,7 @@ class Replicator:
 
     def _abandon(self) -> None:
         """Drop the batch in flight; its partitions re-read from the stored positions."""
-        self._batch = self._new_batch()
+        self._batch = Batch(self.settings.topic)
         if self._worker is not None:
             self._worker.finished(wait=True)  # whatever was queued: applied or discarded
             self._worker.reset()

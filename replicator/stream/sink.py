@@ -38,10 +38,10 @@ from typing import Any
 import psycopg
 
 from replicator.db.connect import classify, connect, with_application_name
-from replicator.db.schema import check_target_names, ensure_target
+from replicator.db.schema import check_target_names, cost_column, ensure_target
 from replicator.errors import EventError, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
-from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX
+from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX, CostColumn
 from replicator.stream.batch import fold
 from replicator.stream.checkpoint import Checkpoint, PositionFence
 from replicator.stream.sink_sql import COPY_TYPES, SinkStatements
@@ -84,6 +84,11 @@ class PostgresSink:
         """Create what is missing (users, target + indexes, offsets, versions); report each."""
         with self._transaction("create the schema") as conn:
             return ensure_target(conn, self.table, self.offsets_table, self.versions_table)
+
+    def cost_column(self) -> CostColumn:
+        """The target's ``total_cost`` type, whose limits the mapping applies."""
+        with self._transaction("read the column types") as conn:
+            return cost_column(conn, self.table)
 
     def load_positions(self, topic: str) -> dict[int, PartitionPosition]:
         """The stored positions of ``topic`` for this target table, by partition."""

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 from replicator.errors import EventError
 from replicator.events import SNAPSHOT_VERSION, ChangeEvent, Op, RowChange
+from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.mapping.rows import map_to_tuple
 
 
-def to_row_change(event: ChangeEvent) -> RowChange | None:
-    """The sink's view of one event; None for ops that change no row."""
+def to_row_change(event: ChangeEvent, cost: CostColumn = PLAN_COST) -> RowChange | None:
+    """The sink's view of one event; None for ops that change no row.  ``cost``: the
+    target's ``total_cost`` type (:func:`~replicator.mapping.rows.map_to_tuple`)."""
     if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
         if event.after is None:  # decode guarantees an image; guard for other decoders
             raise EventError(f"{event.op.value} event without an 'after' image")
-        values, unavailable = map_to_tuple(event.after)
+        values, unavailable = map_to_tuple(event.after, cost)
         lsn = event.lsn
         if event.op is Op.READ:
             lsn = None if event.snapshot == "incremental" else SNAPSHOT_VERSION

@@ -15,6 +15,7 @@ import pytest
 
 from replicator.errors import EventError, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
+from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.settings import Settings
 from replicator.stream.replicator import Replicator
 
@@ -134,6 +135,9 @@ class RecordingSink:
 
     def ensure_schema(self) -> list[str]:
         return []
+
+    def cost_column(self) -> CostColumn:
+        return PLAN_COST
 
     def load_positions(self, topic: str) -> dict[int, PartitionPosition]:
         if self.load_outages:

@@ -1,0 +1,126 @@
+"""``replicator dlq list|show|redrive``: the dead-letter topic as a queue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from replicator.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    non_negative_int,
+    settings_from,
+    with_env,
+)
+from replicator.errors import ConfigurationError, ReplicatorError
+from replicator.settings import Settings
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = with_env(
+        sub.add_parser(
+            "dlq",
+            help="what the dead-letter topic holds; apply dead letters again",
+            description="list: the dead letters by reason (counts, times, origin offsets, sample"
+            " keys; no row contents); show: one dead letter with its headers and payload;"
+            " redrive: apply dead letters again through run's decode, mapping, order guard and"
+            " sink (exit 0 none failed, 1 some failed again, 2 could not run).",
+        )
+    )
+    p.add_argument("action", choices=["list", "show", "redrive"])
+    p.add_argument("offset", nargs="?", type=non_negative_int, help="show: its offset")
+    p.add_argument("--partition", type=non_negative_int, help="show: its partition (default 0)")
+    p.add_argument("--key", help="only the dead letters of this event id (or raw key)")
+    p.add_argument("--reason", help="only the dead letters of this reason (dlq.reason)")
+    p.add_argument("--json", action="store_true", help="list: one JSON object per dead letter")
+    p.add_argument("--dry-run", action="store_true", help="redrive: say what would be applied")
+    p.add_argument("--target-table", help="redrive into this table (default workflow_runs)")
+    p.set_defaults(func=cmd_dlq)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from replicator.observe import logs
+
+    settings = settings_from(args, target_table=args.target_table)
+    logs.configure(settings.log_format, "WARNING")
+    try:
+        if args.action == "redrive":
+            return _redrive(args, settings)
+        return _show(args, settings) if args.action == "show" else _list(args, settings)
+    except ConfigurationError:
+        raise
+    except ReplicatorError as exc:
+        print(f"replicator: could not {args.action} the dead letters: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _outcomes(settings: Settings) -> dict[tuple[int, int], str]:
+    """What redrives did, when the target can be read (list works without it)."""
+    from replicator.db.connect import connect, mapped_errors
+    from replicator.dlq import state
+
+    try:
+        with (
+            connect(settings.target_dsn.get_secret_value(), "the target database") as conn,
+            mapped_errors("read the re-driven dead letters"),
+        ):
+            return state.outcomes(
+                conn,
+                settings.target_table,
+                settings.dead_letter_topic,
+            )
+    except ReplicatorError:
+        return {}
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from replicator.dlq.letters import read_dead_letters
+    from replicator.dlq.listing import dumps, event_dict, groups, list_lines
+    from replicator.dlq.redrive import selected
+
+    letters = selected(read_dead_letters(settings), args.reason, args.key)
+    done = _outcomes(settings)
+    topic = settings.dead_letter_topic
+    if args.json:
+        events = [event_dict(d, done.get((d.partition, d.offset))) for d in letters]
+        found = [g.to_dict() for g in groups(letters, done)]
+        print(dumps({"topic": topic, "groups": found, "events": events}))
+    else:
+        print("\n".join(list_lines(topic, groups(letters, done))))
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from replicator.dlq.letters import read_dead_letters
+    from replicator.dlq.listing import dumps, show_dict
+    from replicator.dlq.redrive import selected
+
+    if args.offset is None and args.key is None:
+        raise ConfigurationError("dlq show needs an offset or --key")
+    letters = selected(read_dead_letters(settings), args.reason, args.key)
+    if args.offset is not None:
+        partition = args.partition or 0
+        letters = [d for d in letters if (d.partition, d.offset) == (partition, args.offset)]
+    if not letters:
+        print("replicator: no such dead letter", file=sys.stderr)
+        return EXIT_FAILED
+    done = _outcomes(settings)
+    print(dumps([show_dict(d, done.get((d.partition, d.offset))) for d in letters]))
+    return EXIT_OK
+
+
+def _redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from replicator.dlq.redrive import redrive
+    from replicator.observe.progress import Progress
+
+    report = redrive(
+        settings,
+        reason=args.reason,
+        key=args.key,
+        dry_run=args.dry_run,
+        progress=Progress(),
+    )
+    print("\n".join(report.summary()))
+    return report.exit_code

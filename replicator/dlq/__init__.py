@@ -1,0 +1,1 @@
+"""Dead letters as a queue: what ``<topic>.dlq`` holds, one letter, and redrive."""

@@ -1,0 +1,129 @@
+"""Dead letters as a queue on the real stack: list, fix the cause, redrive.
+
+The story of the issue: rows whose total_cost overflows DECIMAL(10,4) are dead-lettered
+while the stream flows; one of them is then fixed at the source and streams normally;
+the operator widens the column; redrive applies the two others and skips the stale one;
+a later change of a re-driven row wins; a second redrive changes nothing; undecodable
+bytes stay listed as such."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Producer
+
+from tests.integration.conftest import (
+    RunningReplicator,
+    StackInfo,
+    execute,
+    target_rows,
+    unique,
+)
+from tests.integration.isolated import isolated_source
+
+pytestmark = pytest.mark.integration
+
+
+def cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [sys.executable, "-m", "replicator", "dlq", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in res.stderr, res.stderr
+    return res
+
+
+def wait_for(what, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def cost_of(stack: StackInfo, table: str, run_id: str) -> Decimal | None:
+    rows = target_rows(stack.target_dsn, table, "run_id = %s", (run_id,))
+    return rows[run_id][17] if run_id in rows else None  # total_cost
+
+
+def set_cost(dsn: str, run_id: str, cost: float) -> None:
+    execute(dsn, ("UPDATE workflow_processes SET total_cost = %s WHERE id = %s", (cost, run_id)))
+
+
+def test_list_fix_redrive(stack: StackInfo, cli_env: dict[str, str]) -> None:
+    with isolated_source(stack, "dlq") as iso:
+        table = unique("wr")
+        env = cli_env | {
+            "REPLICATOR_SOURCE_DSN": iso.service_source_dsn,
+            "REPLICATOR_ADMIN_SOURCE_DSN": iso.source_dsn,
+            "REPLICATOR_TOPIC": iso.topic,
+            "REPLICATOR_TARGET_TABLE": table,
+        }
+        p = unique("od")
+        ids = {name: f"{p}-{name}" for name in ("ok", "a", "b", "c")}
+        insert = (
+            "INSERT INTO workflow_processes (id, workflow_name, message, total_cost)"
+            " VALUES (%s, 'w', 'm', %s)"
+        )
+        settings = iso.settings(target_table=table, group_id=unique("g"))
+        with RunningReplicator(settings) as running:
+            tally = running.replicator.metrics.tally
+            execute(
+                iso.source_dsn,
+                (insert, (ids["ok"], 1.5)),
+                *[(insert, (ids[n], 5_000_000.0)) for n in ("a", "b", "c")],
+            )
+            wait_for(lambda: tally.dead_lettered >= 3 and cost_of(stack, table, ids["ok"]))
+
+            listed = json.loads(cli(env, "list", "--json").stdout)
+            (group,) = listed["groups"]
+            assert group["reason"] == "mapping_error" and group["count"] == 3
+            assert {json.loads(e["key"])["id"] for e in listed["events"]} == {ids[n] for n in "abc"}
+            assert all("value" not in e for e in listed["events"])  # no row contents
+
+            execute(
+                iso.source_dsn,
+                ("UPDATE workflow_processes SET total_cost = 12.5 WHERE id = %s", (ids["a"],)),
+            )
+            wait_for(lambda: cost_of(stack, table, ids["a"]) == Decimal("12.5000"))
+
+            execute(
+                stack.target_dsn,
+                f'ALTER TABLE "{table}" ALTER COLUMN total_cost TYPE DECIMAL(12,4)',
+            )
+            res = cli(env, "redrive")
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert "2 applied, 1 stale" in res.stdout, res.stdout
+            assert cost_of(stack, table, ids["b"]) == Decimal("5000000.0000")
+            assert cost_of(stack, table, ids["c"]) == Decimal("5000000.0000")
+            assert cost_of(stack, table, ids["a"]) == Decimal("12.5000")  # never overwritten
+
+            execute(
+                iso.source_dsn,
+                ("UPDATE workflow_processes SET total_cost = 7 WHERE id = %s", (ids["b"],)),
+            )
+            wait_for(lambda: cost_of(stack, table, ids["b"]) == Decimal("7.0000"))
+
+            producer = Producer({"bootstrap.servers": stack.bootstrap})
+            producer.produce(iso.topic, key=b"\xff", value=b"\x00 not json", partition=0)
+            assert producer.flush(10) == 0
+            wait_for(lambda: tally.dead_lettered >= 4)
+
+        res = cli(env, "redrive")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "0 applied, 0 stale" in res.stdout and "3 re-driven before" in res.stdout
+        assert "1 skipped as undecodable" in res.stdout
+        assert cost_of(stack, table, ids["b"]) == Decimal("7.0000")  # the later change stays
+
+        text = cli(env, "list").stdout
+        assert "mapping_error: 3 (re-driven 3)" in text and "invalid_json: 1 (re-driven 0)" in text
+        shown = json.loads(cli(env, "show", "--key", ids["c"]).stdout)
+        assert shown[0]["headers"]["dlq.reason"] == "mapping_error"
+        assert shown[0]["redriven"] == "applied"
