@@ -10,6 +10,7 @@ command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 compgen -G "/usr/share/java/jetty9-server-9.4.*.jar" >/dev/null || need+=(libjetty9-java)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v promtool >/dev/null || need+=(prometheus)  # the alert rules' tests, a real Prometheus
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""

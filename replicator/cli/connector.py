@@ -39,7 +39,9 @@ def add_parser(sub: Subparsers) -> None:
         )
     )
     p.add_argument("action", choices=["apply", "status", "restart", "delete"])
-    p.add_argument("--file", help="connector JSON (default connectors/workflow-processes.json)")
+    p.add_argument(
+        "--file", help="connector JSON (default: the bundled connectors/workflow-processes.json)"
+    )
     p.add_argument(
         "--timeout",
         type=positive_seconds,
@@ -57,12 +59,12 @@ def add_parser(sub: Subparsers) -> None:
 
 def cmd_connector(args: argparse.Namespace) -> int:
     from replicator.local.connect import ConnectClient, mask_config
-    from replicator.local.stack import CONNECTOR_FILE, load_connector_file
+    from replicator.local.stack import load_connector_file
 
     settings = settings_from(args)
     if not settings.connect_url:
         raise ConfigurationError("connect_url is not set; set REPLICATOR_CONNECT_URL")
-    spec = load_connector_file(Path(args.file) if args.file else CONNECTOR_FILE)
+    spec = load_connector_file(Path(args.file) if args.file else None)
     client = ConnectClient(settings.connect_url)
     name = spec["name"]
     if args.snapshot_mode:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,8 +20,7 @@ from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.db.names import MAX_IDENTIFIER_BYTES, too_long
 from replicator.errors import ConfigurationError
 from replicator.mapping.columns import PLAN_COST, CostColumn
-
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+from replicator.resources import schemas_dir
 
 #: Source tables: the legacy table (only where it is missing: the application owns it) and
 #: Debezium's signal table (``replicator verify --repair`` writes snapshot signals there).
@@ -47,7 +45,7 @@ _INDEXES_OF = """
 def read_sql(name: str) -> str:
     """The text of ``schemas/<name>``."""
     try:
-        return (SCHEMAS_DIR / name).read_text()
+        return (schemas_dir() / name).read_text()
     except OSError as exc:
         raise ConfigurationError(f"cannot read the SQL file {name}: {exc}") from exc
 
@@ -226,6 +224,6 @@ def create_backfill_state(conn: psycopg.Connection[Any], tables: list[str]) -> N
         raise ConfigurationError(
             f"cannot create the backfill's state tables ({first_line(exc)}): run the backfill"
             " as the tables' owner (REPLICATOR_ADMIN_TARGET_DSN), or run"
-            f" {SCHEMAS_DIR / 'backfill_state.sql'} as the owner and grant SELECT, INSERT,"
+            f" {schemas_dir() / 'backfill_state.sql'} as the owner and grant SELECT, INSERT,"
             f" UPDATE, DELETE on {', '.join(tables)}"
         ) from exc

@@ -33,6 +33,7 @@ from replicator.local.postgres import LocalPostgres
 from replicator.local.processes import free_port, pid_alive, port_open, spawn, stop_pid, wait_for
 from replicator.local.worker import MARKER as CONNECT_MARKER
 from replicator.local.worker import rest_ready, start_worker
+from replicator.resources import connector_file
 
 DATABASE = "workflows"
 TARGET_DATABASE = "workflows_target"
@@ -42,7 +43,6 @@ TARGET_DATABASE = "workflows_target"
 DEBEZIUM_ROLE = "replicator_debezium"
 SERVICE_ROLE = "replicator_app"
 OWNER_ROLE = "postgres"
-CONNECTOR_FILE = Path(__file__).resolve().parents[2] / "connectors" / "workflow-processes.json"
 TOPIC_PARTITIONS = 4
 
 
@@ -341,7 +341,9 @@ def topic_name() -> str:
     return f"{load_connector_file()['config']['topic.prefix']}.public.workflow_processes"
 
 
-def load_connector_file(path: Path = CONNECTOR_FILE) -> dict:
+def load_connector_file(path: Path | None = None) -> dict:
+    """The connector config (default: the bundled ``connectors/workflow-processes.json``)."""
+    path = path or connector_file()
     try:
         spec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

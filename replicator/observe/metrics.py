@@ -16,6 +16,8 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from replicator.errors import ConfigurationError
 
@@ -35,8 +37,16 @@ class Tally:
 
 
 class Metrics:
+    def watch(self, health: Health) -> None:
+        """Expose ``health`` as ``replicator_unready{reason}`` (the latest one watched)."""
+        if self._health is None:
+            self._health = HealthCollector(health)
+            self.registry.register(self._health)
+        self._health.health = health
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._health: HealthCollector | None = None
         r = self.registry
         self.tally = Tally()
         self.events = Counter(
@@ -80,7 +90,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "replicator_consumer_lag",
-            "Messages behind the high watermark, by partition",
+            "Events not applied to the target yet (high watermark - applied), by partition",
             ["partition"],
             registry=r,
         )
@@ -119,16 +129,40 @@ class Health:
         self.last_progress = time.monotonic()
         self.target_ok = True
 
-    def problems(self) -> list[str]:
-        out = []
+    def problems(self) -> dict[str, str]:
+        """Why the replicator is not ready, by kind (``UNREADY_KINDS``); empty when ready."""
+        out = {}
         if not self.assigned:
-            out.append("no partitions assigned")
+            out["no_partitions"] = "no partitions assigned"
         if not self.target_ok:
-            out.append("target database unreachable")
+            out["target_unreachable"] = "target database unreachable"
         idle = time.monotonic() - self.last_progress
         if self.lag > 0 and idle > self.stall_after_s:
-            out.append(f"stalled: lag {self.lag} and no batch applied for {idle:.0f}s")
+            out["stalled"] = f"stalled: lag {self.lag} and no batch applied for {idle:.0f}s"
         return out
+
+
+#: The reasons ``/readyz`` can give, as the ``reason`` label of ``replicator_unready``.
+UNREADY_KINDS = ("no_partitions", "target_unreachable", "stalled")
+
+
+class HealthCollector(Collector):
+    """``replicator_unready{reason}``: 1 for each reason ``/readyz`` fails now (read at
+    scrape time, so an alert sees the same answer as the probe)."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "replicator_unready",
+            "1 for each reason /readyz fails: no_partitions, target_unreachable, stalled",
+            labels=["reason"],
+        )
+        problems = self.health.problems()
+        for kind in UNREADY_KINDS:
+            family.add_metric([kind], 1.0 if kind in problems else 0.0)
+        yield family
 
 
 def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> Callable[[], None]:
@@ -141,7 +175,7 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path == "/readyz":
-            problems = health.problems()
+            problems = list(health.problems().values())
             status = "503 Service Unavailable" if problems else "200 OK"
             start_response(status, [("Content-Type", "text/plain")])
             return [("\n".join(problems) or "ready").encode() + b"\n"]

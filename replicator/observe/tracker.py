@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.errors import ReplicatorError
@@ -23,6 +24,15 @@ SLOT_LAG = (
 )
 
 
+class Applied(Protocol):
+    """What the tracker reads of an applied batch."""
+
+    events: int
+    applied_at: float
+    source_ts_ms: list[int]
+    last_lsns: dict[int, int]
+
+
 class Tracker:
     """Accounts for applied batches and refreshes the gauges, at most every few seconds."""
 
@@ -35,37 +45,29 @@ class Tracker:
     ) -> None:
         self.settings = settings
         self.redriven = redriven  # dead letters re-driven, by outcome
+        metrics.watch(health)
         self.metrics = metrics
         self.health = health
         self._last_observed = 0.0
         self._last_progress = time.monotonic()
         self._progress_consumed = 0
 
-    def applied(
-        self,
-        events: int,
-        result: ApplyResult,
-        seconds: float,
-        *,
-        applied_at: float,
-        source_ts_ms: Iterable[int],
-        last_lsns: Mapping[int, int],
-    ) -> None:
-        """One batch of ``events`` committed at ``applied_at`` (wall clock)."""
+    def applied(self, batch: Applied, result: ApplyResult, seconds: float) -> None:
+        """One batch committed (``batch.applied_at``: wall clock), in ``seconds``."""
         m = self.metrics
         m.target_up.set(1)
         self.health.progressed()
         m.apply_seconds.observe(seconds)
-        m.batch_size.observe(events)
+        m.batch_size.observe(batch.events)
         m.rows.labels("upsert").inc(result.upserted)
         m.rows.labels("delete").inc(result.deleted)
         m.rows.labels("stale").inc(result.stale)
-        for ts in source_ts_ms:
-            m.end_to_end_seconds.observe(max(0.0, applied_at - ts / 1000))
-        if last_lsns:
-            m.last_lsn.set(max(last_lsns.values()))
+        for ts in batch.source_ts_ms:
+            m.end_to_end_seconds.observe(max(0.0, batch.applied_at - ts / 1000))
+        if batch.last_lsns:
+            m.last_lsn.set(max(batch.last_lsns.values()))
         t = m.tally
-        t.consumed += events
+        t.consumed += batch.events
         t.applied += result.upserted
         t.deleted += result.deleted
         t.stale += result.stale

@@ -93,6 +93,7 @@ class Replicator:
         self.source: KafkaSource | None = None
         self._worker: ApplyWorker[Batch, ApplyResult] | None = None
         self._assigned: set[int] = set()
+        self._applied: dict[int, int | None] = {}  # next offset in the target, by partition
         self._unpositioned: set[int] = set()
         self._batch = Batch(self.settings.topic)
         self._last_message = time.monotonic()
@@ -156,7 +157,7 @@ class Replicator:
                     self._unavailable(exc, backoff)
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
                 self.tracker.progress(self._assigned)
-                self.tracker.observe(lambda: source.lag(self._assigned), self.control.ping)
+                self.tracker.observe(lambda: source.lag(self._applied), self.control.ping)
                 if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
                     exit_code = 0 if self._assigned else 1
                     break
@@ -310,14 +311,8 @@ class Replicator:
             raise error
 
     def _account(self, batch: Batch, result: ApplyResult, seconds: float) -> None:
-        self.tracker.applied(
-            batch.events,
-            result,
-            seconds,
-            applied_at=batch.applied_at,
-            source_ts_ms=batch.source_ts_ms,
-            last_lsns=batch.last_lsns,
-        )
+        self.tracker.applied(batch, result, seconds)
+        self._applied.update(batch.next_offsets)
         if self.source is not None:
             self.source.commit(batch.next_offsets)  # informational only (invariant 1)
 
@@ -341,6 +336,7 @@ class Replicator:
             self._unpositioned |= set(partitions)
             return None
         starts = {p: stored[p].next_offset if p in stored else None for p in partitions}
+        self._applied.update(starts)
         log.info("partitions assigned", extra={"positions": starts})
         return starts
 
@@ -361,6 +357,7 @@ class Replicator:
         log.warning("partitions lost", extra={"partitions": sorted(partitions)})
 
     def _forget(self, partitions: list[int]) -> None:
+        self._applied = {p: o for p, o in self._applied.items() if p not in partitions}
         self._assigned -= set(partitions)
         self._unpositioned -= set(partitions)
         self.tracker.assigned(self._assigned)
@@ -382,7 +379,8 @@ class Replicator:
         assert self.source is not None
         todo = sorted(self._unpositioned & self._assigned)
         for p in todo:
-            self.source.seek(p, stored[p].next_offset if p in stored else None)
+            self._applied[p] = stored[p].next_offset if p in stored else None
+            self.source.seek(p, self._applied[p])
         self.source.resume(todo)
         self._unpositioned.clear()
         self.tracker.target_back()

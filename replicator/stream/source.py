@@ -179,17 +179,18 @@ class KafkaSource:
         except KafkaException as exc:
             log.debug("kafka commit failed", extra={"error": str(exc)})
 
-    def lag(self, partitions: Iterable[int]) -> dict[int, int]:
-        """Messages between the read position and the high watermark, per partition."""
+    def lag(self, applied: Mapping[int, int | None]) -> dict[int, int]:
+        """Messages not applied yet, per partition: the high watermark minus ``applied``
+        (the next offset whose event is not in the target; None: nothing applied yet).
+        What was read but not applied (a batch in flight, or abandoned) counts."""
         out = {}
-        for p in sorted(partitions):
+        for p, next_offset in sorted(applied.items()):
             tp = TopicPartition(self.topic, p)
             try:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=False)
-                (position,) = self._consumer.position([tp])
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=False)
             except KafkaException:
                 continue
-            out[p] = max(0, high - position.offset) if position.offset >= 0 else high
+            out[p] = max(0, high - (low if next_offset is None else next_offset))
         return out
 
     def close(self) -> None:

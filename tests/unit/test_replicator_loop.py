@@ -113,8 +113,8 @@ class ScriptedSource:
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         self.log.append(("commit", dict(next_offsets)))
 
-    def lag(self, partitions: Any) -> dict[int, int]:
-        return {0: len(self.messages) - self.position}
+    def lag(self, applied: Mapping[int, int | None]) -> dict[int, int]:
+        return {p: len(self.messages) - (o or 0) for p, o in applied.items()}
 
     def close(self) -> None:
         self.log.append(("close", None))
