@@ -8,10 +8,12 @@
      |    +-- TargetUnavailable  the target database cannot be reached / went away
      |    +-- BrokerUnavailable  Kafka cannot be reached
      |    +-- PositionsFenced    another writer moved the stored positions: re-read them
+     |    +-- PositionOutOfRange the log does not hold a partition's position: re-check it
      +-- TerminalError           retrying will not help
      |    +-- EventError         one event cannot be used: it goes to the dead-letter topic
      |    |    +-- DecodeError   the bytes are not a Debezium change event we understand
      |    |    +-- MappingError  the legacy row cannot become a valid ``workflow_runs`` row
+     |    +-- PositionGap       events were removed before they were applied: repair, then accept
      |    +-- StackError         a part of the local stack did not come up (names part and log)
      |    +-- ConnectError       Kafka Connect's REST API refused a call
 
@@ -48,6 +50,12 @@ class PositionsFenced(TransientError):
     partition now).  The batch is rolled back; re-position from the stored positions."""
 
 
+class PositionOutOfRange(TransientError):
+    """The broker does not hold the offset a partition was positioned at (the topic was
+    re-created, or retention removed it).  Re-position from the stored positions, which
+    are checked against the topic as it is now (stream/origin.py)."""
+
+
 class TerminalError(ReplicatorError):
     """Retrying the same operation will fail the same way."""
 
@@ -73,6 +81,11 @@ class MappingError(EventError):
     """The legacy row cannot be mapped to a valid ``workflow_runs`` row."""
 
     reason = "mapping_error"
+
+
+class PositionGap(TerminalError):
+    """A stored position lies below the oldest offset the broker still holds: the events
+    between were removed (retention) before they were applied and cannot be re-read."""
 
 
 class StackError(TerminalError):

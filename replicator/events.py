@@ -86,12 +86,14 @@ class RowChange:
 
 @dataclass(frozen=True, slots=True)
 class PartitionPosition:
-    """Where to resume a partition: ``next_offset`` is the offset of the NEXT message."""
+    """Where to resume a partition: ``next_offset`` is the offset of the NEXT message, in
+    the topic whose Kafka id is ``topic_id`` (None: not known)."""
 
     topic: str
     partition: int
     next_offset: int
     last_lsn: int | None
+    topic_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

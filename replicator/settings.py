@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="serve /metrics, /healthz, /readyz here (off if unset)"
     )
     metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint binds")
+    accept_gap: bool = Field(
+        False,
+        description="start a partition whose stored position the broker no longer holds at"
+        " the oldest offset it holds (after repairing the target with verify --repair)",
+    )
     stall_after_s: float = Field(
         120.0, gt=0, description="/readyz fails after this long without progress while lagging"
     )

@@ -3,15 +3,19 @@
 -- {offsets}: the next Kafka offset to read for every partition whose events were
 -- applied to {table}.  Written in the SAME transaction as the rows those events
 -- produced, so the stored position and the table's content never disagree.
+-- topic_id: the Kafka id of the topic the offset belongs to; a re-created topic has
+-- another id, and a position stored for the old one is not used (stream/origin.py).
 CREATE TABLE IF NOT EXISTS {offsets} (
     target_table TEXT NOT NULL,
     topic TEXT NOT NULL,
     kafka_partition INTEGER NOT NULL,
     next_offset BIGINT NOT NULL,
     last_lsn BIGINT,
+    topic_id TEXT,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (target_table, topic, kafka_partition)
 );
+ALTER TABLE {offsets} ADD COLUMN IF NOT EXISTS topic_id TEXT;
 
 -- {versions}: the source LSN of the newest change applied for every run_id, and
 -- whether that change was a delete.  An event whose LSN is older than the stored

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, unit tests, and integration tests against the real
-# local stack (started and stopped by the test fixtures on free ports).
+# local stack (started and stopped by the test fixtures on free ports), measured for
+# line and branch coverage of replicator/, including the replicator processes the
+# tests start (pyproject.toml, [tool.coverage.run]).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check replicator tests
-.venv/bin/python -m pytest "$@"
+rm -f .coverage .coverage.*
+log=$(mktemp)
+set +e
+.venv/bin/coverage run -m pytest "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+.venv/bin/coverage combine -q || true
+.venv/bin/coverage report --sort=cover || true
+echo "pytest: $(tail -n 1 "$log")"
+rm -f "$log"
+exit "$status"

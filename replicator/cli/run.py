@@ -50,6 +50,13 @@ def add_parser(sub: Subparsers) -> None:
         "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
     )
     p.add_argument(
+        "--accept-gap",
+        action="store_true",
+        default=None,
+        help="start a partition whose stored position the broker no longer holds (removed"
+        " by retention) at the oldest offset it holds; run `verify --repair` first",
+    )
+    p.add_argument(
         "--exit-when-idle",
         type=positive_seconds,
         metavar="SECONDS",
@@ -73,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_max_ms=args.batch_max_ms,
         log_format=args.log_format,
         metrics_port=args.metrics_port,
+        accept_gap=args.accept_gap,
     )
     logs.configure(settings.log_format, settings.log_level)
     dsn, table = settings.target_dsn.get_secret_value(), settings.target_table

@@ -107,7 +107,7 @@ def ensure_target(
     names = [name for _, name in objects]
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ensure_schema'))")
     before = {r[0] for r in conn.execute(_EXISTING, [names])}
-    if not before >= set(names):
+    if not before >= set(names) or not _has_column(conn, offsets_table, "topic_id"):
         templates = [
             ("users.sql", {}),
             ("workflow_runs.sql", {"table": table, "index_prefix": f"idx_{table}"}),
@@ -127,6 +127,18 @@ def ensure_target(
         f"{kind} {name} already present" if name in before else f"created {kind} {name}"
         for kind, name in objects
     ]
+
+
+def _has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
+    """``table`` has ``column`` (a table created by an older version may lack it)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = %s AND NOT attisdropped",
+            [sql.Identifier(table).as_string(None), column],
+        ).fetchone()
+        is not None
+    )
 
 
 def cost_column(conn: psycopg.Connection[Any], table: str) -> CostColumn:

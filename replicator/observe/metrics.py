@@ -67,6 +67,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.positions_reset = Counter(
+            "replicator_positions_reset",
+            "Stored positions set aside because the topic no longer holds them, by kind"
+            " (topic_recreated, beyond_end, gap_accepted)",
+            ["kind"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "replicator_batch_events",
             "Events per applied batch",

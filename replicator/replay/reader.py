@@ -30,8 +30,10 @@ class ReplaySource(KafkaSource):
         ends: Mapping[int, PartitionEnd],
         on_caught_up: Callable[[], None],
         progress: Progress,
+        bootstrap: str = "",
+        extra: Mapping[str, Any] = {},
     ) -> None:
-        super().__init__(consumer, topic)
+        super().__init__(consumer, topic, bootstrap, extra)
         self._ends = ends
         self._on_caught_up = on_caught_up
         self._progress = progress
@@ -47,7 +49,15 @@ class ReplaySource(KafkaSource):
         progress: Progress,
     ) -> ReplaySource:
         config = client_config("reader", settings.kafka_bootstrap, settings.kafka_config)
-        return cls(Consumer(config), settings.topic, ends, on_caught_up, progress)
+        return cls(
+            Consumer(config),
+            settings.topic,
+            ends,
+            on_caught_up,
+            progress,
+            settings.kafka_bootstrap,
+            settings.kafka_config,
+        )
 
     def subscribe(self, on_assign: OnAssign, on_revoke: OnLoss, on_lost: OnLoss) -> None:
         partitions = [TopicPartition(self.topic, p) for p in sorted(self._ends)]

@@ -22,6 +22,7 @@ class Batch:
     """Row changes waiting to be applied, and the positions they take the partitions to."""
 
     topic: str = ""
+    topic_id: str | None = None  # the Kafka id of the topic its positions belong to
     changes: list[RowChange] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)  # the message of each change
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -55,7 +56,7 @@ class Batch:
     def positions(self) -> list[PartitionPosition]:
         """Where each partition resumes once this batch is applied."""
         return [
-            PartitionPosition(self.topic, p, off, self.last_lsns.get(p))
+            PartitionPosition(self.topic, p, off, self.last_lsns.get(p), self.topic_id)
             for p, off in self.next_offsets.items()
         ]
 

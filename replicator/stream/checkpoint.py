@@ -1,7 +1,8 @@
 """The positions table (``replicator_offsets``): the only code that reads or writes it.
 
 A row per ``(target_table, topic, kafka_partition)`` holds ``next_offset``, the offset of
-the NEXT message to read, and the source LSN of the last event below it.
+the NEXT message to read, the source LSN of the last event below it, and the Kafka id of
+the topic that offset belongs to (stream/origin.py checks it before it is used).
 
 Invariants:
 
@@ -74,26 +75,30 @@ class Checkpoint:
         q = sql.SQL
         statements = {
             "load": q(
-                "SELECT kafka_partition, next_offset, last_lsn FROM {o}"
+                "SELECT kafka_partition, next_offset, last_lsn, topic_id FROM {o}"
                 " WHERE target_table = %s AND topic = %s ORDER BY kafka_partition"
             ),
             "store": q(
-                "INSERT INTO {o} AS o (target_table, topic, kafka_partition, next_offset, last_lsn)"
-                " SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[])"
+                "INSERT INTO {o} AS o (target_table, topic, kafka_partition, next_offset, last_lsn,"
+                " topic_id) SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[],"
+                " %s::bigint[], %s::text[])"
                 " ON CONFLICT (target_table, topic, kafka_partition) DO UPDATE"
-                " SET next_offset = EXCLUDED.next_offset,"
+                " SET next_offset = EXCLUDED.next_offset, topic_id = EXCLUDED.topic_id,"
                 " last_lsn = COALESCE(EXCLUDED.last_lsn, o.last_lsn), updated_at = now()"
             ),
             # compare-and-set: a row moves only from the expected offset (NULL: only when absent)
             "store_fenced": q(
                 "WITH want AS (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[],"
-                " %s::bigint[], %s::bigint[]) AS w(topic, part, next_offset, last_lsn, expected)),"
+                " %s::bigint[], %s::text[], %s::bigint[])"
+                " AS w(topic, part, next_offset, last_lsn, topic_id, expected)),"
                 " moved AS (UPDATE {o} AS o SET next_offset = w.next_offset,"
+                " topic_id = w.topic_id,"
                 " last_lsn = COALESCE(w.last_lsn, o.last_lsn), updated_at = now() FROM want w"
                 " WHERE o.target_table = %s AND o.topic = w.topic AND o.kafka_partition = w.part"
                 " AND o.next_offset = w.expected RETURNING 1),"
                 " added AS (INSERT INTO {o} (target_table, topic, kafka_partition, next_offset,"
-                " last_lsn) SELECT %s, w.topic, w.part, w.next_offset, w.last_lsn FROM want w"
+                " last_lsn, topic_id) SELECT %s, w.topic, w.part, w.next_offset, w.last_lsn,"
+                " w.topic_id FROM want w"
                 " WHERE w.expected IS NULL ON CONFLICT DO NOTHING RETURNING 1)"
                 " SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)"
             ),
@@ -113,7 +118,7 @@ class Checkpoint:
     def load(self, conn: psycopg.Connection[Any], topic: str) -> dict[int, PartitionPosition]:
         """The stored positions of ``topic``, by partition (the fence learns them)."""
         rows = conn.execute(self._sql["load"], [self.target_table, topic]).fetchall()
-        positions = {p: PartitionPosition(topic, p, offset, lsn) for p, offset, lsn in rows}
+        positions = {p: PartitionPosition(topic, p, *rest) for p, *rest in rows}
         if self.fence is not None:
             self.fence.loaded(topic, positions)
         return positions
@@ -132,6 +137,7 @@ class Checkpoint:
             [p.partition for p in rows],
             [p.next_offset for p in rows],
             [p.last_lsn for p in rows],
+            [p.topic_id for p in rows],
         ]
         if self.fence is None:
             conn.execute(self._sql["store"], [self.target_table, *values])

@@ -41,6 +41,7 @@ from replicator.stream.batch import Batch
 from replicator.stream.checkpoint import PositionFence
 from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
 from replicator.stream.decode import Decoder, decoder_for
+from replicator.stream.positioning import Positioning
 from replicator.stream.sink import PostgresSink
 from replicator.stream.source import KafkaSource
 from replicator.stream.transform import to_row_change
@@ -97,6 +98,7 @@ class Replicator:
         self._unpositioned: set[int] = set()
         self._batch = Batch(self.settings.topic)
         self._last_message = time.monotonic()
+        self.positioning = Positioning(settings, self.control, self.metrics)
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class Replicator:
         """One turn: re-position what waits, poll, hand a due batch over, collect."""
         if self._unpositioned:
             self._reposition()
+        self.positioning.watch(source)
         busy = self._batch.events or (self._worker is not None and not self._worker.idle)
         messages = source.poll(0.05 if busy else 0.5)
         if messages:
@@ -257,6 +260,7 @@ class Replicator:
             self._drain()  # everything before the truncate first
             batch = self._batch
             batch.advance(partition, offset, event.lsn)
+            batch.topic_id = self.positioning.topic_id
             self.sink.truncate(batch.positions())
             log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
             self._batch = Batch(self.settings.topic)
@@ -286,6 +290,7 @@ class Replicator:
         if not batch.events:
             return
         self._batch = Batch(self.settings.topic)
+        batch.topic_id = self.positioning.topic_id
         assert self._worker is not None
         self._worker.submit(batch)
 
@@ -327,15 +332,11 @@ class Replicator:
         self._assigned |= set(partitions)
         self.tracker.assigned(self._assigned)
         try:
-            stored = self.control.load_positions(self.settings.topic)
+            starts = self.positioning.starts(self.source, partitions)
         except TransientError as exc:
-            log.warning(
-                "target unavailable at assignment; partitions wait paused",
-                extra={"error": str(exc)},
-            )
+            log.warning("cannot position at assignment; waiting paused", extra={"error": str(exc)})
             self._unpositioned |= set(partitions)
             return None
-        starts = {p: stored[p].next_offset if p in stored else None for p in partitions}
         self._applied.update(starts)
         log.info("partitions assigned", extra={"positions": starts})
         return starts
@@ -374,13 +375,13 @@ class Replicator:
             self._unpositioned |= self._assigned
 
     def _reposition(self) -> None:
-        """Seek the waiting partitions to their stored positions and resume them."""
-        stored = self.control.load_positions(self.settings.topic)
+        """Seek the waiting partitions to their (checked) stored positions; resume them."""
         assert self.source is not None
         todo = sorted(self._unpositioned & self._assigned)
+        starts = self.positioning.starts(self.source, todo)
+        self._applied.update(starts)
         for p in todo:
-            self._applied[p] = stored[p].next_offset if p in stored else None
-            self.source.seek(p, self._applied[p])
+            self.source.seek(p, starts[p])
         self.source.resume(todo)
         self._unpositioned.clear()
         self.tracker.target_back()

@@ -19,12 +19,15 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    TopicCollection,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
-from replicator.errors import BrokerUnavailable
+from replicator.errors import BrokerUnavailable, PositionOutOfRange
 from replicator.observe.logs import kafka_logger
 from replicator.settings import Settings
+from replicator.stream.origin import TopicView
 
 log = logging.getLogger("replicator.consumer")
 
@@ -84,11 +87,19 @@ OnLoss = Callable[[list[int]], None]
 
 
 class KafkaSource:
-    """One topic's partitions, read through a confluent-kafka consumer."""
+    """One topic's partitions, read through a confluent-kafka consumer.
 
-    def __init__(self, consumer: Any, topic: str) -> None:
+    The consumer never resets a position by itself (``auto.offset.reset=error``): a
+    position the log does not hold raises :class:`PositionOutOfRange`, and the loop
+    decides from :meth:`describe` (stream/origin.py)."""
+
+    def __init__(
+        self, consumer: Any, topic: str, bootstrap: str = "", extra: Mapping[str, Any] = {}
+    ) -> None:
         self._consumer = consumer
         self.topic = topic
+        self._bootstrap = bootstrap
+        self._extra = dict(extra)
 
     @classmethod
     def group_member(cls, settings: Settings) -> KafkaSource:
@@ -100,12 +111,14 @@ class KafkaSource:
             settings.kafka_config,
             **{
                 "group.id": settings.group_id,
-                "auto.offset.reset": "earliest",
+                "auto.offset.reset": "error",
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(500, session_ms // 5),
             },
         )
-        return cls(Consumer(config), settings.topic)
+        return cls(
+            Consumer(config), settings.topic, settings.kafka_bootstrap, settings.kafka_config
+        )
 
     def subscribe(self, on_assign: OnAssign, on_revoke: OnLoss, on_lost: OnLoss) -> None:
         """Join the group; the callbacks run inside :meth:`poll`."""
@@ -151,11 +164,34 @@ class KafkaSource:
                 out.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                raise PositionOutOfRange(f"partition {msg.partition()}: {err.str()}")
             elif err.fatal():
                 raise BrokerUnavailable(f"consumer error: {err.str()}")
             else:
                 log.warning("consumer: %s", err.str(), extra={"code": err.name()})
         return out
+
+    def describe(self, timeout: float = 15.0) -> TopicView:
+        """The topic's id and the exact ends of its partitions, now."""
+        from replicator.stream.ends import probe_ends
+
+        return TopicView(
+            self.topic_id(timeout), probe_ends(self._bootstrap, self.topic, self._extra, timeout)
+        )
+
+    def topic_id(self, timeout: float = 15.0) -> str | None:
+        """The topic's Kafka id (a re-created topic gets a new one); None when the broker
+        does not tell (or the topic does not exist yet)."""
+        admin = AdminClient(client_config("admin", self._bootstrap, self._extra))
+        future = admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout)
+        try:
+            uuid_ = str(future[self.topic].result(timeout).topic_id or "")
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise BrokerUnavailable(f"cannot describe {self.topic}: {exc}") from exc
+        return None if not uuid_ or set(uuid_) <= {"A", "="} else uuid_
 
     def seek(self, partition: int, offset: int | None) -> None:
         """Read ``partition`` from ``offset`` next (None: from its beginning)."""

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from replicator.errors import EventError, TargetUnavailable
+from replicator.errors import EventError, PositionGap, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.settings import Settings
+from replicator.stream.ends import PartitionEnd
+from replicator.stream.origin import TopicView
 from replicator.stream.replicator import Replicator
 
 TOPIC = "legacy.public.workflow_processes"
@@ -78,6 +80,14 @@ class ScriptedSource:
         self.log: list[tuple[str, Any]] = []
         self.on_poll: Callable[[ScriptedSource], None] | None = None
         self.callbacks: tuple[Any, Any, Any] | None = None
+        self.uuid: str | None = "topic-A"  # the topic's Kafka id
+        self.low = 0  # the oldest offset still held
+
+    def topic_id(self) -> str | None:
+        return self.uuid
+
+    def describe(self) -> TopicView:
+        return TopicView(self.uuid, {0: PartitionEnd(0, self.low, len(self.messages))})
 
     def subscribe(self, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.callbacks = (on_assign, on_revoke, on_lost)
@@ -128,6 +138,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.rows: dict[str, RowChange] = {}
         self.positions: dict[int, int] = {}
+        self.topic_ids: dict[int, str | None] = {}
         self.applies: list[tuple[list[str], list[PartitionPosition]]] = []
         self.outages = 0  # applies that fail
         self.load_outages = 0  # position reads that fail
@@ -143,7 +154,10 @@ class RecordingSink:
         if self.load_outages:
             self.load_outages -= 1
             raise TargetUnavailable("down")
-        return {p: PartitionPosition(topic, p, off, None) for p, off in self.positions.items()}
+        return {
+            p: PartitionPosition(topic, p, off, None, self.topic_ids.get(p))
+            for p, off in self.positions.items()
+        }
 
     def apply(self, changes: list[RowChange], positions: list[PartitionPosition]) -> ApplyResult:
         if self.outages:
@@ -157,6 +171,7 @@ class RecordingSink:
             self.rows[change.run_id] = change
         for p in positions:
             self.positions[p.partition] = p.next_offset
+            self.topic_ids[p.partition] = p.topic_id
         return ApplyResult(len(changes), 0, 0, ())
 
     def ping(self) -> None:
@@ -212,6 +227,85 @@ def replicate(
     )
     assert replicator.run(exit_when_idle_s=0.3) == 0
     return replicator
+
+
+def test_positions_carry_the_id_of_the_topic_they_belong_to() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)])
+    sink = RecordingSink()
+    replicate(source, sink)
+    assert sink.topic_ids == {0: "topic-A"}
+    assert all(p.topic_id == "topic-A" for _, positions in sink.applies for p in positions)
+
+
+def test_a_position_stored_for_a_re_created_topic_is_set_aside_and_the_log_read_again() -> None:
+    # the broker restarted empty; the new log already holds more than the old position
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(6)])
+    sink = RecordingSink()
+    sink.positions, sink.topic_ids = {0: 4}, {0: "topic-old"}
+    replicator = replicate(source, sink)
+    assert source.log[0] == ("assigned", {0: None})  # from the beginning, not from 4
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(6)]
+    assert sink.positions == {0: 6} and sink.topic_ids == {0: "topic-A"}
+    reset = replicator.metrics.positions_reset.labels("topic_recreated")._value.get()
+    assert reset == 1
+
+
+def test_a_position_beyond_the_end_is_never_used_even_without_a_topic_id() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(3)])
+    source.uuid = None  # a broker that does not tell topic ids
+    sink = RecordingSink()
+    sink.positions = {0: 9}  # stored by a version that did not record ids
+    replicator = replicate(source, sink)
+    assert source.log[0] == ("assigned", {0: None})
+    assert sorted(sink.rows) == ["wp-0", "wp-1", "wp-2"]
+    assert replicator.metrics.positions_reset.labels("beyond_end")._value.get() == 1
+
+
+def test_a_topic_re_created_under_a_running_consumer_is_read_again_from_its_start() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)])
+    sink = RecordingSink()
+    fresh = [Message(n, f"wp-new-{n}") for n in range(6)]
+
+    def recreate(src: ScriptedSource) -> None:
+        if src.position == 4 and src.uuid == "topic-A":
+            src.uuid, src.messages = "topic-B", fresh  # same offsets, other events
+            src.position = 4  # where the old consumer's fetch position stood
+
+    source.on_poll = recreate
+    values = {"target_dsn": "postgresql://app@db.invalid/t", "kafka_bootstrap": "k.invalid:9092"}
+    replicator = Replicator(
+        Settings(**values, retry_backoff_max_s=0.1, batch_max_rows=3),
+        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
+        sink=sink,  # type: ignore[arg-type]
+        control=sink,  # type: ignore[arg-type]
+        dead_letters=RecordingDeadLetters(),  # type: ignore[arg-type]
+    )
+    replicator.positioning.watch_every_s = 0.05
+    assert replicator.run(exit_when_idle_s=0.5) == 0
+    assert ("seek", None) in source.log
+    assert {f"wp-new-{n}" for n in range(6)} <= set(sink.rows)  # none of 0..3 skipped
+    assert sink.positions == {0: 6} and sink.topic_ids == {0: "topic-B"}
+
+
+def test_a_position_below_the_oldest_held_offset_stops_the_replicator() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(8)])
+    source.low = 5  # retention removed offsets 0..4
+    sink = RecordingSink()
+    sink.positions, sink.topic_ids = {0: 2}, {0: "topic-A"}
+    with pytest.raises(PositionGap, match=r"offsets 2\.\.4 are gone.*verify --repair"):
+        replicate(source, sink)
+    assert sink.applies == []  # nothing past the gap was applied
+
+
+def test_an_accepted_gap_starts_at_the_oldest_held_offset() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(8)])
+    source.low = 5
+    sink = RecordingSink()
+    sink.positions, sink.topic_ids = {0: 2}, {0: "topic-A"}
+    replicator = replicate(source, sink, accept_gap=True)
+    assert source.log[0] == ("assigned", {0: 5})
+    assert sorted(sink.rows) == ["wp-5", "wp-6", "wp-7"]
+    assert replicator.metrics.positions_reset.labels("gap_accepted")._value.get() == 1
 
 
 def test_positions_are_stored_only_with_the_rows_they_produced() -> None:
@@ -287,7 +381,7 @@ def test_a_rejected_row_is_isolated_and_dead_lettered_and_the_rest_applied() -> 
     assert dead.confirmed == 1
     assert sorted(sink.rows) == ["wp-0", "wp-1", "wp-3"]
     # the positions are stored last, alone, once the dead letter is confirmed
-    assert sink.applies[-1] == ([], [PartitionPosition(TOPIC, 0, 4, 1003)])
+    assert sink.applies[-1] == ([], [PartitionPosition(TOPIC, 0, 4, 1003, "topic-A")])
 
 
 @pytest.mark.parametrize("value", [b"not json", b'{"op": "x"}'])

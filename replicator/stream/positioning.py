@@ -1,0 +1,66 @@
+"""Where each partition of the running consumer starts, and noticing that the topic under
+it was re-created: the stored positions, checked by :mod:`replicator.stream.origin`
+against the topic as the broker shows it now."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from replicator.errors import PositionOutOfRange
+from replicator.events import PartitionPosition
+from replicator.observe.metrics import Metrics
+from replicator.settings import Settings
+from replicator.stream import origin
+
+
+class Described(Protocol):
+    def describe(self) -> origin.TopicView: ...
+    def topic_id(self) -> str | None: ...
+
+
+class Stored(Protocol):
+    def load_positions(self, topic: str) -> dict[int, PartitionPosition]: ...
+
+
+log = logging.getLogger("replicator.consumer")
+
+
+class Positioning:
+    """The starts of one consumer's partitions, and the id of the topic they are in."""
+
+    def __init__(self, settings: Settings, stored: Stored, metrics: Metrics) -> None:
+        self.topic = settings.topic
+        self._stored = stored
+        self._metrics = metrics
+        self._accept_gap = settings.accept_gap
+        self.topic_id: str | None = None  # of the topic the partitions were positioned in
+        self.watch_every_s = 10.0
+        self._checked = time.monotonic()
+
+    def starts(self, source: Described | None, partitions: Iterable[int]) -> dict[int, int | None]:
+        """Their stored positions, checked against the topic now: a re-created topic is
+        read from its start, a gap raises ``PositionGap``.  Raises ``TransientError``
+        while the target or the broker is away."""
+        assert source is not None
+        stored = self._stored.load_positions(self.topic)
+        view = source.describe()
+        self.topic_id = view.topic_id
+        found = origin.starts(partitions, stored, view, accept_gap=self._accept_gap)
+        for p, (kind, why) in found.reset.items():
+            self._metrics.positions_reset.labels(kind).inc()
+            log.warning("stored position set aside", extra={"partition": p, "reason": why})
+        return found.offsets
+
+    def watch(self, source: Described) -> None:
+        """Raise ``PositionOutOfRange`` when the topic was re-created under the running
+        consumer (checked at most every ``watch_every_s``): every partition re-positions."""
+        now = time.monotonic()
+        if now - self._checked < self.watch_every_s or self.topic_id is None:
+            return
+        self._checked = now
+        current = source.topic_id()
+        if current is not None and current != self.topic_id:
+            raise PositionOutOfRange(f"topic id changed from {self.topic_id} to {current}")
