@@ -393,8 +393,8 @@ def latency(
 class TimedSource(KafkaSource):
     """``replicator run``'s source as is, noting ``now - record timestamp`` of what it hands out."""
 
-    def __init__(self, consumer: Consumer, topic: str) -> None:
-        super().__init__(consumer, topic)
+    def __init__(self, consumer: Consumer, topic: str, *args: Any) -> None:
+        super().__init__(consumer, topic, *args)
         self.delivered: list[float] = []
 
     def poll(self, timeout: float) -> list[Any]:
