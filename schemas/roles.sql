@@ -23,20 +23,27 @@ $$;
 -- publication.autocreate.mode=disabled and only uses it (in `filtered` mode it would
 -- ALTER PUBLICATION ... SET TABLE at every start, which needs ownership).
 -- The signal table (verify --repair's incremental snapshots) must be in the publication:
--- Debezium reads signals, and its own snapshot window markers, from the stream.
+-- Debezium reads signals, and its own snapshot window markers, from the stream.  So must
+-- the heartbeat table: its updates keep the slot moving while the legacy table is quiet.
 GRANT USAGE ON SCHEMA public TO replicator_debezium;
 GRANT SELECT ON workflow_processes TO replicator_debezium;
 GRANT SELECT, INSERT ON debezium_signal TO replicator_debezium;
+GRANT SELECT, INSERT, UPDATE ON debezium_heartbeat TO replicator_debezium;
 DO $$
+DECLARE
+    missing TEXT;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'replicator_workflow_processes') THEN
         CREATE PUBLICATION replicator_workflow_processes
-            FOR TABLE workflow_processes, debezium_signal;
-    ELSIF NOT EXISTS (SELECT FROM pg_publication_tables
-                      WHERE pubname = 'replicator_workflow_processes'
-                        AND tablename = 'debezium_signal') THEN
-        ALTER PUBLICATION replicator_workflow_processes ADD TABLE debezium_signal;
+            FOR TABLE workflow_processes, debezium_signal, debezium_heartbeat;
     END IF;
+    FOR missing IN
+        SELECT t FROM unnest(ARRAY['debezium_signal', 'debezium_heartbeat']) AS t
+        WHERE NOT EXISTS (SELECT FROM pg_publication_tables
+                          WHERE pubname = 'replicator_workflow_processes' AND tablename = t)
+    LOOP
+        EXECUTE format('ALTER PUBLICATION replicator_workflow_processes ADD TABLE %I', missing);
+    END LOOP;
 END
 $$;
 

@@ -27,6 +27,7 @@ from replicator.resources import schemas_dir
 SOURCE_TABLES = (
     ("workflow_processes", "workflow_processes.sql"),
     ("debezium_signal", "debezium_signal.sql"),
+    ("debezium_heartbeat", "debezium_heartbeat.sql"),
 )
 #: The dead letters ``replicator dlq redrive`` applied, per target table.
 REDRIVEN_TABLE = "replicator_redriven"

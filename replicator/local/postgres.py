@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,7 +70,14 @@ class LocalPostgres:
             return self.postmaster_pid()
         self.log(f"postgresql: starting on port {self.port}")
         options = " ".join([f"-p {self.port}", f"-k {self.socket_dir}", *SETTINGS])
-        res = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), "-o", options)
+        # after a crash of the postmaster alone, its backends exit on their own within
+        # seconds; until then they hold the shared memory and a new postmaster refuses
+        deadline = time.monotonic() + 30
+        while True:
+            res = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), "-o", options)
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         if res.returncode != 0 or not wait_for(self.ready, 30):
             raise StackError(
                 f"postgresql did not start (port {self.port}): "

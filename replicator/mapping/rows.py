@@ -23,7 +23,8 @@ A source value equal to Debezium's :data:`~replicator.events.UNAVAILABLE` placeh
 the unavailable columns :func:`map_to_tuple` returns, and the sink leaves it untouched.
 
 Every invalid input raises :class:`~replicator.errors.MappingError` (reason
-``mapping_error``) whose message names the column, the row id and the problem.
+``mapping_error``, or ``schema_mismatch`` for a column the row lacks) whose message
+names the column, the row id and the problem.
 """
 
 from __future__ import annotations
@@ -228,9 +229,20 @@ _TEMPLATE: tuple[Any, ...] = tuple(NEW_COLUMN_DEFAULTS.get(name) for name in TAR
 _NO_COLUMNS: frozenset[str] = frozenset()
 
 
-def _fail(column: str, row_id: Any, problem: str) -> MappingError:
+def _fail(column: str, row_id: Any, problem: str, reason: str = "mapping_error") -> MappingError:
     where = "" if row_id is _MISSING else f" (row id {_show(row_id)})"
-    return MappingError(f"{SOURCE_TABLE}.{column}{where}: {problem}", reason="mapping_error")
+    return MappingError(f"{SOURCE_TABLE}.{column}{where}: {problem}", reason=reason)
+
+
+def _missing(column: str, row_id: Any) -> MappingError:
+    """A column the mapping reads is absent from the row: dropped or renamed in the source.
+    Never mapped as NULL (that would erase the target's value): dead-lettered."""
+    return _fail(
+        column,
+        row_id,
+        "column is missing from the row (dropped or renamed in the source?)",
+        reason="schema_mismatch",
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -254,7 +266,7 @@ def _convert(row: Mapping[str, Any], plan: Plan) -> tuple[tuple[Any, ...], froze
         ) from None
     row_id = get("id", _MISSING)
     if row_id is _MISSING:
-        raise _fail("id", _MISSING, "column is missing from the row")
+        raise _missing("id", _MISSING)
     if row_id is None:
         raise _fail("id", _MISSING, "is NULL; the primary key is required")
     try:
@@ -275,7 +287,7 @@ def _convert(row: Mapping[str, Any], plan: Plan) -> tuple[tuple[Any, ...], froze
             out[index] = if_null
             continue
         if value is _MISSING:
-            raise _fail(column, row_id, "column is missing from the row")
+            raise _missing(column, row_id)
         try:
             value = convert(value)
         except _Problem as exc:

@@ -67,6 +67,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.unmapped_columns = Counter(
+            "replicator_unmapped_columns",
+            "Row images carrying a source column the mapping does not read, by column",
+            ["column"],
+            registry=r,
+        )
         self.positions_reset = Counter(
             "replicator_positions_reset",
             "Stored positions set aside because the topic no longer holds them, by kind"

@@ -8,15 +8,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.errors import ReplicatorError
 from replicator.events import ApplyResult
+from replicator.mapping.columns import SOURCE_COLUMNS
 from replicator.observe.metrics import Health, Metrics
 from replicator.settings import Settings
 
 log = logging.getLogger("replicator.consumer")
+_KNOWN = frozenset(SOURCE_COLUMNS)
 
 SLOT_LAG = (
     "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
@@ -49,6 +51,7 @@ class Tracker:
         self.metrics = metrics
         self.health = health
         self._last_observed = 0.0
+        self._unmapped: set[str] = set()
         self._last_progress = time.monotonic()
         self._progress_consumed = 0
 
@@ -78,6 +81,20 @@ class Tracker:
                 "resync it (replicator verify --repair)",
                 extra={"run_id": run_id},
             )
+
+    def columns(self, image: Mapping[str, Any] | None) -> None:
+        """Count the columns of a row image the mapping does not read (added to the
+        source after the mapping was written); each is logged once."""
+        if image is None or (len(image) == len(_KNOWN) and image.keys() <= _KNOWN):
+            return
+        for column in image.keys() - _KNOWN:
+            self.metrics.unmapped_columns.labels(column).inc()
+            if column not in self._unmapped:
+                self._unmapped.add(column)
+                log.warning(
+                    "the source has a column the mapping does not read; it is ignored",
+                    extra={"column": column},
+                )
 
     def skipped(self, kind: str) -> None:
         self.metrics.skipped.labels(kind).inc()

@@ -243,6 +243,7 @@ class Replicator:
             if event.op is Op.TRUNCATE:
                 self._truncate(event, partition, offset)
                 return
+            self.tracker.columns(event.after)
             change = to_row_change(event, self.cost)
         except EventError as exc:
             self.dead_letters.send(msg, exc.reason, str(exc))

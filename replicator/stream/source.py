@@ -138,10 +138,11 @@ class KafkaSource:
 
     def _assign(self, partitions: list[TopicPartition], on_assign: OnAssign) -> None:
         starts = on_assign([tp.partition for tp in partitions])
-        if starts is not None:
-            for tp in partitions:
-                start = starts.get(tp.partition)
-                tp.offset = OFFSET_BEGINNING if start is None else start
+        for tp in partitions:
+            # paused until re-positioned: never left to Kafka's committed offsets (with
+            # auto.offset.reset=error a partition without any would fail, not wait)
+            start = (starts or {}).get(tp.partition)
+            tp.offset = OFFSET_BEGINNING if start is None else start
         self._consumer.assign(partitions)
         if starts is None:
             self._consumer.pause(partitions)

@@ -3,37 +3,55 @@ the CLI against ``stack up``/``stack down``, and the target compared with the so
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from replicator.local.processes import free_port
 from replicator.settings import read_env_file
-from tests.integration.conftest import diff, mapped_source, target_rows
+from tests.integration.conftest import (
+    RunningReplicator,
+    StackInfo,
+    churn_until,
+    diff,
+    execute,
+    mapped_source,
+    read_topic,
+    target_rows,
+    unique,
+    wait_converged,
+)
+from tests.integration.isolated import isolated_source
 
 pytestmark = pytest.mark.integration
 
-Cli = Callable[..., subprocess.CompletedProcess]
 
+@dataclasses.dataclass
+class OwnStack:
+    """A stack of its own (its parts are killed and restarted), driven through the CLI."""
 
-@pytest.fixture
-def own_stack() -> Iterator[tuple[Cli, Path]]:
-    """A stack of its own (it is restarted), driven through the CLI; stopped afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="replicator-faults-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
-    env["REPLICATOR_STACK_DIR"] = str(home / "state")
+    home: Path
+    env: dict[str, str]
 
-    def cli(*argv: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess:
+    def cli(self, *argv: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run(
             [sys.executable, "-m", "replicator", *argv],
-            cwd=home,
-            env=env,
+            cwd=self.home,
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -42,18 +60,142 @@ def own_stack() -> Iterator[tuple[Cli, Path]]:
             assert res.returncode == 0, f"replicator {' '.join(argv)}:\n{res.stdout}\n{res.stderr}"
         return res
 
+    def spawn_run(self, metrics_port: int) -> subprocess.Popen:
+        """``replicator run`` as the operator starts it, logging to a file."""
+        log = (self.home / "run.log").open("w")
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "replicator", "run", "--log-format", "human"),
+                *("--metrics-port", str(metrics_port)),
+            ],
+            cwd=self.home,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return read_env_file(self.home / "state" / "stack.env")
+
+    def pid(self, part: str) -> int:
+        status = json.loads(self.cli("stack", "status", "--json", ok=False).stdout)
+        return int(status["parts"][part]["pid"])
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[OwnStack]:
+    """One stack for the tests that kill its parts: each leaves it up and equal."""
+    home = Path(tempfile.mkdtemp(prefix="replicator-faults-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    env["REPLICATOR_STACK_DIR"] = str(home / "state")
+    own = OwnStack(home, env)
     try:
-        yield cli, home / "state"
+        own.cli("stack", "up")
+        own.cli("sample", "--rows", "500")  # wp-00000000.., what the writer changes
+        yield own
     finally:
-        cli("stack", "down", ok=False)
+        own.cli("stack", "down", ok=False)
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_broker_that_restarts_empty_loses_nothing(own_stack: tuple[Cli, Path]) -> None:
-    cli, state = own_stack
-    cli("stack", "up")
-    cli("sample", "--rows", "2000")
-    settings = read_env_file(state / "stack.env")
+def converged(own: OwnStack, timeout: float = 120.0) -> None:
+    """Wait until workflow_runs equals the mapped workflow_processes, every column."""
+    source, target = (
+        own.settings["REPLICATOR_ADMIN_SOURCE_DSN"],
+        own.settings["REPLICATOR_ADMIN_TARGET_DSN"],
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        expected, actual = mapped_source(source), target_rows(target, "workflow_runs")
+        if expected == actual:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the target did not converge:\n{diff(expected, actual)}")
+        time.sleep(1)
+
+
+def writer(dsn: str, stop: threading.Event, seed: int) -> threading.Thread:
+    """The application: small transactions on the sample rows until ``stop``; it rides
+    out a database crash (reconnects), as an application with a pool does."""
+
+    def write() -> None:
+        while not stop.is_set():
+            try:
+                churn_until(dsn, "wp", 500, stop, seed)
+            except psycopg.OperationalError:
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as res:
+            return res.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_kafka_connect_killed_mid_stream_loses_nothing(own_stack: OwnStack) -> None:
+    port = free_port()
+    run = own_stack.spawn_run(port)
+    stop = threading.Event()
+    app = writer(own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"], stop, seed=11)
+    try:
+        time.sleep(5)
+        os.kill(own_stack.pid("kafka-connect"), signal.SIGKILL)  # mid-stream, no goodbye
+        time.sleep(3)
+        own_stack.cli("stack", "up")  # starts what is down; Connect resumes from its offsets
+        time.sleep(5)
+        stop.set()
+        app.join(30)
+        converged(own_stack)
+        assert run.poll() is None, "replicator run exited"
+    finally:
+        stop.set()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+
+
+def test_postgres_crash_while_streaming_loses_nothing(own_stack: OwnStack) -> None:
+    port = free_port()
+    run = own_stack.spawn_run(port)
+    stop = threading.Event()
+    app = writer(own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"], stop, seed=12)
+    try:
+        wait_for(lambda: readyz(port) == 200)  # assigned and applying
+        time.sleep(3)
+        os.kill(own_stack.pid("postgresql"), signal.SIGKILL)  # the postmaster: crash recovery
+        deadline = time.monotonic() + 60
+        while readyz(port) != 503:
+            assert time.monotonic() < deadline, "/readyz never said unready"
+            time.sleep(0.5)
+        assert run.poll() is None, "replicator run exited while the database was down"
+        own_stack.cli("stack", "up")  # restarts PostgreSQL (crash recovery), the rest runs
+        restarted = own_stack.cli("connector", "status", ok=False)
+        print(f"connector after the crash: {restarted.stdout}")
+        if restarted.returncode != 0:  # what the README tells the operator to run
+            own_stack.cli("connector", "restart")
+        time.sleep(5)
+        stop.set()
+        app.join(30)
+        converged(own_stack)
+        assert run.poll() is None and readyz(port) == 200
+    finally:
+        stop.set()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+
+
+def test_a_broker_that_restarts_empty_loses_nothing(own_stack: OwnStack) -> None:
+    cli = own_stack.cli
+    cli("sample", "--rows", "2000", "--start", "1000")
+    settings = own_stack.settings
     source, target = (
         settings["REPLICATOR_ADMIN_SOURCE_DSN"],
         settings["REPLICATOR_ADMIN_TARGET_DSN"],
@@ -61,16 +203,129 @@ def test_a_broker_that_restarts_empty_loses_nothing(own_stack: tuple[Cli, Path])
     with psycopg.connect(source, autocommit=True) as conn:  # every row streamed once more
         conn.execute("UPDATE workflow_processes SET max_turns = coalesce(max_turns, 0) + 1")
     cli("run", "--exit-when-idle", "8", "--log-format", "human")
-    assert len(target_rows(target, "workflow_runs")) == 2000
+    assert target_rows(target, "workflow_runs") == mapped_source(source)
 
     # the local broker keeps its topics in memory: down/up re-creates them empty, and
     # Debezium re-snapshots into the new topic, whose offsets start again from 0
     cli("stack", "down")
     cli("stack", "up")
-    cli("sample", "--rows", "2000", "--start", "2000")
+    cli("sample", "--rows", "2000", "--start", "3000")
     run = cli("run", "--exit-when-idle", "10", "--log-format", "human")
     assert "stored position set aside" in run.stderr, run.stderr[-3000:]
     expected, actual = mapped_source(source), target_rows(target, "workflow_runs")
-    assert len(expected) == 4000
+    assert len(expected) >= 4500  # 500 + 2,000 before the restart, 2,000 after
     assert expected == actual, diff(expected, actual)
     assert "in sync" in cli("verify").stdout
+
+
+def wait_for(what: Callable[[], object], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def test_source_schema_changes_while_streaming(stack: StackInfo) -> None:
+    insert = (
+        "INSERT INTO workflow_processes (id, workflow_name, message, max_turns, git_branch,"
+        " total_cost) VALUES (%s, 'w', 'm', %s, 'main', 1.5)"
+    )
+    with isolated_source(stack, "sch") as iso:
+        table, p = unique("wr"), unique("sc")
+        settings = iso.settings(target_table=table, group_id=unique("g"))
+        with RunningReplicator(settings) as running:
+            metrics = running.replicator.metrics
+            execute(iso.source_dsn, *[(insert, (f"{p}-{n}", 30)) for n in range(3)])
+            wait_converged(iso, table, p)
+
+            # a column added by the application team: ignored, counted, the stream flows
+            execute(
+                iso.source_dsn,
+                "ALTER TABLE workflow_processes ADD COLUMN owner_team TEXT DEFAULT 'payments'",
+                ("UPDATE workflow_processes SET status = 'running' WHERE id = %s", (f"{p}-0",)),
+                (insert, (f"{p}-3", 31)),
+            )
+            wait_converged(iso, table, p)
+            assert metrics.unmapped_columns.labels("owner_team")._value.get() >= 2
+
+            # mapped columns widened: what still fits flows, what the target cannot hold
+            # (INTEGER max_turns) is dead-lettered
+            execute(
+                iso.source_dsn,
+                "ALTER TABLE workflow_processes ALTER COLUMN max_turns TYPE BIGINT",
+                "ALTER TABLE workflow_processes ALTER COLUMN total_cost TYPE DOUBLE PRECISION",
+                (insert, (f"{p}-4", 2**31 + 5)),
+                (insert, (f"{p}-5", 40)),
+                ("UPDATE workflow_processes SET total_cost = 2.25 WHERE id = %s", (f"{p}-1",)),
+            )
+            fits = "id LIKE %s AND id <> %s"
+            wait_for(lambda: metrics.tally.dead_lettered >= 1)
+            expected = mapped_source(iso.source_dsn, fits, (p + "%", f"{p}-4"))
+            wait_for(lambda: target_rows(stack.target_dsn, table, "TRUE") == expected)
+
+            # a mapped column dropped: never a NULL in its place, the event is dead-lettered
+            before = target_rows(stack.target_dsn, table, "run_id = %s", (f"{p}-2",))
+            execute(
+                iso.source_dsn,
+                "ALTER TABLE workflow_processes DROP COLUMN git_branch",
+                ("UPDATE workflow_processes SET status = 'done' WHERE id = %s", (f"{p}-2",)),
+            )
+            wait_for(lambda: metrics.tally.dead_lettered >= 2)
+            assert target_rows(stack.target_dsn, table, "run_id = %s", (f"{p}-2",)) == before
+
+        dead = read_topic(iso, f"{iso.topic}.dlq", want=2)
+        reasons = {json.loads(k)["id"]: dict(h)["dlq.reason"].decode() for k, _, h in dead}
+        errors = [dict(h)["dlq.error"].decode() for _, _, h in dead]
+        assert reasons == {f"{p}-4": "mapping_error", f"{p}-2": "schema_mismatch"}
+        assert any("git_branch" in e and "missing" in e for e in errors), errors
+
+
+def wal_lsn(dsn: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        return str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+
+
+def wal_bytes_since(dsn: str, lsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)::bigint", (lsn,))
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def slot_retained(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None, f"no slot {slot}"
+    return int(row[0])
+
+
+def test_a_quiet_table_in_a_busy_database_does_not_pin_the_wal(stack: StackInfo) -> None:
+    """workflow_processes idle, another table writing ~200 MB of WAL: the heartbeat's
+    action query moves the slot anyway, and replicator_replication_slot_lag_bytes shows it."""
+    settings = stack.settings(target_table=unique("wr"), group_id=unique("g"))
+    slot = settings.slot_name
+    noise = unique("noise")
+    with RunningReplicator(settings) as running:
+        gauge = running.replicator.metrics.slot_lag_bytes.labels(slot)
+        execute(stack.source_dsn, f'CREATE TABLE "{noise}" (id BIGINT, pad TEXT)')
+        start = wal_lsn(stack.source_dsn)
+        try:
+            for _ in range(4):  # ~50 MB of WAL each, none of it for the connector's tables
+                execute(
+                    stack.source_dsn,
+                    f'INSERT INTO "{noise}" SELECT g, repeat(md5(g::text), 6)'
+                    " FROM generate_series(1, 200000) g",
+                )
+            written = wal_bytes_since(stack.source_dsn, start)
+            assert written > 150 * 2**20, f"only {written} bytes of WAL written"
+            deadline = time.monotonic() + 90  # a heartbeat every 10 s, then the next confirms
+            while (retained := slot_retained(stack.source_dsn, slot)) > 16 * 2**20:
+                assert time.monotonic() < deadline, f"the slot still retains {retained} bytes"
+                time.sleep(1)
+            wait_for(lambda: 0 <= gauge._value.get() < 16 * 2**20, timeout=30)
+        finally:
+            execute(stack.source_dsn, f'DROP TABLE "{noise}"')
+    print(f"{written} bytes of WAL written; the slot retains {retained} bytes afterwards")

@@ -112,4 +112,4 @@ def test_schema_apply_roles_is_idempotent(stack: StackInfo, cli_env: dict[str, s
             "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_publication_tables"
             " WHERE pubname = 'replicator_workflow_processes'"
         ).fetchone()
-    assert tables == ["debezium_signal", "workflow_processes"]
+    assert tables == ["debezium_heartbeat", "debezium_signal", "workflow_processes"]

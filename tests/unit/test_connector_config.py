@@ -34,6 +34,10 @@ def test_settings_that_protect_data() -> None:
     assert c["table.include.list"] == "public.workflow_processes"
     assert c["snapshot.mode"] == "initial"
     assert int(c["heartbeat.interval.ms"]) > 0
+    # a quiet table must not pin the WAL: each heartbeat writes a row the slot streams
+    assert "debezium_heartbeat" in c["heartbeat.action.query"]
+    roles = (ROOT / "schemas" / "roles.sql").read_text()
+    assert "'debezium_heartbeat'" in roles and "UPDATE ON debezium_heartbeat" in roles
     assert c["topic.creation.default.cleanup.policy"] == "compact"
     assert c["topic.creation.default.retention.ms"] == "-1"
     # without this, NULLs in columns with defaults arrive as the defaults

@@ -379,8 +379,10 @@ def test_invalid_rows_raise_a_precise_mapping_error(
 def test_a_missing_column_is_an_error_not_a_null(column: str) -> None:
     row = legacy_row()
     del row[column]
-    with pytest.raises(MappingError, match=f"workflow_processes.{column}.*missing"):
-        map_row(row)
+    for mapper in (map_row, map_to_tuple):
+        with pytest.raises(MappingError, match=f"workflow_processes.{column}.*missing") as caught:
+            mapper(row)
+        assert caught.value.reason == "schema_mismatch"  # dropped or renamed in the source
 
 
 def test_the_error_names_the_row() -> None:

@@ -394,3 +394,31 @@ def test_an_undecodable_event_is_dead_lettered_and_passed(value: bytes) -> None:
     replicate(source, sink, dead)
     assert [offset for offset, _ in dead.sent] == [1]
     assert sorted(sink.rows) == ["wp-0", "wp-2"] and sink.positions == {0: 3}
+
+
+def test_a_column_added_to_the_source_is_ignored_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    messages = [Message(n, f"wp-{n}") for n in range(4)]
+    for msg in messages[1:]:  # the application team added a column after the first event
+        doc = json.loads(msg.value())
+        doc["after"]["owner_team"] = "payments"
+        msg._value = json.dumps(doc).encode()
+    sink = RecordingSink()
+    replicator = replicate(ScriptedSource(messages), sink)
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(4)]  # the stream flows
+    counted = replicator.metrics.unmapped_columns.labels("owner_team")._value.get()
+    assert counted == 3
+    lines = [r for r in caplog.records if "mapping does not read" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].column == "owner_team"  # type: ignore[attr-defined]
+
+
+def test_an_event_lacking_a_mapped_column_is_dead_lettered_as_a_schema_mismatch() -> None:
+    messages = [Message(n, f"wp-{n}") for n in range(3)]
+    doc = json.loads(messages[1].value())
+    del doc["after"]["total_cost"]  # dropped or renamed in the source
+    messages[1]._value = json.dumps(doc).encode()
+    sink, dead = RecordingSink(), RecordingDeadLetters()
+    replicate(ScriptedSource(messages), sink, dead)
+    assert dead.sent == [(1, "schema_mismatch")]
+    assert sorted(sink.rows) == ["wp-0", "wp-2"]  # never a NULL in its place
