@@ -194,7 +194,7 @@ def test_postgres_crash_while_streaming_loses_nothing(own_stack: OwnStack) -> No
 
 def test_a_broker_that_restarts_empty_loses_nothing(own_stack: OwnStack) -> None:
     cli = own_stack.cli
-    cli("sample", "--rows", "2000", "--start", "1000")
+    cli("sample", "--rows", "1000", "--start", "1000")
     settings = own_stack.settings
     source, target = (
         settings["REPLICATOR_ADMIN_SOURCE_DSN"],
@@ -209,11 +209,11 @@ def test_a_broker_that_restarts_empty_loses_nothing(own_stack: OwnStack) -> None
     # Debezium re-snapshots into the new topic, whose offsets start again from 0
     cli("stack", "down")
     cli("stack", "up")
-    cli("sample", "--rows", "2000", "--start", "3000")
+    cli("sample", "--rows", "1000", "--start", "3000")
     run = cli("run", "--exit-when-idle", "10", "--log-format", "human")
     assert "stored position set aside" in run.stderr, run.stderr[-3000:]
     expected, actual = mapped_source(source), target_rows(target, "workflow_runs")
-    assert len(expected) >= 4500  # 500 + 2,000 before the restart, 2,000 after
+    assert len(expected) >= 2500  # 500 + 1,000 before the restart, 1,000 after
     assert expected == actual, diff(expected, actual)
     assert "in sync" in cli("verify").stdout
 
@@ -303,7 +303,7 @@ def slot_retained(dsn: str, slot: str) -> int:
 
 
 def test_a_quiet_table_in_a_busy_database_does_not_pin_the_wal(stack: StackInfo) -> None:
-    """workflow_processes idle, another table writing ~200 MB of WAL: the heartbeat's
+    """workflow_processes idle, another table writing ~150 MB of WAL: the heartbeat's
     action query moves the slot anyway, and replicator_replication_slot_lag_bytes shows it."""
     settings = stack.settings(target_table=unique("wr"), group_id=unique("g"))
     slot = settings.slot_name
@@ -313,14 +313,14 @@ def test_a_quiet_table_in_a_busy_database_does_not_pin_the_wal(stack: StackInfo)
         execute(stack.source_dsn, f'CREATE TABLE "{noise}" (id BIGINT, pad TEXT)')
         start = wal_lsn(stack.source_dsn)
         try:
-            for _ in range(4):  # ~50 MB of WAL each, none of it for the connector's tables
+            for _ in range(3):  # ~50 MB of WAL each, none of it for the connector's tables
                 execute(
                     stack.source_dsn,
                     f'INSERT INTO "{noise}" SELECT g, repeat(md5(g::text), 6)'
                     " FROM generate_series(1, 200000) g",
                 )
             written = wal_bytes_since(stack.source_dsn, start)
-            assert written > 150 * 2**20, f"only {written} bytes of WAL written"
+            assert written > 120 * 2**20, f"only {written} bytes of WAL written"
             deadline = time.monotonic() + 90  # a heartbeat every 10 s, then the next confirms
             while (retained := slot_retained(stack.source_dsn, slot)) > 16 * 2**20:
                 assert time.monotonic() < deadline, f"the slot still retains {retained} bytes"
