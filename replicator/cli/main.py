@@ -13,6 +13,7 @@ import psycopg
 
 from replicator import __version__
 from replicator.cli import (
+    assess,
     backfill,
     config,
     connector,
@@ -29,7 +30,7 @@ from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
 #: In the order ``replicator --help`` lists them.
-COMMANDS = (stack, schema, connector, run, config, backfill, verify, replay, dlq, sample)
+COMMANDS = (stack, schema, connector, run, config, backfill, verify, replay, dlq, assess, sample)
 
 
 def build_parser() -> argparse.ArgumentParser:
