@@ -100,6 +100,7 @@ class KafkaSource:
         self.topic = topic
         self._bootstrap = bootstrap
         self._extra = dict(extra)
+        self._admin: AdminClient | None = None
 
     @classmethod
     def group_member(cls, settings: Settings) -> KafkaSource:
@@ -184,8 +185,9 @@ class KafkaSource:
     def topic_id(self, timeout: float = 15.0) -> str | None:
         """The topic's Kafka id (a re-created topic gets a new one); None when the broker
         does not tell (or the topic does not exist yet)."""
-        admin = AdminClient(client_config("admin", self._bootstrap, self._extra))
-        future = admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout)
+        if self._admin is None:  # one client for the source's life: asked every 10 s
+            self._admin = AdminClient(client_config("admin", self._bootstrap, self._extra))
+        future = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout)
         try:
             uuid_ = str(future[self.topic].result(timeout).topic_id or "")
         except KafkaException as exc:
