@@ -16,6 +16,7 @@
      |    +-- PositionGap       events were removed before they were applied: repair, then accept
      |    +-- StackError         a part of the local stack did not come up (names part and log)
      |    +-- ConnectError       Kafka Connect's REST API refused a call
+     +-- CutOver                 the table was cut over: nothing is left to replicate (exit 0)
 
 Errors of the libraries below us (psycopg, librdkafka, urllib) are mapped at the
 boundary where they are caught, with ``raise ... from exc``.
@@ -94,3 +95,8 @@ class StackError(TerminalError):
 
 class ConnectError(TerminalError):
     """Kafka Connect's REST API answered with an error."""
+
+
+class CutOver(ReplicatorError):
+    """``replicator cutover`` closed the stream: the application writes ``workflow_runs``
+    now, and a consumer that finds its positions closed ends cleanly."""

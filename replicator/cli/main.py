@@ -17,6 +17,7 @@ from replicator.cli import (
     backfill,
     config,
     connector,
+    cutover,
     dlq,
     replay,
     run,
@@ -30,7 +31,20 @@ from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
 #: In the order ``replicator --help`` lists them.
-COMMANDS = (stack, schema, connector, run, config, backfill, verify, replay, dlq, assess, sample)
+COMMANDS = (
+    stack,
+    schema,
+    connector,
+    run,
+    config,
+    backfill,
+    verify,
+    replay,
+    dlq,
+    assess,
+    cutover,
+    sample,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

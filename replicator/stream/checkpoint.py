@@ -15,6 +15,11 @@ Invariants:
    :class:`~replicator.errors.PositionsFenced` rolls the batch back: someone else moved
    the positions (``replicator replay --swap`` handed the shadow table's over, or the
    partition has another owner), and the consumer must re-read them.
+3. Closed (``replicator cutover``): every partition of the topic holds :data:`CLOSED` in
+   place of an offset.  No fenced store can move it (no consumer expects it) or insert
+   beside it, so no batch commits after the cutover; a consumer that re-reads its
+   positions finds the marker and ends (``CutOver``).  :meth:`Checkpoint.reopen` (a
+   rollback) puts back the positions :meth:`Checkpoint.close` returned.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from psycopg import sql
 from replicator.db.connect import connect, mapped_errors
 from replicator.errors import PositionsFenced
 from replicator.events import PartitionPosition
+
+#: ``next_offset`` of a partition whose stream was closed by a cutover.
+CLOSED = -1
 
 
 class PositionFence:
@@ -107,11 +115,22 @@ class Checkpoint:
                 " AND (topic, kafka_partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
             ),
             "forget": q("DELETE FROM {o} WHERE target_table = %s"),
+            "closed": q(
+                "SELECT EXISTS (SELECT FROM {o} WHERE target_table = %s AND topic = %s"
+                " AND next_offset = -1)"
+            ),
+            "forget_topic": q("DELETE FROM {o} WHERE target_table = %s AND topic = %s"),
             "forget_others": q(
                 "DELETE FROM {o} WHERE target_table = %s AND (topic, kafka_partition)"
                 " NOT IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
             ),
             "move": q("UPDATE {o} SET target_table = %s WHERE target_table = %s"),
+            "close": q(
+                "INSERT INTO {o} (target_table, topic, kafka_partition, next_offset, topic_id)"
+                " SELECT %s, %s, p, -1, NULL FROM unnest(%s::int[]) AS p"
+                " ON CONFLICT (target_table, topic, kafka_partition)"
+                " DO UPDATE SET next_offset = -1, updated_at = now()"
+            ),
         }
         self._sql = {k: v.format(o=o).as_string(None) for k, v in statements.items()}
 
@@ -186,6 +205,38 @@ class Checkpoint:
     def forget(self, conn: psycopg.Connection[Any]) -> None:
         """Delete every position of this table (a replay starting from the beginning)."""
         conn.execute(self._sql["forget"], [self.target_table])
+
+    def close(
+        self, conn: psycopg.Connection[Any], topic: str, partitions: Sequence[int]
+    ) -> list[PartitionPosition]:
+        """Close the stream of ``topic`` (invariant 3) in the caller's transaction; return the
+        positions it held, for :meth:`reopen`."""
+        held = [p for p in self.load(conn, topic).values() if p.next_offset != CLOSED]
+        parts = sorted({*partitions, *(p.partition for p in held)})
+        conn.execute(self._sql["close"], [self.target_table, topic, parts])
+        return held
+
+    def closed(self, conn: psycopg.Connection[Any], topic: str) -> bool:
+        """The stream of ``topic`` was closed by a cutover (the fence learns nothing)."""
+        row = conn.execute(self._sql["closed"], [self.target_table, topic]).fetchone()
+        return bool(row and row[0])
+
+    def reopen(
+        self, conn: psycopg.Connection[Any], topic: str, held: Sequence[PartitionPosition]
+    ) -> None:
+        """Undo :meth:`close`: the positions ``held`` back, the markers gone."""
+        conn.execute(self._sql["forget_topic"], [self.target_table, topic])
+        conn.execute(
+            self._sql["store"],
+            [
+                self.target_table,
+                [p.topic for p in held],
+                [p.partition for p in held],
+                [p.next_offset for p in held],
+                [p.last_lsn for p in held],
+                [p.topic_id for p in held],
+            ],
+        )
 
     def move(self, conn: psycopg.Connection[Any], to_table: str) -> None:
         """Hand this table's positions over to ``to_table`` (a swap renaming tables)."""

@@ -9,11 +9,12 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from replicator.errors import PositionOutOfRange
+from replicator.errors import CutOver, PositionOutOfRange
 from replicator.events import PartitionPosition
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
 from replicator.stream import origin
+from replicator.stream.checkpoint import CLOSED
 
 
 class Described(Protocol):
@@ -23,6 +24,7 @@ class Described(Protocol):
 
 class Stored(Protocol):
     def load_positions(self, topic: str) -> dict[int, PartitionPosition]: ...
+    def stream_closed(self, topic: str) -> bool: ...
 
 
 log = logging.getLogger("replicator.consumer")
@@ -42,10 +44,12 @@ class Positioning:
 
     def starts(self, source: Described | None, partitions: Iterable[int]) -> dict[int, int | None]:
         """Their stored positions, checked against the topic now: a re-created topic is
-        read from its start, a gap raises ``PositionGap``.  Raises ``TransientError``
-        while the target or the broker is away."""
+        read from its start, a gap raises ``PositionGap``, closed ones ``CutOver``.
+        Raises ``TransientError`` while the target or the broker is away."""
         assert source is not None
         stored = self._stored.load_positions(self.topic)
+        if any(p.next_offset == CLOSED for p in stored.values()):
+            raise CutOver(f"the stream of {self.topic} was closed by a cutover")
         view = source.describe()
         self.topic_id = view.topic_id
         found = origin.starts(partitions, stored, view, accept_gap=self._accept_gap)
@@ -56,11 +60,14 @@ class Positioning:
 
     def watch(self, source: Described) -> None:
         """Raise ``PositionOutOfRange`` when the topic was re-created under the running
-        consumer (checked at most every ``watch_every_s``): every partition re-positions."""
+        consumer (checked at most every ``watch_every_s``): every partition re-positions.
+        Raise ``CutOver`` when a cutover closed the stream (nothing may arrive to tell)."""
         now = time.monotonic()
         if now - self._checked < self.watch_every_s or self.topic_id is None:
             return
         self._checked = now
+        if self._stored.stream_closed(self.topic):
+            raise CutOver(f"the stream of {self.topic} was closed by a cutover")
         current = source.topic_id()
         if current is not None and current != self.topic_id:
             raise PositionOutOfRange(f"topic id changed from {self.topic_id} to {current}")

@@ -20,6 +20,8 @@ It only composes the stages of ``stream/``.  Invariants (the correctness argumen
 5. Positions are fenced (checkpoint.py): when someone else moved the stored positions,
    the batch rolls back with ``PositionsFenced``, a transient error, and the partitions
    are re-positioned from the database exactly as after an outage.
+6. ``replicator cutover`` closes the stored positions (checkpoint.py invariant 3): the
+   next batch is fenced, and re-positioning (or the 10 s watch) ends the run with exit 0.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from replicator import errors
 from replicator.errors import EventError, ReplicatorError, TargetUnavailable, TransientError
 from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op
 from replicator.mapping.columns import PLAN_COST
@@ -100,8 +103,6 @@ class Replicator:
         self._last_message = time.monotonic()
         self.positioning = Positioning(settings, self.control, self.metrics)
 
-    # ---- the loop ----------------------------------------------------------------------
-
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
         """Replicate until :attr:`stop_event` is set; return an exit code.
 
@@ -158,6 +159,9 @@ class Replicator:
                 except TransientError as exc:
                     self._unavailable(exc, backoff)
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                except errors.CutOver as exc:
+                    log.info("cut over; exiting", extra={"why": str(exc)})
+                    break
                 self.tracker.progress(self._assigned)
                 self.tracker.observe(lambda: source.lag(self._applied), self.control.ping)
                 if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
@@ -226,8 +230,6 @@ class Replicator:
             with contextlib.suppress(TransientError):
                 self.source.poll(0.2)  # type: ignore[union-attr]
 
-    # ---- one event ---------------------------------------------------------------------
-
     def _handle(self, msg: Any) -> None:
         batch = self._batch
         partition, offset = msg.partition(), msg.offset()
@@ -272,8 +274,6 @@ class Replicator:
             extra={"partition": partition, "offset": offset},
         )
         self._batch.advance(partition, offset, event.lsn)
-
-    # ---- batches -----------------------------------------------------------------------
 
     def _batch_due(self) -> bool:
         """Apply at once when the worker is free (latency); while it is busy the batch
@@ -326,8 +326,6 @@ class Replicator:
         """Apply everything consumed so far and wait for it."""
         self._submit()
         self._collect(wait=True)
-
-    # ---- partitions --------------------------------------------------------------------
 
     def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None] | None:
         self._assigned |= set(partitions)

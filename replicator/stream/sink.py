@@ -95,6 +95,11 @@ class PostgresSink:
         with self._transaction("load positions") as conn:
             return self.checkpoint.load(conn, topic)
 
+    def stream_closed(self, topic: str) -> bool:
+        """``replicator cutover`` closed the stream of ``topic`` into this table."""
+        with self._transaction("read the positions") as conn:
+            return self.checkpoint.closed(conn, topic)
+
     def apply(
         self,
         changes: Sequence[RowChange],

@@ -95,6 +95,7 @@ class Report:
     unmappable: dict[str, KeyDiff] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # still changing at every re-check
     error: str | None = None  # why it could not verify
+    cut_over: str | None = None  # the table was cut over: nothing streams, nothing to compare
     seconds: float = 0.0
     repair: RepairSummary | None = None
 
@@ -103,13 +104,16 @@ class Report:
 
     @property
     def status(self) -> str:
+        if self.cut_over is not None:
+            return "cut_over"
         if self.error is not None:
             return "unverified"
         return "drift" if self.drift else "in_sync"
 
     @property
     def exit_code(self) -> int:
-        return {"in_sync": EXIT_IN_SYNC, "drift": EXIT_DRIFT}.get(self.status, EXIT_UNVERIFIED)
+        codes = {"in_sync": EXIT_IN_SYNC, "cut_over": EXIT_IN_SYNC, "drift": EXIT_DRIFT}
+        return codes.get(self.status, EXIT_UNVERIFIED)
 
     def to_dict(self, max_report: int = 20) -> dict[str, Any]:
         """The machine-readable report: totals, and the first ``max_report`` ids of each kind."""
@@ -143,6 +147,7 @@ class Report:
             "still_changing": {"total": len(self.busy), "ids": sorted(self.busy)[:max_report]},
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "cut_over": self.cut_over,
         }
         if self.repair is not None:
             out["repair"] = {
@@ -171,6 +176,8 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
     ]
     if report.error:
         lines.append(f"could not verify: {report.error}")
+    if report.cut_over:
+        lines.append(f"cut over: {report.cut_over}")
     for kind in ("missing", "extra"):
         if d[kind]["total"]:
             lines.append(f"{kind} in the target ({d[kind]['total']}): {_join(d[kind]['ids'])}")

@@ -56,11 +56,13 @@ from typing import Any
 
 import psycopg
 
+from replicator.db.connect import connect, mapped_errors
 from replicator.errors import ConfigurationError, TransientError
 from replicator.events import RowChange
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
+from replicator.stream.checkpoint import Checkpoint
 from replicator.stream.ends import NotCaughtUp, probe_ends, wait_for_positions
 from replicator.stream.sink import PostgresSink
 from replicator.verify import sql as vs
@@ -308,6 +310,32 @@ def wait_for_replicator(settings: Settings, target_table: str) -> CatchUp:
     return catch_up
 
 
+def _cut_over(settings: Settings, table: str) -> str | None:
+    """Why there is nothing to compare after ``replicator cutover`` (None: there is)."""
+    assert settings.source_dsn is not None
+    with (
+        connect(settings.source_dsn.get_secret_value(), "the source database") as source,
+        mapped_errors("read the source table's kind"),
+    ):
+        row = source.execute(
+            "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [SOURCE_TABLE]
+        ).fetchone()
+    if row is None or row[0] != "v":
+        return None
+    checkpoint = Checkpoint(settings.offsets_table, table)
+    with (
+        connect(settings.target_dsn.get_secret_value(), "the target database") as target,
+        mapped_errors("read the positions"),
+    ):
+        if not checkpoint.closed(target, settings.topic):
+            return None
+    return (
+        f"{SOURCE_TABLE} is a view of {table} since the cutover: the application writes"
+        f" {table} itself, nothing streams, there is nothing to compare"
+        " (replicator rollback undoes the cutover)"
+    )
+
+
 def verify(
     settings: Settings,
     *,
@@ -327,6 +355,9 @@ def verify(
         settings.source_dsn.get_secret_value(), settings.target_dsn.get_secret_value(), table
     )
     catch_up = catch_up or wait_for_replicator(settings, table)
+    note = _cut_over(settings, table)
+    if note is not None:
+        return Report(SOURCE_TABLE, table, cut_over=note)
     report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
     if not repair_drift or report.status != "drift":
         return report

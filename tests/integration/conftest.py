@@ -354,3 +354,12 @@ def churn_until(dsn: str, prefix: str, ids: int, stop: threading.Event, seed: in
                 )
             done += 1
     return done
+
+
+@pytest.fixture(scope="session")
+def own_stack() -> Iterator[object]:
+    """The stack the tests break (tests/integration/own_stack.py)."""
+    from tests.integration.own_stack import started_own_stack
+
+    with started_own_stack() as own:
+        yield own

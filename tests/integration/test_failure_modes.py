@@ -3,26 +3,18 @@ the CLI against ``stack up``/``stack down``, and the target compared with the so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from replicator.local.processes import free_port
-from replicator.settings import read_env_file
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
@@ -36,83 +28,9 @@ from tests.integration.conftest import (
     wait_converged,
 )
 from tests.integration.isolated import isolated_source
+from tests.integration.own_stack import OwnStack, converged, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@dataclasses.dataclass
-class OwnStack:
-    """A stack of its own (its parts are killed and restarted), driven through the CLI."""
-
-    home: Path
-    env: dict[str, str]
-
-    def cli(self, *argv: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run(
-            [sys.executable, "-m", "replicator", *argv],
-            cwd=self.home,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if ok:
-            assert res.returncode == 0, f"replicator {' '.join(argv)}:\n{res.stdout}\n{res.stderr}"
-        return res
-
-    def spawn_run(self, metrics_port: int) -> subprocess.Popen:
-        """``replicator run`` as the operator starts it, logging to a file."""
-        log = (self.home / "run.log").open("w")
-        return subprocess.Popen(
-            [
-                *(sys.executable, "-m", "replicator", "run", "--log-format", "human"),
-                *("--metrics-port", str(metrics_port)),
-            ],
-            cwd=self.home,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def settings(self) -> dict[str, str]:
-        return read_env_file(self.home / "state" / "stack.env")
-
-    def pid(self, part: str) -> int:
-        status = json.loads(self.cli("stack", "status", "--json", ok=False).stdout)
-        return int(status["parts"][part]["pid"])
-
-
-@pytest.fixture(scope="module")
-def own_stack() -> Iterator[OwnStack]:
-    """One stack for the tests that kill its parts: each leaves it up and equal."""
-    home = Path(tempfile.mkdtemp(prefix="replicator-faults-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
-    env["REPLICATOR_STACK_DIR"] = str(home / "state")
-    own = OwnStack(home, env)
-    try:
-        own.cli("stack", "up")
-        own.cli("sample", "--rows", "500")  # wp-00000000.., what the writer changes
-        yield own
-    finally:
-        own.cli("stack", "down", ok=False)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def converged(own: OwnStack, timeout: float = 120.0) -> None:
-    """Wait until workflow_runs equals the mapped workflow_processes, every column."""
-    source, target = (
-        own.settings["REPLICATOR_ADMIN_SOURCE_DSN"],
-        own.settings["REPLICATOR_ADMIN_TARGET_DSN"],
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        expected, actual = mapped_source(source), target_rows(target, "workflow_runs")
-        if expected == actual:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"the target did not converge:\n{diff(expected, actual)}")
-        time.sleep(1)
 
 
 def writer(dsn: str, stop: threading.Event, seed: int) -> threading.Thread:
@@ -216,13 +134,6 @@ def test_a_broker_that_restarts_empty_loses_nothing(own_stack: OwnStack) -> None
     assert len(expected) >= 2500  # 500 + 1,000 before the restart, 1,000 after
     assert expected == actual, diff(expected, actual)
     assert "in sync" in cli("verify").stdout
-
-
-def wait_for(what: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
 
 
 def test_source_schema_changes_while_streaming(stack: StackInfo) -> None:

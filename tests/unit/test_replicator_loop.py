@@ -159,6 +159,9 @@ class RecordingSink:
             for p, off in self.positions.items()
         }
 
+    def stream_closed(self, topic: str) -> bool:
+        return -1 in self.positions.values()
+
     def apply(self, changes: list[RowChange], positions: list[PartitionPosition]) -> ApplyResult:
         if self.outages:
             self.outages -= 1

@@ -1,0 +1,147 @@
+"""``replicator cutover`` and ``replicator rollback``: phases 3 and 4 of the plan, and back."""
+
+from __future__ import annotations
+
+import argparse
+
+from replicator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    positive_seconds,
+    settings_from,
+    with_env,
+)
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = with_env(
+        sub.add_parser(
+            "cutover",
+            help="move the application to workflow_runs: archive the legacy table, a"
+            " compatibility view in its place (--dry-run: readiness only)",
+            description="Run as the tables' owner (REPLICATOR_ADMIN_*_DSN). Without options:"
+            " the readiness checks, then the switch (writers of workflow_processes wait for"
+            " it, measured), then the connector is deleted and its slot dropped.",
+        )
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run", action="store_true", help="the readiness checks only; exit 0 ready, 1 not"
+    )
+    mode.add_argument(
+        "--readers-view",
+        metavar="NAME",
+        help="phase 3 alone: the compatibility view, read-only, under NAME;"
+        " the legacy table keeps the writes",
+    )
+    mode.add_argument(
+        "--finalize",
+        action="store_true",
+        help="end the rollback window: drop the change log and the publication (keeps the"
+        " view, the archive and the record)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the switch lets the stream deliver the last changes before writing the"
+        " rest itself from the still legacy table (default 10)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long one try to lock the legacy table may wait (default 2; 15 tries)",
+    )
+    p.set_defaults(func=cmd_cutover)
+    r = with_env(
+        sub.add_parser(
+            "rollback",
+            help="undo the cutover while the application writes: the legacy table back with"
+            " every write made since, the connector and slot back, replication resumed",
+        )
+    )
+    r.add_argument("--dry-run", action="store_true", help="the readiness checks only")
+    r.add_argument(
+        "--lock-timeout",
+        type=positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long one try to lock the view and the archive may wait (default 2; 15 tries)",
+    )
+    r.set_defaults(func=cmd_rollback)
+
+
+def _print_checks(checks: list) -> bool:  # type: ignore[type-arg]
+    for c in checks:
+        print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.reason}")
+    ready = all(c.ok for c in checks)
+    print("ready" if ready else "not ready")
+    return ready
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    from replicator.cutover import readiness, switch
+    from replicator.cutover.objects import latest
+    from replicator.db.connect import connect
+
+    settings = settings_from(args)
+    if args.readers_view:
+        grants = switch.readers_view(settings, args.readers_view)
+        print(
+            f"view {args.readers_view}: workflow_runs in the legacy shape ({grants} grants copied)"
+        )
+        return EXIT_OK
+    if args.finalize:
+        record = switch.finalize(settings)
+        print(
+            f"finalized the cutover of {record.cut_at:%Y-%m-%d %H:%M:%S%z}: change log and"
+            " publication dropped; kept: the view, the archive (read-only), the record"
+        )
+        return EXIT_OK
+    with connect(settings.as_admin().target_dsn.get_secret_value(), "the database") as conn:
+        record = latest(conn, "workflow_processes")
+    if record is not None and record.state == "cut_over" and not args.dry_run:
+        print(f"cut over already at {record.cut_at:%Y-%m-%d %H:%M:%S%z}; finishing what is left")
+        return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
+    print("readiness")
+    if not _print_checks(readiness.cutover_checks(settings)):
+        return EXIT_FAILED
+    if args.dry_run:
+        return EXIT_OK
+    done = switch.cut_over(
+        settings, drain_timeout_s=args.drain_timeout, lock_timeout_s=args.lock_timeout
+    )
+    print(
+        f"cut over at LSN {done.lsn}: workflow_processes is now a view of workflow_runs;"
+        f" the legacy table is workflow_processes_archive"
+    )
+    print(f"  writers and readers of workflow_processes waited at most {done.blocked_ms} ms")
+    print(f"  rows: {done.source_rows:,} legacy, {done.target_rows:,} in workflow_runs")
+    print(
+        f"  the stream delivered {'everything' if done.drained else 'not everything'} in time;"
+        f" {done.repaired} rows written from the legacy table; {done.grants} grants copied"
+    )
+    return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from replicator.cutover import readiness, rollback
+
+    settings = settings_from(args)
+    print("readiness")
+    if not _print_checks(readiness.rollback_checks(settings)):
+        return EXIT_FAILED
+    if args.dry_run:
+        return EXIT_OK
+    rollback.create_slot(settings, print)
+    done = rollback.roll_back(settings, lock_timeout_s=args.lock_timeout)
+    print(f"rolled back at LSN {done.lsn}: workflow_processes is a table again")
+    print(f"  writers of workflow_processes and workflow_runs waited at most {done.blocked_ms} ms")
+    print(f"  {done.restored} rows written since the cutover restored in the legacy table")
+    rollback.reconnect(settings, print)
+    print("start replicator run again: it resumes from the positions of the cutover")
+    return EXIT_OK

@@ -1,0 +1,212 @@
+"""The inverse of the mapping: ``workflow_runs`` shown in the legacy shape, and a write in
+the legacy shape turned into a write of ``workflow_runs``.  Pure: it composes SQL and
+runs nothing.
+
+The compatibility view shows every ``workflow_runs`` row as a ``workflow_processes`` row:
+the sixteen legacy columns, with their names and types, in the legacy table's order.
+:func:`legacy_row` states the same inverse in Python; tests/integration/test_cutover.py
+checks the view against it.  Per column:
+
+* renamed columns are copied (``run_id`` -> ``id``, ``workflow_type`` ->
+  ``workflow_name``, ...), cast to the legacy type;
+* ``result_data`` / ``error_details``: the forward mapping writes ``{"result": <text>}``
+  (``{}`` for NULL); the inverse unwraps exactly that form (an object whose only key is
+  the wrapping key, holding a string) and shows ``{}`` and NULL as NULL.  Anything else
+  (a richer document an updated application wrote) is shown as its JSON text, so the
+  legacy shape never hides a value;
+* ``total_cost``: ``DECIMAL(10,4)`` -> ``REAL`` (the nearest float32);
+* ``status``: a legacy NULL became ``'pending'`` and stays ``'pending'``: the view cannot
+  know which ``'pending'`` was a NULL.  The archive keeps the original until finalize.
+
+A write through the view applies the forward mapping of :mod:`replicator.mapping.sql`
+(the same expressions ``backfill`` and ``verify`` use) and refuses what the mapping
+refuses (a ``total_cost`` beyond ``DECIMAL(10,4)``, NaN, ...), naming the column.  An
+UPDATE writes only the target columns whose legacy column it changed, so a richer value
+an updated application stored in ``result_data`` survives an update of ``status``; the
+target's own columns (``user_id``, ``priority``, ``tags``, ...) are never touched by an
+UPDATE and get the mapping's defaults on INSERT.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+
+from replicator.mapping.columns import (
+    JSON_WRAPPED,
+    SOURCE_COLUMNS,
+    SOURCE_TO_TARGET,
+    TARGET_COLUMNS,
+)
+from replicator.mapping.sql import MAPPED, problem
+
+q = sql.SQL
+
+#: legacy column -> the target column it comes from (the mapping read backwards).
+TARGET_OF: dict[str, str] = dict(SOURCE_TO_TARGET)
+#: target column -> the legacy column that feeds it (columns the legacy table lacks: none).
+SOURCE_OF: dict[str, str] = {t: s for s, t in SOURCE_TO_TARGET.items()}
+
+_TYPE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?( without time zone| with time zone)?$")
+
+
+def checked_type(name: str) -> str:
+    """A legacy column's type as ``format_type`` printed it, accepted only in plain form
+    (it is written into the view's DDL)."""
+    if not _TYPE.match(name):
+        raise ValueError(f"unexpected column type {name!r}")
+    return name
+
+
+def _unwrap(column: str, key: str) -> sql.Composable:
+    c = sql.Identifier(column)
+    k = sql.Literal(key)
+    return q(
+        "CASE WHEN t.{c} IS NULL OR t.{c}::jsonb = '{{}}'::jsonb THEN NULL"
+        " WHEN jsonb_typeof(t.{c}::jsonb) = 'object' AND t.{c}::jsonb - {k} = '{{}}'::jsonb"
+        " AND jsonb_typeof(t.{c}::jsonb -> {k}) = 'string' THEN t.{c}::jsonb ->> {k}"
+        " ELSE t.{c}::text END"
+    ).format(c=c, k=k)
+
+
+def inverse(legacy_column: str) -> sql.Composable:
+    """The SQL expression, over a ``workflow_runs`` row ``t``, of one legacy column."""
+    target = TARGET_OF[legacy_column]
+    if legacy_column in JSON_WRAPPED:
+        return _unwrap(target, JSON_WRAPPED[legacy_column])
+    return q("t.{}").format(sql.Identifier(target))
+
+
+def legacy_items(columns: list[tuple[str, str]]) -> sql.Composed:
+    """The legacy columns over a ``workflow_runs`` row ``t``: ``columns`` are the legacy
+    table's (name, type) in its order; each is cast to its legacy type."""
+    unknown = [name for name, _ in columns if name not in TARGET_OF]
+    if unknown or len(columns) != len(SOURCE_COLUMNS):
+        raise ValueError(f"the legacy columns are not the mapping's: {unknown or columns}")
+    return q(", ").join(
+        q("({expr})::{type} AS {name}").format(
+            expr=inverse(name), type=q(checked_type(type_)), name=sql.Identifier(name)
+        )
+        for name, type_ in columns
+    )
+
+
+def view_select(columns: list[tuple[str, str]], schema: str, target: str) -> sql.Composed:
+    """``SELECT`` of the compatibility view."""
+    return q("SELECT {items} FROM {schema}.{target} AS t").format(
+        items=legacy_items(columns), schema=sql.Identifier(schema), target=sql.Identifier(target)
+    )
+
+
+def _row_of(var: str, columns: list[tuple[str, str]], alias: str) -> sql.Composed:
+    """``(SELECT NEW.id AS id, ...) AS alias``: a trigger's row as a relation."""
+    return q("(SELECT {items}) AS {alias}").format(
+        items=q(", ").join(
+            q("{var}.{c} AS {c}").format(var=q(var), c=sql.Identifier(name)) for name, _ in columns
+        ),
+        alias=sql.Identifier(alias),
+    )
+
+
+def write_function(
+    function: str, columns: list[tuple[str, str]], schema: str, target: str
+) -> sql.Composed:
+    """The INSTEAD OF trigger function of the compatibility view (module docstring).
+
+    SECURITY DEFINER with a fixed search path: a role that may write the view writes
+    ``workflow_runs`` through it without privileges of its own on that table."""
+    t = q("{}.{}").format(sql.Identifier(schema), sql.Identifier(target))
+    new, old = _row_of("NEW", columns, "p"), _row_of("OLD", columns, "o")
+    sets = []
+    for column in TARGET_COLUMNS:
+        if column not in SOURCE_OF:
+            continue
+        legacy = sql.Identifier(SOURCE_OF[column])
+        sets.append(
+            q("{c} = CASE WHEN p.{s} IS DISTINCT FROM o.{s} THEN {m} ELSE t.{c} END").format(
+                c=sql.Identifier(column), s=legacy, m=MAPPED[column]
+            )
+        )
+    body = q(
+        """
+DECLARE
+    why text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM {t} WHERE run_id = OLD.id;
+        IF NOT FOUND THEN RETURN NULL; END IF;
+        RETURN OLD;
+    END IF;
+    SELECT {problem} INTO why FROM {new};
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION '% (workflow_processes is a view of {target} since the cutover)', why
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {t} ({columns}) SELECT {mapped} FROM {new};
+        RETURN NEW;
+    END IF;
+    UPDATE {t} AS t SET {sets} FROM {new}, {old} WHERE t.run_id = OLD.id;
+    IF NOT FOUND THEN RETURN NULL; END IF;
+    RETURN NEW;
+END
+"""
+    ).format(
+        t=t,
+        problem=problem(),
+        new=new,
+        old=old,
+        target=q(target.replace("'", "")),
+        columns=q(", ").join(map(sql.Identifier, TARGET_COLUMNS)),
+        mapped=q(", ").join(MAPPED[c] for c in TARGET_COLUMNS),
+        sets=q(", ").join(sets),
+    )
+    return q(
+        "CREATE OR REPLACE FUNCTION {schema}.{fn}() RETURNS trigger LANGUAGE plpgsql"
+        " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(
+        schema=sql.Identifier(schema),
+        fn=sql.Identifier(function),
+        body=sql.Literal(body.as_string(None)),
+    )
+
+
+# ------------------------------------------------------------------ the same, in Python
+
+
+def unwrap(document: Any, key: str) -> str | None:
+    """The legacy text of a wrapped JSON column (``document`` as stored: JSON text or the
+    parsed value), as the view shows it."""
+    if document is None:
+        return None
+    value = json.loads(document) if isinstance(document, str) else document
+    if value == {}:
+        return None
+    if isinstance(value, dict) and set(value) == {key} and isinstance(value[key], str):
+        return value[key]
+    return document if isinstance(document, str) else json.dumps(value)
+
+
+def float32(value: Decimal | None) -> float | None:
+    """``DECIMAL`` -> ``REAL``: the nearest float32 (as a Python float)."""
+    if value is None:
+        return None
+    return float(struct.unpack("f", struct.pack("f", float(value)))[0])
+
+
+def legacy_row(target: dict[str, Any]) -> dict[str, Any]:
+    """A ``workflow_runs`` row (by column name) in the legacy shape, as the view shows it."""
+    out: dict[str, Any] = {}
+    for legacy in SOURCE_COLUMNS:
+        value = target[TARGET_OF[legacy]]
+        if legacy in JSON_WRAPPED:
+            value = unwrap(value, JSON_WRAPPED[legacy])
+        elif legacy == "total_cost":
+            value = float32(value)
+        out[legacy] = value
+    return out

@@ -1,0 +1,209 @@
+"""The database objects the cutover creates and the rollback and finalize remove, and the
+cutover record (``schemas/cutover_state.sql``): the one owner of all of them.
+
+All run on the caller's connection, inside the caller's transaction: the switch and the
+rollback are each one transaction, so the database is never seen half switched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from replicator.db.schema import read_sql
+from replicator.events import PartitionPosition
+
+q = sql.SQL
+
+WRITE_FUNCTION = "replicator_compat_write"
+LOG_FUNCTION = "replicator_log_changes"
+FROZEN_FUNCTION = "replicator_archive_frozen"
+CHANGES = "replicator_cutover_changes"
+_LOG_TRIGGERS = {
+    "INSERT": ("replicator_log_insert", "REFERENCING NEW TABLE AS new_rows"),
+    "UPDATE": ("replicator_log_update", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    "DELETE": ("replicator_log_delete", "REFERENCING OLD TABLE AS old_rows"),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """The latest row of ``replicator_cutover``."""
+
+    id: int
+    state: str
+    cut_at: datetime
+    cut_lsn: str
+    source_rows: int
+    target_rows: int
+    blocked_ms: int
+    repaired_rows: int
+    positions: list[PartitionPosition]
+    archive_table: str
+
+
+def ensure_state(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(read_sql("cutover_state.sql"))
+
+
+def latest(conn: psycopg.Connection[Any], source: str) -> Record | None:
+    """The newest cutover of ``source`` (None: never cut over, or the table is missing)."""
+    if conn.execute("SELECT to_regclass('replicator_cutover')").fetchone() == (None,):
+        return None
+    row = conn.execute(
+        "SELECT id, state, cut_at, cut_lsn::text, source_rows, target_rows, blocked_ms,"
+        " repaired_rows, positions, archive_table FROM replicator_cutover"
+        " WHERE source_table = %s ORDER BY id DESC LIMIT 1",
+        [source],
+    ).fetchone()
+    if row is None:
+        return None
+    positions = [PartitionPosition(**p) for p in row[8]]
+    return Record(*row[:8], positions=positions, archive_table=row[9])  # type: ignore[misc]
+
+
+def record_cutover(
+    conn: psycopg.Connection[Any],
+    names: tuple[str, str, str],
+    lsn: str,
+    counts: tuple[int, int],
+    blocked_ms: int,
+    repaired: int,
+    positions: list[PartitionPosition],
+) -> None:
+    held = [
+        {"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset,
+         "last_lsn": p.last_lsn, "topic_id": p.topic_id}
+        for p in positions
+    ]  # fmt: skip
+    conn.execute(
+        "INSERT INTO replicator_cutover (source_table, target_table, archive_table, state,"
+        " cut_lsn, source_rows, target_rows, blocked_ms, repaired_rows, positions)"
+        " VALUES (%s, %s, %s, 'cut_over', %s::pg_lsn, %s, %s, %s, %s, %s)",
+        [*names, lsn, *counts, blocked_ms, repaired, Jsonb(held)],
+    )
+
+
+def record_rollback(
+    conn: psycopg.Connection[Any], record: Record, lsn: str, blocked_ms: int, restored: int
+) -> None:
+    conn.execute(
+        "UPDATE replicator_cutover SET state = 'rolled_back', rolled_back_at = now(),"
+        " rollback_lsn = %s::pg_lsn, rollback_blocked_ms = %s, restored_rows = %s"
+        " WHERE id = %s",
+        [lsn, blocked_ms, restored, record.id],
+    )
+
+
+def record_finalized(conn: psycopg.Connection[Any], record: Record) -> None:
+    conn.execute(
+        "UPDATE replicator_cutover SET state = 'finalized', finalized_at = now() WHERE id = %s",
+        [record.id],
+    )
+
+
+# ------------------------------------------------------------------ the change log
+
+
+def log_changes(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
+    """Statement triggers on ``target`` that record every run_id written after the cutover
+    (view writes and direct writes alike; TRUNCATE records every row first)."""
+    s, t, log = sql.Identifier(schema), sql.Identifier(target), sql.Identifier(CHANGES)
+    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=log))
+    body = q(
+        """
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {s}.{log} SELECT run_id FROM {s}.{t} ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO {s}.{log} SELECT run_id FROM new_rows ON CONFLICT DO NOTHING;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO {s}.{log} SELECT run_id FROM old_rows ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+"""
+    ).format(s=s, t=t, log=log)
+    conn.execute(
+        q(
+            "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql"
+            " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(s=s, fn=sql.Identifier(LOG_FUNCTION), body=sql.Literal(body.as_string(None)))
+    )
+    for event, (name, referencing) in _LOG_TRIGGERS.items():
+        conn.execute(
+            q(
+                "CREATE TRIGGER {name} AFTER {event} ON {s}.{t} {ref}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
+            ).format(
+                name=sql.Identifier(name),
+                event=q(event),
+                s=s,
+                t=t,
+                ref=q(referencing),
+                fn=sql.Identifier(LOG_FUNCTION),
+            )
+        )
+    conn.execute(
+        q(
+            "CREATE TRIGGER replicator_log_truncate BEFORE TRUNCATE ON {s}.{t}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
+        ).format(s=s, t=t, fn=sql.Identifier(LOG_FUNCTION))
+    )
+
+
+def drop_change_log(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
+    s, t = sql.Identifier(schema), sql.Identifier(target)
+    for name in [n for n, _ in _LOG_TRIGGERS.values()] + ["replicator_log_truncate"]:
+        conn.execute(
+            q("DROP TRIGGER IF EXISTS {n} ON {s}.{t}").format(n=sql.Identifier(name), s=s, t=t)
+        )
+    conn.execute(
+        q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(LOG_FUNCTION))
+    )
+    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(CHANGES)))
+
+
+# ------------------------------------------------------------------ the archive
+
+
+def freeze(conn: psycopg.Connection[Any], schema: str, archive: str, view: str) -> None:
+    """Refuse every write to the archive: a rollback relies on it holding exactly the rows
+    of the cutover (PostgreSQL re-resolves the name of a statement that waited on the
+    switch's lock, so such a statement reaches the view, not the archive; this catches a
+    writer that names the archive itself)."""
+    s, a = sql.Identifier(schema), sql.Identifier(archive)
+    message = f"{archive} is the archive of the cut-over legacy table: write {view}"
+    body = q("BEGIN RAISE EXCEPTION {m} USING ERRCODE = 'read_only_sql_transaction'; END").format(
+        m=sql.Literal(message)
+    )
+    conn.execute(
+        q(
+            "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql AS {body}"
+        ).format(s=s, fn=sql.Identifier(FROZEN_FUNCTION), body=sql.Literal(body.as_string(None)))
+    )
+    conn.execute(
+        q(
+            "CREATE TRIGGER replicator_archive_frozen BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE"
+            " ON {s}.{a} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
+        ).format(s=s, a=a, fn=sql.Identifier(FROZEN_FUNCTION))
+    )
+
+
+def thaw(conn: psycopg.Connection[Any], schema: str, archive: str) -> None:
+    s = sql.Identifier(schema)
+    conn.execute(
+        q("DROP TRIGGER IF EXISTS replicator_archive_frozen ON {s}.{a}").format(
+            s=s, a=sql.Identifier(archive)
+        )
+    )
+    conn.execute(
+        q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(FROZEN_FUNCTION))
+    )

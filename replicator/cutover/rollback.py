@@ -1,0 +1,194 @@
+"""``replicator rollback``: the plan's rollback without a backup restore, while the
+application keeps writing.
+
+Before the transaction the replication slot is created again (as the owner, with the
+slot's name from the settings): it starts before the switch back, so every change from
+the switch on is in it.  Then, in one transaction:
+
+1. ``LOCK`` the view and the archive (``ACCESS EXCLUSIVE``, short ``lock_timeout``,
+   retried), then ``workflow_runs_versions, workflow_runs IN EXCLUSIVE MODE`` (writers
+   of the new table wait too).
+2. The view and its function go; the archive is thawed and renamed back to
+   ``workflow_processes`` FIRST, so that the rows written next are decoded under the
+   legacy name (the connector includes the table by name).
+3. Only the rows in the change log (every run_id written in ``workflow_runs`` since the
+   cutover) are touched: those still in ``workflow_runs`` are written in their legacy form
+   (the view's inverse mapping), those gone are deleted.  Every other row stays exactly
+   as the cutover archived it (a NULL ``status``, a REAL ``total_cost``).
+4. Those rows of ``workflow_runs`` are written again from the legacy rows through the
+   forward mapping, and their versions set to the current LSN: the target equals the
+   mapped source at once, and the stream's copies of step 3's changes (older LSNs) are
+   skipped by the order guard.
+5. The change log is dropped, the stream's positions handed back (the closed markers
+   replaced by the positions the cutover saved), the rollback recorded; COMMIT.
+
+After the commit the connector is registered again with ``snapshot.mode=no_data``: no
+new full snapshot; it streams from the slot of the first step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.cutover import catalog, objects
+from replicator.cutover.legacy import legacy_items
+from replicator.cutover.switch import Say, lock
+from replicator.db.connect import connect, mapped_errors
+from replicator.errors import ConfigurationError
+from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
+from replicator.mapping.sql import MAPPED, problem, upsert_tail
+from replicator.settings import Settings
+from replicator.stream.checkpoint import Checkpoint
+
+q = sql.SQL
+
+
+@dataclass
+class RolledBack:
+    lsn: str
+    restored: int
+    blocked_ms: int
+    lock_attempts: int
+
+
+def create_slot(settings: Settings, say: Say) -> None:
+    """The connector's slot, unless it exists (a rollback run again)."""
+    admin = settings.as_admin()
+    dsn = (admin.source_dsn or admin.target_dsn).get_secret_value()
+    with (
+        connect(dsn, "the source database", autocommit=True) as conn,
+        mapped_errors("create the slot"),
+    ):
+        found = conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [settings.slot_name]
+        ).fetchone()
+        if found is None:
+            conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [settings.slot_name]
+            )
+            say(f"replication slot {settings.slot_name} created")
+
+
+def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int = 15) -> RolledBack:
+    """Steps 1-5 of the module docstring; nothing is changed when it raises."""
+    admin = settings.as_admin()
+    target = settings.target_table
+    checkpoint = Checkpoint(settings.offsets_table, target)
+    with (
+        connect(admin.target_dsn.get_secret_value(), "the database", autocommit=False) as conn,
+        mapped_errors("roll back"),
+    ):
+        record = objects.latest(conn, SOURCE_TABLE)
+        if record is None or record.state != "cut_over":
+            raise ConfigurationError(f"{SOURCE_TABLE} is not cut over: nothing to roll back")
+        schema = catalog.schema_of(conn, SOURCE_TABLE)
+        conn.commit()
+        s = sql.Identifier(schema)
+        wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
+        archive = sql.Identifier(record.archive_table)
+        tries = lock(
+            conn, q("{s}.{v}, {s}.{a}").format(s=s, v=wp, a=archive), lock_timeout_s, attempts
+        )
+        blocked_from = time.monotonic()
+        versions = sql.Identifier(f"{target}_versions")
+        conn.execute(
+            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=versions, t=wr)
+        )
+        legacy = catalog.columns(conn, record.archive_table)
+        conn.execute(q("DROP VIEW {s}.{v}").format(s=s, v=wp))
+        conn.execute(
+            q("DROP FUNCTION {s}.{f}()").format(s=s, f=sql.Identifier(objects.WRITE_FUNCTION))
+        )
+        objects.thaw(conn, schema, record.archive_table)
+        conn.execute(q("ALTER TABLE {s}.{a} RENAME TO {v}").format(s=s, a=archive, v=wp))
+        log = q("{}.{}").format(s, sql.Identifier(objects.CHANGES))
+        _restore(conn, s, target, legacy, log)
+        (restored,) = conn.execute(q("SELECT count(*) FROM {}").format(log)).fetchone()  # type: ignore[misc]
+        objects.drop_change_log(conn, schema, target)
+        checkpoint.reopen(conn, settings.topic, record.positions)
+        (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+        blocked_ms = int((time.monotonic() - blocked_from) * 1000)
+        objects.record_rollback(conn, record, lsn, blocked_ms, int(restored))
+        conn.commit()
+        blocked_ms = int((time.monotonic() - blocked_from) * 1000)
+    return RolledBack(lsn, int(restored), blocked_ms, tries)
+
+
+def _restore(
+    conn: psycopg.Connection[Any],
+    s: sql.Identifier,
+    target: str,
+    legacy: list[catalog.Column],
+    log: sql.Composed,
+) -> None:
+    """Steps 3 and 4: the rows of the change log, in the legacy table and back."""
+    wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
+    versions = sql.Identifier(f"{target}_versions")
+    conn.execute(
+        q(
+            "DELETE FROM {s}.{v} AS p USING {log} AS l WHERE p.id = l.run_id"
+            " AND NOT EXISTS (SELECT FROM {s}.{t} AS t WHERE t.run_id = l.run_id)"
+        ).format(s=s, v=wp, log=log, t=wr)
+    )
+    names = [sql.Identifier(c.name) for c in legacy]
+    conn.execute(
+        q(
+            "INSERT INTO {s}.{v} AS w ({cols}) SELECT {items} FROM {s}.{t} AS t"
+            " JOIN {log} AS l ON l.run_id = t.run_id"
+            " ON CONFLICT (id) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
+        ).format(
+            s=s,
+            v=wp,
+            t=wr,
+            log=log,
+            cols=q(", ").join(names),
+            items=legacy_items([(c.name, c.type) for c in legacy]),
+            sets=q(", ").join(q("{c} = EXCLUDED.{c}").format(c=n) for n in names[1:]),
+            old=q(", ").join(q("w.{}").format(n) for n in names[1:]),
+            new=q(", ").join(q("EXCLUDED.{}").format(n) for n in names[1:]),
+        )
+    )
+    conn.execute(
+        q(
+            "INSERT INTO {s}.{t} AS t ({cols}) SELECT {mapped} FROM {s}.{v} AS p"
+            " JOIN {log} AS l ON l.run_id = p.id WHERE {why} IS NULL {tail}"
+        ).format(
+            s=s,
+            t=wr,
+            v=wp,
+            log=log,
+            cols=q(", ").join(map(sql.Identifier, TARGET_COLUMNS)),
+            mapped=q(", ").join(MAPPED[c] for c in TARGET_COLUMNS),
+            why=problem(),
+            tail=upsert_tail(),
+        )
+    )
+    conn.execute(
+        q(
+            "INSERT INTO {s}.{ver} (run_id, source_lsn, deleted)"
+            " SELECT l.run_id, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,"
+            " NOT EXISTS (SELECT FROM {s}.{v} AS p WHERE p.id = l.run_id) FROM {log} AS l"
+            " ON CONFLICT (run_id) DO UPDATE"
+            " SET source_lsn = EXCLUDED.source_lsn, deleted = EXCLUDED.deleted"
+        ).format(s=s, ver=versions, v=wp, log=log)
+    )
+
+
+def reconnect(settings: Settings, say: Say, timeout_s: float = 60.0) -> None:
+    """Register the connector again, streaming from the slot (no new full snapshot)."""
+    from replicator.local.connect import ConnectClient
+    from replicator.local.stack import load_connector_file
+
+    if not settings.connect_url:
+        raise ConfigurationError("set REPLICATOR_CONNECT_URL to register the connector again")
+    spec = load_connector_file(None)
+    spec["config"]["snapshot.mode"] = "no_data"
+    client = ConnectClient(settings.connect_url)
+    client.put_config(spec["name"], spec["config"])
+    client.wait_running(spec["name"], timeout=timeout_s)
+    say(f"connector {spec['name']} running again (snapshot.mode=no_data: no new snapshot)")

@@ -1,0 +1,34 @@
+-- The record of `replicator cutover` and `replicator rollback`, in the database that holds
+-- both tables (created by the cutover, as the tables' owner).
+--
+-- replicator_cutover: one row per cutover.  state moves cut_over -> rolled_back, or
+-- cut_over -> finalized.  positions holds the stream's positions as they were when the
+-- cutover closed them (replicator_offsets then holds a closed marker, next_offset -1,
+-- for every partition), so that a rollback can hand them back.
+CREATE TABLE IF NOT EXISTS replicator_cutover (
+    id BIGSERIAL PRIMARY KEY,
+    source_table TEXT NOT NULL,
+    target_table TEXT NOT NULL,
+    archive_table TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('cut_over', 'rolled_back', 'finalized')),
+    cut_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    cut_lsn PG_LSN NOT NULL,
+    source_rows BIGINT NOT NULL,
+    target_rows BIGINT NOT NULL,
+    blocked_ms INTEGER NOT NULL,
+    repaired_rows INTEGER NOT NULL,
+    positions JSONB NOT NULL,
+    rolled_back_at TIMESTAMPTZ,
+    rollback_lsn PG_LSN,
+    rollback_blocked_ms INTEGER,
+    restored_rows INTEGER,
+    finalized_at TIMESTAMPTZ
+);
+
+-- replicator_cutover_changes: every run_id written in workflow_runs since the cutover
+-- (through the compatibility view or directly), recorded by statement triggers on
+-- workflow_runs in the writing transaction.  A rollback rewrites exactly these rows in
+-- the archive and leaves every other archived row as it was, byte for byte.
+CREATE TABLE IF NOT EXISTS replicator_cutover_changes (
+    run_id TEXT PRIMARY KEY
+);

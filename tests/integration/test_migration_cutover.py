@@ -1,0 +1,248 @@
+"""Phases 3 and 4 of the plan on a real stack, as an operator runs them: ``cutover`` and
+``rollback`` while an application keeps writing, every acknowledged write checked in the
+table it must be in afterwards.  On the session's own stack (own_stack.py); the test
+that finalizes runs last because nothing can follow it."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from replicator.cutover.legacy import legacy_row
+from replicator.local.processes import free_port
+from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
+from tests.integration.own_stack import OwnStack, converged, wait_for
+
+pytestmark = pytest.mark.integration
+
+LEGACY_APP = "legacy_app"  # a role of the application: rights on workflow_processes only
+EDGE_ROWS = {  # untouched through cutover and rollback: must come back byte for byte
+    "co-null": "INSERT INTO workflow_processes (id, workflow_name, message, max_turns, status,"
+    " total_cost) VALUES ('co-null', 'w', 'm', NULL, NULL, 0.1)",
+    "co-text": "INSERT INTO workflow_processes (id, workflow_name, message, result, error_message,"
+    " total_cost, created_at) VALUES ('co-text', 'w', 'm', E'say \"hi\"\\n\\t{}', '',"
+    " 123456.79, '1969-07-20 20:17:40.123456')",
+}
+
+
+class Application:
+    """Inserts, updates and deletes rows of its own (``co-w-*``) in small transactions
+    until stopped; remembers what each acknowledged write left, and every error."""
+
+    def __init__(self, dsn: str, seed: int) -> None:
+        self.dsn = dsn
+        self.rng = random.Random(seed)
+        self.expected: dict[str, tuple[str, str | None] | None] = {}
+        self.errors: list[str] = []
+        self.writes = 0
+        self.stop = threading.Event()
+        self.lock = threading.Lock()  # held for each write: checks see what was acknowledged
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Application:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                live = [k for k, v in self.expected.items() if v is not None]
+                op = self.rng.choice("iiuud") if live else "i"
+                with self.lock:
+                    self._write(conn, op, live, n)
+                time.sleep(0.003)
+
+    def _write(self, conn: psycopg.Connection[Any], op: str, live: list[str], n: int) -> None:
+        try:
+            if op == "i":
+                rid = f"co-w-{self.rng.getrandbits(40):010x}"
+                conn.execute(
+                    "INSERT INTO workflow_processes (id, workflow_name, message)"
+                    " VALUES (%s, 'app', %s)",
+                    [rid, f"m{n}"],
+                )
+                self.expected[rid] = (f"m{n}", None)
+            elif op == "u":
+                rid = self.rng.choice(live)
+                cur = conn.execute(
+                    "UPDATE workflow_processes SET message = %s, result = %s WHERE id = %s",
+                    [f"m{n}", f"r{n}", rid],
+                )
+                assert cur.rowcount == 1, f"update of {rid} touched {cur.rowcount} rows"
+                self.expected[rid] = (f"m{n}", f"r{n}")
+            else:
+                rid = self.rng.choice(live)
+                cur = conn.execute("DELETE FROM workflow_processes WHERE id = %s", [rid])
+                assert cur.rowcount == 1, f"delete of {rid} touched {cur.rowcount} rows"
+                self.expected[rid] = None
+            self.writes += 1
+        except (psycopg.Error, AssertionError) as exc:
+            self.errors.append(f"{op}: {exc}")
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def slot_exists(dsn: str) -> bool:
+    return bool(query(dsn, "SELECT 1 FROM pg_replication_slots"))
+
+
+def check_acknowledged(dsn: str, app: Application) -> None:
+    """Every acknowledged write is what workflow_processes holds now."""
+    with app.lock:
+        expected = dict(app.expected)
+        rows = dict(
+            (r[0], (r[1], r[2]))
+            for r in query(
+                dsn, "SELECT id, message, result FROM workflow_processes WHERE id LIKE 'co-w-%'"
+            )
+        )
+    wrong = {k: (v, rows.get(k)) for k, v in expected.items() if rows.get(k) != v}
+    assert not wrong, f"{len(wrong)} acknowledged writes not as written: {list(wrong.items())[:5]}"
+
+
+def view_matches_inverse(dsn: str) -> None:
+    """The compatibility view shows every workflow_runs row as legacy_row() says (both read
+    in one snapshot: the application keeps writing)."""
+    json_cols = {"result_data", "error_details", "tags", "metadata", "progress_data"}
+    cols = ", ".join(
+        f"{c}::text" if c in json_cols | {"resource_usage"} else c for c in TARGET_COLUMNS
+    )
+    legacy = ", ".join("total_cost::float8" if c == "total_cost" else c for c in SOURCE_COLUMNS)
+    with psycopg.connect(dsn) as conn:  # float8: the REAL value exactly
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        runs = conn.execute(f"SELECT {cols} FROM workflow_runs").fetchall()
+        view = {r[0]: r for r in conn.execute(f"SELECT {legacy} FROM workflow_processes")}
+    expected = {
+        r[0]: tuple(legacy_row(dict(zip(TARGET_COLUMNS, r, strict=True))).values()) for r in runs
+    }
+    wrong = [k for k in expected if view.get(k) != expected[k]]
+    assert not wrong and len(view) == len(expected), [(view.get(k), expected[k]) for k in wrong[:3]]
+
+
+def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) -> None:
+    cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
+    with psycopg.connect(owner, autocommit=True) as conn:
+        for statement in EDGE_ROWS.values():
+            conn.execute(statement)
+        conn.execute(f"DROP ROLE IF EXISTS {LEGACY_APP}")
+        conn.execute(f"CREATE ROLE {LEGACY_APP} LOGIN")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_processes TO {LEGACY_APP}")
+    legacy_dsn = psycopg.conninfo.make_conninfo(owner, user=LEGACY_APP)
+    edge = "SELECT p::text FROM workflow_processes p WHERE id IN ('co-null', 'co-text') ORDER BY id"
+    untouched = query(owner, edge)
+    run = own_stack.spawn_run(free_port())
+    try:
+        converged(own_stack)
+        # phase 3 alone: readers compare the legacy shape while the table takes the writes
+        cli("cutover", "--readers-view", "workflow_processes_compat")
+        assert query(owner, "SELECT count(*) FROM workflow_processes_compat") == query(
+            owner, "SELECT count(*) FROM workflow_processes"
+        )
+        assert query(legacy_dsn, "SELECT id FROM workflow_processes_compat WHERE id = 'co-null'")
+        with Application(owner, seed=21) as app:
+            wait_for(lambda: app.writes > 100)
+            dry = cli("cutover", "--dry-run")
+            assert dry.stdout.rstrip().endswith("ready"), dry.stdout
+            done = cli("cutover")
+            blocked = re.search(r"waited at most (\d+) ms", done.stdout)
+            assert blocked, done.stdout
+            print(f"cutover: {done.stdout}")
+            at_cutover = app.writes
+            wait_for(lambda: app.writes > at_cutover + 150)
+            # cut over: the slot is gone, the replicator ended cleanly, verify knows why
+            assert not slot_exists(owner)
+            assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+            assert "cut over" in cli("verify").stdout
+            assert query(
+                owner, "SELECT relkind FROM pg_class WHERE relname = 'workflow_processes'"
+            ) == [("v",)]
+            # the application's own role writes through the view, with no rights on workflow_runs
+            with psycopg.connect(legacy_dsn, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO workflow_processes (id, workflow_name, message)"
+                    " VALUES ('co-role', 'w', 'm')"
+                )
+                conn.execute("UPDATE workflow_processes SET status = 'done' WHERE id = 'co-role'")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("SELECT 1 FROM workflow_runs")
+            with psycopg.connect(owner, autocommit=True) as conn:  # an updated application
+                conn.execute(
+                    "INSERT INTO workflow_runs (run_id, workflow_type, description, result_data)"
+                    " VALUES ('co-direct', 'new', 'd', '{\"a\": 1}')"
+                )
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    conn.execute("DELETE FROM workflow_processes_archive WHERE id = 'co-null'")
+            view_matches_inverse(owner)
+            check_acknowledged(owner, app)
+            rolled = cli("rollback")
+            print(f"rollback: {rolled.stdout}")
+            at_rollback = app.writes
+            wait_for(lambda: app.writes > at_rollback + 150)
+        assert not app.errors, app.errors[:5]
+        assert query(owner, edge) == untouched  # byte for byte: NULL status, the REAL value
+        check_acknowledged(owner, app)
+        assert query(
+            owner,
+            "SELECT status, result FROM workflow_processes"
+            " WHERE id IN ('co-role', 'co-direct') ORDER BY id",
+        ) == [
+            ("pending", '{"a": 1}'),
+            ("done", None),
+        ]
+        assert slot_exists(owner)
+        assert cli("connector", "status", ok=False).returncode == 0
+        run = own_stack.spawn_run(free_port())
+        converged(own_stack)
+        assert cli("verify").returncode == 0
+        refused = cli("rollback", ok=False)
+        assert refused.returncode == 1 and "FAIL" in refused.stdout
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+
+
+def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
+    cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
+    run = own_stack.spawn_run(free_port())
+    try:
+        converged(own_stack)
+        cli("cutover")
+        assert run.wait(60) == 0
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            run.wait(60)
+    out = cli("cutover", "--finalize").stdout
+    assert "kept" in out, out
+    assert query(owner, "SELECT count(*) FROM pg_publication") == [(0,)]
+    assert query(owner, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'replicator_log_%'") == [
+        (0,)
+    ]
+    assert query(owner, "SELECT state FROM replicator_cutover ORDER BY id DESC LIMIT 1") == [
+        ("finalized",)
+    ]
+    refused = cli("rollback", ok=False)
+    assert refused.returncode == 1 and "finalized" in refused.stdout
+    with psycopg.connect(owner, autocommit=True) as conn:  # the view still serves the application
+        conn.execute("UPDATE workflow_processes SET message = 'after' WHERE id = 'co-null'")
+    assert query(owner, "SELECT description FROM workflow_runs WHERE run_id = 'co-null'") == [
+        ("after",)
+    ]
+    assert query(owner, "SELECT count(*) FROM workflow_processes_archive") > [(0,)]
