@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from replicator.errors import EventError, PositionGap, TargetUnavailable
+from replicator.errors import EventError, PositionGap, PositionsFenced, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.settings import Settings
@@ -163,6 +163,8 @@ class RecordingSink:
         return -1 in self.positions.values()
 
     def apply(self, changes: list[RowChange], positions: list[PartitionPosition]) -> ApplyResult:
+        if self.stream_closed("t"):  # the compare-and-set of a closed position fails
+            raise PositionsFenced("closed by a cutover")
         if self.outages:
             self.outages -= 1
             raise TargetUnavailable("the target went away")
@@ -288,6 +290,37 @@ def test_a_topic_re_created_under_a_running_consumer_is_read_again_from_its_star
     assert ("seek", None) in source.log
     assert {f"wp-new-{n}" for n in range(6)} <= set(sink.rows)  # none of 0..3 skipped
     assert sink.positions == {0: 6} and sink.topic_ids == {0: "topic-B"}
+
+
+def test_a_consumer_started_after_the_cutover_ends_cleanly_without_applying() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)])
+    sink = RecordingSink()
+    sink.positions = {0: -1}  # closed by replicator cutover
+    replicate(source, sink)
+    assert sink.applies == [] and sink.positions == {0: -1}
+
+
+def test_a_running_consumer_ends_cleanly_when_the_cutover_closes_its_stream() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(12)])
+    sink = RecordingSink()
+
+    def cut_over(src: ScriptedSource) -> None:
+        if src.position == 6:
+            sink.positions = {0: -1}
+
+    source.on_poll = cut_over
+    values = {"target_dsn": "postgresql://app@db.invalid/t", "kafka_bootstrap": "k.invalid:9092"}
+    replicator = Replicator(
+        Settings(**values, retry_backoff_max_s=0.1, batch_max_rows=3),
+        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
+        sink=sink,  # type: ignore[arg-type]
+        control=sink,  # type: ignore[arg-type]
+        dead_letters=RecordingDeadLetters(),  # type: ignore[arg-type]
+    )
+    replicator.positioning.watch_every_s = 0.05
+    assert replicator.run(exit_when_idle_s=30) == 0  # ended by the cutover, not by idling
+    assert sink.positions == {0: -1}
+    assert "wp-11" not in sink.rows  # nothing applied after the close
 
 
 def test_a_position_below_the_oldest_held_offset_stops_the_replicator() -> None:

@@ -1,0 +1,180 @@
+"""The inverse mapping of the compatibility view, and the cutover's checks, without a
+database (tests/integration/test_migration_cutover.py runs them on a real one)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from replicator.cutover.legacy import (
+    checked_type,
+    float32,
+    legacy_items,
+    legacy_row,
+    unwrap,
+    view_select,
+    write_function,
+)
+from replicator.cutover.readiness import Check, _check
+from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
+from replicator.mapping.rows import map_to_tuple
+
+SHAPE = [(c, SOURCE_TYPES[c]) for c in SOURCE_COLUMNS]
+
+
+def target(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(TARGET_COLUMNS)
+    row.update(run_id="r1", workflow_type="w", description="d", status="pending")
+    row.update(priority="normal", tags="[]", metadata="{}", progress_data="{}")
+    row.update(resource_usage="{}", result_data="{}", error_details="{}")
+    row.update(values)
+    return row
+
+
+def test_every_legacy_column_comes_from_its_target_column() -> None:
+    when = datetime(1969, 7, 20, 20, 17, 40, 123456)
+    row = legacy_row(
+        target(
+            run_id="wp-1",
+            workflow_type="bug-fix",
+            description="msg",
+            max_turns=None,
+            session_id="s",
+            git_branch="b",
+            repository_url="u",
+            created_at=when,
+            updated_at=when,
+            started_at=None,
+            completed_at=when,
+            status="running",
+            result_data='{"result": "ok"}',
+            error_details='{"error": "boom"}',
+            execution_time_ms=-5,
+            total_cost=Decimal("12.5000"),
+        )
+    )
+    assert list(row) == list(SOURCE_COLUMNS)
+    assert row == {
+        "id": "wp-1",
+        "workflow_name": "bug-fix",
+        "message": "msg",
+        "max_turns": None,
+        "session_name": "s",
+        "git_branch": "b",
+        "repository_url": "u",
+        "created_at": when,
+        "updated_at": when,
+        "status": "running",
+        "result": "ok",
+        "error_message": "boom",
+        "execution_time": -5,
+        "total_cost": 12.5,
+        "started_at": None,
+        "completed_at": when,
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "shown"),
+    [
+        (None, None),  # a NULL stays NULL
+        ("{}", None),  # the mapping's NULL
+        ('{"result": ""}', ""),  # an empty text is not NULL
+        ('{"result": "say \\"hi\\"\\n\\u0007é"}', 'say "hi"\n\x07é'),
+        ('{"result": null}', '{"result": null}'),  # not the wrapped form: shown as JSON
+        ('{"result": 5}', '{"result": 5}'),
+        ('{"result": "x", "more": 1}', '{"result": "x", "more": 1}'),
+        ('{"other": "x"}', '{"other": "x"}'),
+        ('["result"]', '["result"]'),
+        ('"result"', '"result"'),
+        ({"result": "parsed"}, "parsed"),  # as psycopg hands a json column over
+    ],
+)
+def test_json_unwrapping(document: Any, shown: str | None) -> None:
+    assert unwrap(document, "result") == shown
+
+
+@pytest.mark.parametrize(
+    "text", [None, "", "plain", 'quote " backslash \\ tab \t nl \n', "\x00\x1f", "ünï ☃ 🚀"]
+)
+def test_the_inverse_undoes_the_mapping_of_every_text(text: str | None) -> None:
+    legacy: dict[str, Any] = dict.fromkeys(SOURCE_COLUMNS)
+    legacy.update(id="wp-2", workflow_name="w", message="m", result=text, error_message=text)
+    mapped = dict(zip(TARGET_COLUMNS, map_to_tuple(legacy)[0], strict=True))
+    back = legacy_row(mapped)
+    assert back["result"] == text and back["error_message"] == text
+
+
+@pytest.mark.parametrize(
+    ("stored", "real"),
+    [
+        (None, None),
+        (Decimal("0.1000"), 0.10000000149011612),  # the nearest float32
+        (Decimal("999999.9999"), 1000000.0),
+        (Decimal("-0.0001"), -9.999999747378752e-05),
+        (Decimal("123456.7891"), 123456.7890625),
+    ],
+)
+def test_total_cost_becomes_the_nearest_real(stored: Decimal | None, real: float | None) -> None:
+    assert float32(stored) == real
+
+
+def test_a_null_status_cannot_come_back_from_the_view() -> None:
+    legacy: dict[str, Any] = dict.fromkeys(SOURCE_COLUMNS)
+    legacy.update(id="wp-3", workflow_name="w", message="m", status=None)
+    mapped = dict(zip(TARGET_COLUMNS, map_to_tuple(legacy)[0], strict=True))
+    assert legacy_row(mapped)["status"] == "pending"  # the archive keeps the NULL
+
+
+def test_the_view_has_the_legacy_columns_in_the_legacy_order_and_types() -> None:
+    text = view_select(SHAPE, "public", "workflow_runs").as_string(None)
+    positions = [text.index(f'AS "{c}"') for c in SOURCE_COLUMNS]
+    assert positions == sorted(positions)
+    assert '::real AS "total_cost"' in text
+    assert '::timestamp without time zone AS "created_at"' in text
+    assert 'FROM "public"."workflow_runs" AS t' in text
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        SHAPE[:-1],  # a column missing
+        [*SHAPE, ("extra", "text")],  # a column the mapping does not know
+        [("ident", "text"), *SHAPE[1:]],
+    ],
+)
+def test_a_legacy_table_of_another_shape_is_refused(shape: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError, match="not the mapping's"):
+        legacy_items(shape)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["text", "character varying(255)", "numeric(10,4)", "timestamp(3) without time zone"],
+)
+def test_plain_types_are_accepted(name: str) -> None:
+    assert checked_type(name) == name
+
+
+@pytest.mark.parametrize("name", ["text; DROP TABLE x", "text)--", "int[]", "Text", ""])
+def test_anything_else_in_a_type_name_is_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        checked_type(name)
+
+
+def test_the_write_function_runs_as_its_owner_with_a_fixed_search_path() -> None:
+    text = write_function("fn", SHAPE, "public", "workflow_runs").as_string(None)
+    assert "SECURITY DEFINER SET search_path = pg_catalog, pg_temp" in text
+    body = json.dumps(text)  # the body is one literal: every table in it is qualified
+    assert '\\"public\\".\\"workflow_runs\\"' in body
+    assert "IS DISTINCT FROM o." in text  # an UPDATE writes only the columns it changed
+    assert '"user_id" =' not in text  # and never the target's own columns
+
+
+def test_a_check_says_why() -> None:
+    assert _check("owner", True, "owns", "does not") == Check("owner", True, "owns")
+    assert _check("owner", False, "owns", "does not") == Check("owner", False, "does not")
