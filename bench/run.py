@@ -285,14 +285,31 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
 # ---- 5: initial load -----------------------------------------------------------------------
 
 
+def only_rows(pattern: str) -> dict[str, str]:
+    """Connector settings restricting its snapshot to the rows whose id is LIKE ``pattern``."""
+    table = "public.workflow_processes"
+    return {
+        "snapshot.select.statement.overrides": table,
+        f"snapshot.select.statement.overrides.{table}": (
+            f"SELECT * FROM {table} WHERE id LIKE '{pattern}'"
+        ),
+    }
+
+
 def snapshot_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, float]:
     """Register a second connector on the existing rows; time until the target has them all."""
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, "bench_snapshot")
     name = f"bench_snap_{time.time_ns() % 10**9}"
     spec = load_connector_file()
-    # its own slot and topic; the publication of schemas/roles.sql is shared
-    config = {**spec["config"], "topic.prefix": name, "slot.name": name}
+    # its own slot and topic (the publication of schemas/roles.sql is shared); the snapshot
+    # reads the bench's rows only, whatever else the stack's table holds
+    config = {
+        **spec["config"],
+        "topic.prefix": name,
+        "slot.name": name,
+        **only_rows(f"{prefix}%"),
+    }
     settings = _settings(env, table, topic=f"{name}.public.workflow_processes")
     client = ConnectClient(env["REPLICATOR_CONNECT_URL"])
     replicator = Replicator(settings)

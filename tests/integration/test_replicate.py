@@ -155,6 +155,11 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
         **spec["config"],
         "topic.prefix": prefix,
         "slot.name": name,  # the publication of schemas/roles.sql is shared
+        # the snapshot reads this test's rows only, not what other tests left in the table
+        "snapshot.select.statement.overrides": "public.workflow_processes",
+        "snapshot.select.statement.overrides.public.workflow_processes": (
+            f"SELECT * FROM public.workflow_processes WHERE id LIKE '{p}-%'"
+        ),
     }
     client = ConnectClient(stack.connect_url)
     client.put_config(name, config)
