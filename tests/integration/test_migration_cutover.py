@@ -155,6 +155,18 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             owner, "SELECT count(*) FROM workflow_processes"
         )
         assert query(legacy_dsn, "SELECT id FROM workflow_processes_compat WHERE id = 'co-null'")
+        # something that would follow the renamed table blocks the switch, named
+        with psycopg.connect(owner, autocommit=True) as conn:
+            conn.execute("CREATE VIEW legacy_report AS SELECT id FROM workflow_processes")
+        for argv in (("cutover", "--dry-run"), ("cutover",)):
+            refused = cli(*argv, ok=False)
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert "FAIL  nothing depends on it: view legacy_report" in refused.stdout
+        assert query(
+            owner, "SELECT relkind FROM pg_class WHERE relname = 'workflow_processes'"
+        ) == [("r",)]
+        with psycopg.connect(owner, autocommit=True) as conn:
+            conn.execute("DROP VIEW legacy_report")
         with Application(owner, seed=21) as app:
             wait_for(lambda: app.writes > 100)
             dry = cli("cutover", "--dry-run")
