@@ -87,6 +87,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from replicator.cutover import readiness, switch
     from replicator.cutover.objects import latest
     from replicator.db.connect import connect
+    from replicator.mapping.columns import SOURCE_TABLE
 
     settings = settings_from(args)
     if args.readers_view:
@@ -103,7 +104,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     with connect(settings.as_admin().target_dsn.get_secret_value(), "the database") as conn:
-        record = latest(conn, "workflow_processes")
+        record = latest(conn, SOURCE_TABLE)
     if record is not None and record.state == "cut_over" and not args.dry_run:
         print(f"cut over already at {record.cut_at:%Y-%m-%d %H:%M:%S%z}; finishing what is left")
         return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED

@@ -234,6 +234,20 @@ def replicate(
     return replicator
 
 
+def watching(source: ScriptedSource, sink: RecordingSink) -> Replicator:
+    """A replicator that checks its topic and positions every 50 ms (run it yourself)."""
+    values = {"target_dsn": "postgresql://app@db.invalid/t", "kafka_bootstrap": "k.invalid:9092"}
+    replicator = Replicator(
+        Settings(**values, retry_backoff_max_s=0.1, batch_max_rows=3),
+        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
+        sink=sink,  # type: ignore[arg-type]
+        control=sink,  # type: ignore[arg-type]
+        dead_letters=RecordingDeadLetters(),  # type: ignore[arg-type]
+    )
+    replicator.positioning.watch_every_s = 0.05
+    return replicator
+
+
 def test_positions_carry_the_id_of_the_topic_they_belong_to() -> None:
     source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)])
     sink = RecordingSink()
@@ -277,15 +291,7 @@ def test_a_topic_re_created_under_a_running_consumer_is_read_again_from_its_star
             src.position = 4  # where the old consumer's fetch position stood
 
     source.on_poll = recreate
-    values = {"target_dsn": "postgresql://app@db.invalid/t", "kafka_bootstrap": "k.invalid:9092"}
-    replicator = Replicator(
-        Settings(**values, retry_backoff_max_s=0.1, batch_max_rows=3),
-        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
-        sink=sink,  # type: ignore[arg-type]
-        control=sink,  # type: ignore[arg-type]
-        dead_letters=RecordingDeadLetters(),  # type: ignore[arg-type]
-    )
-    replicator.positioning.watch_every_s = 0.05
+    replicator = watching(source, sink)
     assert replicator.run(exit_when_idle_s=0.5) == 0
     assert ("seek", None) in source.log
     assert {f"wp-new-{n}" for n in range(6)} <= set(sink.rows)  # none of 0..3 skipped
@@ -309,15 +315,7 @@ def test_a_running_consumer_ends_cleanly_when_the_cutover_closes_its_stream() ->
             sink.positions = {0: -1}
 
     source.on_poll = cut_over
-    values = {"target_dsn": "postgresql://app@db.invalid/t", "kafka_bootstrap": "k.invalid:9092"}
-    replicator = Replicator(
-        Settings(**values, retry_backoff_max_s=0.1, batch_max_rows=3),
-        source=lambda _settings: source,  # type: ignore[arg-type,return-value]
-        sink=sink,  # type: ignore[arg-type]
-        control=sink,  # type: ignore[arg-type]
-        dead_letters=RecordingDeadLetters(),  # type: ignore[arg-type]
-    )
-    replicator.positioning.watch_every_s = 0.05
+    replicator = watching(source, sink)
     assert replicator.run(exit_when_idle_s=30) == 0  # ended by the cutover, not by idling
     assert sink.positions == {0: -1}
     assert "wp-11" not in sink.rows  # nothing applied after the close
