@@ -57,6 +57,11 @@ class PositionOutOfRange(TransientError):
     are checked against the topic as it is now (stream/origin.py)."""
 
 
+class GenerationChanged(PositionOutOfRange):
+    """A snapshot generation was recorded after the batch's changes were stamped: the
+    batch rolls back and the partitions are re-read with the generations reloaded."""
+
+
 class TerminalError(ReplicatorError):
     """Retrying the same operation will fail the same way."""
 

@@ -30,8 +30,9 @@ class Op(StrEnum):
     MESSAGE = "m"  # logical decoding message
 
 
-#: The order-guard version of a snapshot read (initial snapshot or backfill): the weakest
-#: one, below every streamed change's LSN (argument: :mod:`replicator.stream.transform`).
+#: The order-guard LSN of a snapshot read (initial snapshot or backfill): the weakest one
+#: of its generation, below every streamed change's LSN (argument:
+#: :mod:`replicator.stream.transform`, :mod:`replicator.stream.generations`).
 SNAPSHOT_VERSION = 0
 
 #: Debezium's default stand-in for an unchanged TOASTed column (REPLICA IDENTITY DEFAULT).
@@ -74,7 +75,9 @@ class RowChange:
     ``values`` follow ``TARGET_COLUMNS`` (JSON columns as ``str``); ``None`` for a delete.
     ``lsn`` is ``None`` for changes without a source LSN (applied unconditionally).
     ``unavailable``: target columns whose value the source did not send (unchanged
-    TOASTed values), never written.
+    TOASTed values), never written.  ``generation``: the snapshot generation of the
+    change (:mod:`replicator.stream.generations`); versions compare as
+    ``(generation, lsn)``.
     """
 
     run_id: str
@@ -82,6 +85,7 @@ class RowChange:
     delete: bool
     values: tuple[Any, ...] | None
     unavailable: frozenset[str] = frozenset()
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,42 @@ ALTER TABLE {offsets} ADD COLUMN IF NOT EXISTS topic_id TEXT;
 -- whether that change was a delete.  An event whose LSN is older than the stored
 -- one is stale (a redelivery or a replay) and is not applied; a deleted row keeps
 -- its entry, so an older image can never bring it back.
+-- generation: the snapshot generation of that change (replicator_generations); versions
+-- compare as (generation, source_lsn).
 CREATE TABLE IF NOT EXISTS {versions} (
     run_id TEXT PRIMARY KEY,
     source_lsn BIGINT NOT NULL,
-    deleted BOOLEAN NOT NULL DEFAULT false
+    deleted BOOLEAN NOT NULL DEFAULT false,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+ALTER TABLE {versions} ADD COLUMN IF NOT EXISTS generation INTEGER NOT NULL DEFAULT 0;
+
+-- replicator_generations: the snapshots taken again by `replicator connector apply
+-- --resnapshot`, per topic (stream/generations.py).  Generation N covers every event at or
+-- after boundaries[partition] in the topic whose Kafka id is topic_id, and the whole of any
+-- topic created later.  marks: the ends of the partitions once the connector had written
+-- the whole snapshot (NULL until then); a target that has read up to them holds every
+-- snapshot read, and drops the rows the snapshot did not have (replicator_swept).
+CREATE TABLE IF NOT EXISTS replicator_generations (
+    topic TEXT NOT NULL,
+    generation INTEGER NOT NULL CHECK (generation > 0),
+    topic_id TEXT,
+    boundaries JSONB NOT NULL,
+    marks JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    completed_at TIMESTAMPTZ,
+    PRIMARY KEY (topic, generation)
+);
+
+-- replicator_swept: the generations whose sweep ran on a target table, with the rows it
+-- removed; written in the same transaction as the removal, so it runs once.
+CREATE TABLE IF NOT EXISTS replicator_swept (
+    target_table TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    swept_rows BIGINT NOT NULL,
+    swept_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_table, topic, generation)
 );
 
 -- replicator_redriven: the last outcome of each dead letter `replicator dlq redrive`

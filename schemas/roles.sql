@@ -60,3 +60,4 @@ GRANT pg_monitor TO replicator_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_runs, workflow_runs_versions, replicator_offsets
     TO replicator_app;
 GRANT SELECT, INSERT, UPDATE ON replicator_redriven TO replicator_app;
+GRANT SELECT, INSERT, UPDATE ON replicator_generations, replicator_swept TO replicator_app;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from replicator.cli.common import (
     EXIT_FAILED,
@@ -47,7 +48,16 @@ def add_parser(sub: Subparsers) -> None:
         type=positive_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="how long apply and restart wait for RUNNING (default 60 s)",
+        help="how long apply and restart wait for RUNNING, and --resnapshot for each of its"
+        " steps (default 60 s)",
+    )
+    p.add_argument(
+        "--resnapshot",
+        action="store_true",
+        help="apply only: take a new initial snapshot from a new slot (the slot was lost, or"
+        " the target must be re-based): the stored source offsets and the slot are dropped,"
+        " the snapshot wins over older streamed changes and the rows deleted meanwhile are"
+        " removed by `replicator run` once it has read the snapshot",
     )
     p.add_argument(
         "--snapshot-mode",
@@ -67,6 +77,8 @@ def cmd_connector(args: argparse.Namespace) -> int:
     spec = load_connector_file(Path(args.file) if args.file else None)
     client = ConnectClient(settings.connect_url)
     name = spec["name"]
+    if args.resnapshot:
+        return _resnapshot(args, settings, client, spec)
     if args.snapshot_mode:
         spec["config"]["snapshot.mode"] = args.snapshot_mode
     if args.action == "apply":
@@ -89,3 +101,21 @@ def cmd_connector(args: argparse.Namespace) -> int:
         and all(t["state"] == "RUNNING" for t in tasks)
     )
     return EXIT_OK if running else EXIT_FAILED
+
+
+def _resnapshot(args: argparse.Namespace, settings: Any, client: Any, spec: dict[str, Any]) -> int:
+    from replicator.stream.resnapshot import resnapshot
+
+    if args.action != "apply":
+        raise ConfigurationError("--resnapshot goes with `connector apply`")
+    if args.snapshot_mode not in (None, "initial"):
+        raise ConfigurationError("--resnapshot takes an initial snapshot: drop --snapshot-mode")
+    resnapshot(
+        settings,
+        client,
+        spec["name"],
+        spec["config"],
+        timeout=args.timeout,
+        say=lambda line: print(line, flush=True),
+    )
+    return EXIT_OK

@@ -170,11 +170,12 @@ def _restore(
     )
     conn.execute(
         q(
-            "INSERT INTO {s}.{ver} (run_id, source_lsn, deleted)"
-            " SELECT l.run_id, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,"
+            "INSERT INTO {s}.{ver} (run_id, generation, source_lsn, deleted)"
+            " SELECT l.run_id, (SELECT coalesce(max(generation), 0) FROM {s}.{ver}),"
+            " (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,"
             " NOT EXISTS (SELECT FROM {s}.{v} AS p WHERE p.id = l.run_id) FROM {log} AS l"
-            " ON CONFLICT (run_id) DO UPDATE"
-            " SET source_lsn = EXCLUDED.source_lsn, deleted = EXCLUDED.deleted"
+            " ON CONFLICT (run_id) DO UPDATE SET generation = EXCLUDED.generation,"
+            " source_lsn = EXCLUDED.source_lsn, deleted = EXCLUDED.deleted"
         ).format(s=s, ver=versions, v=wp, log=log)
     )
 

@@ -49,6 +49,7 @@ from replicator.cutover.legacy import view_select, write_function
 from replicator.cutover.readiness import ARCHIVE, unmappable
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.names import plain_identifier
+from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, comparable, upsert_tail
@@ -278,26 +279,10 @@ def finish(settings: Settings, say: Say) -> bool:
         done = False
     admin = settings.as_admin()
     dsn = (admin.source_dsn or admin.target_dsn).get_secret_value()
-    with (
-        connect(dsn, "the source database", autocommit=True) as conn,
-        mapped_errors("drop the slot"),
-    ):
-        deadline = time.monotonic() + 30
-        while True:
-            row = conn.execute(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", [settings.slot_name]
-            ).fetchone()
-            if row is None:
-                say(f"replication slot {settings.slot_name} is gone")
-                return done
-            if not row[0]:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", [settings.slot_name])
-                say(f"replication slot {settings.slot_name} dropped")
-                return done
-            if time.monotonic() > deadline:
-                say(f"replication slot {settings.slot_name} is still in use: run cutover again")
-                return False
-            time.sleep(0.5)
+    if not drop_slot(dsn, settings.slot_name, say):
+        say(f"replication slot {settings.slot_name} is still in use: run cutover again")
+        return False
+    return done
 
 
 def readers_view(settings: Settings, name: str) -> int:

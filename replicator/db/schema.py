@@ -31,6 +31,8 @@ SOURCE_TABLES = (
 )
 #: The dead letters ``replicator dlq redrive`` applied, per target table.
 REDRIVEN_TABLE = "replicator_redriven"
+#: The snapshot generations of each topic, and the sweeps that ended them per target table.
+GENERATION_TABLES = ("replicator_generations", "replicator_swept")
 _PLACEHOLDER = re.compile(r"\{(table|offsets|versions|index_prefix)\}(\w*)")
 _EXISTING = """
     SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -104,11 +106,16 @@ def ensure_target(
         ("table", offsets_table),
         ("table", versions_table),
         ("table", REDRIVEN_TABLE),
+        *(("table", name) for name in GENERATION_TABLES),
     ]
     names = [name for _, name in objects]
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ensure_schema'))")
     before = {r[0] for r in conn.execute(_EXISTING, [names])}
-    if not before >= set(names) or not _has_column(conn, offsets_table, "topic_id"):
+    if (
+        not before >= set(names)
+        or not _has_column(conn, offsets_table, "topic_id")
+        or not _has_column(conn, versions_table, "generation")
+    ):
         templates = [
             ("users.sql", {}),
             ("workflow_runs.sql", {"table": table, "index_prefix": f"idx_{table}"}),

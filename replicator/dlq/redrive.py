@@ -33,6 +33,7 @@ from replicator.events import ApplyResult, KafkaPosition
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
 from replicator.stream.decode import decoder_for
+from replicator.stream.generations import Generations
 from replicator.stream.sink import PostgresSink
 from replicator.stream.transform import to_row_change
 
@@ -104,6 +105,8 @@ def redrive(
     with sink:
         sink.ensure_schema()
         cost = sink.cost_column()  # read now: the operator may just have widened it
+        # A letter's generation, from its place in the change topic (none known: the oldest)
+        generations = Generations(sink.load_generations(settings.topic))
         with (
             connect(settings.target_dsn.get_secret_value(), "the target database") as conn,
             mapped_errors("record the re-driven dead letters"),
@@ -112,7 +115,7 @@ def redrive(
             decode = decoder_for(settings)
             progress.start(f"redrive {report.topic}", len(letters), "letters")
             for letter in letters:
-                outcome = _one(letter, done, decode, cost, sink, report)
+                outcome = _one(letter, done, decode, (cost, generations), sink, report)
                 report.counts[outcome] += 1
                 if outcome == "failed" and not dry_run:
                     place = (letter.partition, letter.offset)
@@ -127,7 +130,7 @@ def _one(
     letter: DeadLetter,
     done: dict[tuple[int, int], str],
     decode: Callable[..., Any],
-    cost: Any,
+    mapping: tuple[Any, Generations],
     sink: PostgresSink,
     report: RedriveReport,
 ) -> str:
@@ -139,8 +142,10 @@ def _one(
         event = decode(letter.key, letter.value, position)
     except DecodeError:
         return "undecodable"
+    cost, generations = mapping
+    generation = 0 if offset is None or partition is None else generations.at(partition, offset)
     try:
-        change = to_row_change(event, cost) if event is not None else None
+        change = to_row_change(event, cost, generation) if event is not None else None
     except EventError as exc:
         report.failures.append((letter, str(exc)))
         return "failed"

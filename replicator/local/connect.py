@@ -80,6 +80,33 @@ class ConnectClient:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/connectors/{name}")
 
+    def create_stopped(self, name: str, config: dict[str, str]) -> None:
+        """Register the connector without starting it (its offsets can then be reset)."""
+        self._call(
+            "POST", "/connectors", {"name": name, "config": config, "initial_state": "STOPPED"}
+        )
+
+    def stop(self, name: str, timeout: float = 60.0) -> None:
+        """Stop the connector and wait until its tasks are gone (their records flushed)."""
+        self._call("PUT", f"/connectors/{name}/stop")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._call("GET", f"/connectors/{name}/status")
+            if status.get("connector", {}).get("state") == "STOPPED" and not status.get("tasks"):
+                return
+            if time.monotonic() > deadline:
+                raise ConnectError(f"connector {name} not STOPPED after {timeout:.0f}s: {status}")
+            time.sleep(0.5)
+
+    def offsets(self, name: str) -> list[dict[str, Any]]:
+        """The source offsets Connect committed for the connector (records the broker
+        acknowledged, in order)."""
+        return list((self._call("GET", f"/connectors/{name}/offsets") or {}).get("offsets", []))
+
+    def reset_offsets(self, name: str) -> None:
+        """Forget the connector's committed source offsets (it must be STOPPED)."""
+        self._call("DELETE", f"/connectors/{name}/offsets")
+
     def wait_running(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until the connector and all its tasks are RUNNING; a FAILED task raises."""
         deadline = time.monotonic() + timeout

@@ -33,6 +33,7 @@ class Batch:
     started: float = 0.0
     dead_letters: int = 0
     applied_at: float = 0.0  # wall clock when its transaction committed
+    generations: int | None = None  # the newest generation its changes were stamped knowing
 
     def __len__(self) -> int:
         return self.events
@@ -46,8 +47,13 @@ class Batch:
         if lsn is not None:
             self.last_lsns[partition] = lsn
 
-    def add(self, change: RowChange, message: Any, source_ts_ms: int | None) -> None:
-        """A row change of the event just consumed (call :meth:`advance` too)."""
+    def add(
+        self, change: RowChange, message: Any, source_ts_ms: int | None, generations: int = 0
+    ) -> None:
+        """A row change of the event just consumed (call :meth:`advance` too), stamped
+        knowing the generations up to ``generations``."""
+        if self.generations is None or generations < self.generations:
+            self.generations = generations
         self.changes.append(change)
         self.messages.append(message)
         if source_ts_ms is not None:
@@ -62,7 +68,8 @@ class Batch:
 
 
 def fold(changes: Sequence[RowChange]) -> list[RowChange]:
-    """Pure. One change per run_id, the last in input order wins (input is log order per key).
+    """Pure. One change per run_id, the last in input order wins (input is log order per key,
+    so the generations of one run_id's changes never decrease).
     A later upsert with unavailable columns takes those columns' values from an earlier upsert
     of the same run_id in the batch (the value did not change); only columns still unknown stay
     in `unavailable`. A delete followed by an upsert -> the upsert (no unavailable filling
@@ -86,4 +93,6 @@ def _fill(change: RowChange, previous: RowChange) -> RowChange:
     for name in known:
         values[TARGET_INDEX[name]] = previous.values[TARGET_INDEX[name]]
     still = change.unavailable.difference(known)
-    return RowChange(change.run_id, change.lsn, False, tuple(values), frozenset(still))
+    return RowChange(
+        change.run_id, change.lsn, False, tuple(values), frozenset(still), change.generation
+    )

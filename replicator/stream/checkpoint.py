@@ -216,6 +216,27 @@ class Checkpoint:
         conn.execute(self._sql["close"], [self.target_table, topic, parts])
         return held
 
+    def reached(
+        self,
+        conn: psycopg.Connection[Any],
+        topic: str,
+        marks: Mapping[int, int],
+        topic_id: str | None,
+    ) -> bool:
+        """Every partition of ``topic`` is stored at or past ``marks``, in the topic whose
+        Kafka id is ``topic_id`` (positions of another topic never reach them)."""
+        rows = conn.execute(self._sql["load"], [self.target_table, topic]).fetchall()
+        stored = {p: (offset, stored_id) for p, offset, _, stored_id in rows}
+        for p, mark in marks.items():
+            offset, stored_id = stored.get(p, (None, None))
+            if mark > 0 and (
+                offset is None
+                or offset < mark
+                or (stored_id and topic_id and stored_id != topic_id)
+            ):
+                return False
+        return True
+
     def closed(self, conn: psycopg.Connection[Any], topic: str) -> bool:
         """The stream of ``topic`` was closed by a cutover (the fence learns nothing)."""
         row = conn.execute(self._sql["closed"], [self.target_table, topic]).fetchone()

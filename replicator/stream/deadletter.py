@@ -174,7 +174,7 @@ class DeadLetteringSink:
         if batch.dead_letters:
             self.dead_letters.confirm()
         try:
-            return self.sink.apply(batch.changes, batch.positions())
+            return self.sink.apply(batch.changes, batch.positions(), stamped=_stamped(batch))
         except EventError:
             return self._isolating(batch)
 
@@ -190,10 +190,15 @@ class DeadLetteringSink:
 
     def _halves(self, batch: Batch, lo: int, hi: int) -> ApplyResult:
         try:
-            return self.sink.apply(batch.changes[lo:hi], [])
+            return self.sink.apply(batch.changes[lo:hi], [], stamped=_stamped(batch))
         except EventError as exc:
             if hi - lo == 1:
                 self.dead_letters.send(batch.messages[lo], exc.reason, str(exc))
                 return NOTHING_APPLIED
             mid = (lo + hi) // 2
             return self._halves(batch, lo, mid) + self._halves(batch, mid, hi)
+
+
+def _stamped(batch: Batch) -> tuple[str, int] | None:
+    """What the sink checks the batch's generations against (none: no change stamped)."""
+    return None if batch.generations is None else (batch.topic, batch.generations)

@@ -15,6 +15,7 @@ from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
 from replicator.stream import origin
 from replicator.stream.checkpoint import CLOSED
+from replicator.stream.generations import Generation, Generations
 
 
 class Described(Protocol):
@@ -25,13 +26,16 @@ class Described(Protocol):
 class Stored(Protocol):
     def load_positions(self, topic: str) -> dict[int, PartitionPosition]: ...
     def stream_closed(self, topic: str) -> bool: ...
+    def load_generations(self, topic: str) -> list[Generation]: ...
+    def sweep(self, topic: str) -> tuple[int, int] | None: ...
 
 
 log = logging.getLogger("replicator.consumer")
 
 
 class Positioning:
-    """The starts of one consumer's partitions, and the id of the topic they are in."""
+    """The starts of one consumer's partitions, the id of the topic they are in, and the
+    snapshot generations its events are stamped with (loaded with the starts)."""
 
     def __init__(self, settings: Settings, stored: Stored, metrics: Metrics) -> None:
         self.topic = settings.topic
@@ -39,6 +43,7 @@ class Positioning:
         self._metrics = metrics
         self._accept_gap = settings.accept_gap
         self.topic_id: str | None = None  # of the topic the partitions were positioned in
+        self.generations = Generations()
         self.watch_every_s = 10.0
         self._checked = time.monotonic()
 
@@ -52,6 +57,7 @@ class Positioning:
             raise CutOver(f"the stream of {self.topic} was closed by a cutover")
         view = source.describe()
         self.topic_id = view.topic_id
+        self.generations = Generations(self._stored.load_generations(self.topic), view.topic_id)
         found = origin.starts(partitions, stored, view, accept_gap=self._accept_gap)
         for p, (kind, why) in found.reset.items():
             self._metrics.positions_reset.labels(kind).inc()
@@ -68,6 +74,19 @@ class Positioning:
         self._checked = now
         if self._stored.stream_closed(self.topic):
             raise CutOver(f"the stream of {self.topic} was closed by a cutover")
+        self.sweep()
         current = source.topic_id()
         if current is not None and current != self.topic_id:
             raise PositionOutOfRange(f"topic id changed from {self.topic_id} to {current}")
+
+    def sweep(self) -> None:
+        """Once the table has read a completed re-snapshot whole, remove the rows it did
+        not have (:func:`~replicator.stream.generations.sweep`)."""
+        done = self._stored.sweep(self.topic)
+        if done is not None:
+            generation, rows = done
+            self._metrics.rows.labels("swept").inc(rows)
+            log.warning(
+                "snapshot generation complete: rows deleted while nothing streamed removed",
+                extra={"generation": generation, "rows": rows},
+            )

@@ -169,6 +169,7 @@ class Replicator:
                     break
             try:
                 self._drain()
+                self.positioning.sweep()  # a re-snapshot read whole in this last stretch
             except ReplicatorError as exc:
                 log.warning("last batch rolled back", extra={"error": str(exc)})
         finally:
@@ -246,7 +247,8 @@ class Replicator:
                 self._truncate(event, partition, offset)
                 return
             self.tracker.columns(event.after)
-            change = to_row_change(event, self.cost)
+            generations = self.positioning.generations
+            change = to_row_change(event, self.cost, generations.at(partition, offset))
         except EventError as exc:
             self.dead_letters.send(msg, exc.reason, str(exc))
             batch.dead_letters += 1
@@ -255,7 +257,7 @@ class Replicator:
         if change is None:
             self.tracker.skipped(event.op.name.lower())
         else:
-            batch.add(change, msg, event.source_ts_ms)
+            batch.add(change, msg, event.source_ts_ms, generations.latest)
         batch.advance(partition, offset, event.lsn)
 
     def _truncate(self, event: ChangeEvent, partition: int, offset: int) -> None:

@@ -39,9 +39,10 @@ import psycopg
 
 from replicator.db.connect import classify, connect, with_application_name
 from replicator.db.schema import check_target_names, cost_column, ensure_target
-from replicator.errors import EventError, TargetUnavailable
+from replicator.errors import EventError, GenerationChanged, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX, CostColumn
+from replicator.stream import generations
 from replicator.stream.batch import fold
 from replicator.stream.checkpoint import Checkpoint, PositionFence
 from replicator.stream.sink_sql import COPY_TYPES, SinkStatements
@@ -100,20 +101,52 @@ class PostgresSink:
         with self._transaction("read the positions") as conn:
             return self.checkpoint.closed(conn, topic)
 
+    def load_generations(self, topic: str) -> list[generations.Generation]:
+        """The snapshot generations recorded for ``topic``."""
+        with self._transaction("read the snapshot generations") as conn:
+            return generations.load(conn, topic)
+
+    def sweep(self, topic: str) -> tuple[int, int] | None:
+        """Remove the rows a completed re-snapshot of ``topic`` did not have, once this
+        table's positions reach its marks (:func:`~replicator.stream.generations.sweep`)."""
+        with self._transaction("sweep after a snapshot") as conn:
+            generation = generations.due(conn, self.table, topic)
+            if generation is None or not self.checkpoint.reached(
+                conn, topic, generation.marks or {}, generation.topic_id
+            ):
+                return None
+            removed = generations.sweep(
+                conn,
+                generation,
+                table=self.table,
+                versions=self.versions_table,
+                topic=topic,
+                apply_deletes=self.apply_deletes,
+            )
+            return None if removed is None else (generation.number, removed)
+
     def apply(
         self,
         changes: Sequence[RowChange],
         positions: Sequence[PartitionPosition],
         *,
         then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None = None,
+        stamped: tuple[str, int] | None = None,
     ) -> ApplyResult:
         """Apply ``changes`` (log order per run_id) and store ``positions``, atomically.
 
         ``then(conn, result)`` runs last, inside the same transaction (the backfill
-        records its finished chunk there)."""
+        records its finished chunk there).  ``stamped``: (topic, the newest generation
+        the changes were stamped knowing); a newer one recorded since raises
+        :class:`GenerationChanged` (nothing is applied)."""
         folded = fold(changes)
         result = ApplyResult(0, 0, 0, ())
         with self._transaction("apply a batch") as conn:
+            if stamped is not None and generations.latest(conn, stamped[0]) != stamped[1]:
+                raise GenerationChanged(
+                    f"a snapshot generation of {stamped[0]} was recorded after generation"
+                    f" {stamped[1]}: re-reading from the stored positions"
+                )
             if folded:
                 result = self._write(conn, folded)
             stored = self.checkpoint.store(conn, positions)
@@ -173,12 +206,12 @@ class PostgresSink:
                 for ch in folded:
                     if ch.delete:
                         n_deletes += 1
-                        write((ch.lsn, True, None, ch.run_id, *_NULLS))
+                        write((ch.generation, ch.lsn, True, None, ch.run_id, *_NULLS))
                     elif ch.unavailable:
                         n_partial += 1
-                        write((ch.lsn, False, *_partial_row(ch)))
+                        write((ch.generation, ch.lsn, False, *_partial_row(ch)))
                     else:
-                        write((ch.lsn, False, None, *ch.values))  # type: ignore[misc]
+                        write((ch.generation, ch.lsn, False, None, *ch.values))  # type: ignore[misc]
             except (TypeError, OverflowError, psycopg.DataError) as exc:
                 run_id = ch.run_id if ch else "?"
                 raise EventError(

@@ -16,7 +16,7 @@ from replicator.mapping.sql import upsert_tail
 #: psycopg's binary int4 dumper silently wraps values out of range); the casts into the
 #: target then check them.
 _STAGED = {"json": "text", "int4": "int8"}
-COPY_TYPES = ["int8", "bool", "text[]", *(_STAGED.get(t, t) for t in TARGET_TYPES.values())]
+COPY_TYPES = ["int4", "int8", "bool", "text[]", *(_STAGED.get(t, t) for t in TARGET_TYPES.values())]
 STAGE = sql.Identifier("pg_temp", "replicator_sink_stage")
 q = sql.SQL
 
@@ -34,7 +34,8 @@ class SinkStatements:
         cols = q(", ").join(map(sql.Identifier, TARGET_COLUMNS))
         self.create_stage = _text(
             q(
-                "CREATE TEMP TABLE IF NOT EXISTS {s} (lsn bigint, del boolean NOT NULL,"
+                "CREATE TEMP TABLE IF NOT EXISTS {s} (gen integer NOT NULL, lsn bigint,"
+                " del boolean NOT NULL,"
                 " unavail text[], {defs}) ON COMMIT DELETE ROWS"
             ).format(
                 s=s,
@@ -45,29 +46,34 @@ class SinkStatements:
             )
         )
         self.copy_stage = _text(
-            q("COPY {s} (lsn, del, unavail, {cols}) FROM STDIN (FORMAT BINARY)").format(
+            q("COPY {s} (gen, lsn, del, unavail, {cols}) FROM STDIN (FORMAT BINARY)").format(
                 s=s, cols=cols
             )
         )
         # Claim a version for every applicable change (the upsert also row-locks it
         # against a concurrent writer), then drop from the stage what was not claimed:
         # stale changes, and partial changes whose target row is missing (unresolved).
+        # Versions compare as (generation, lsn); a change without an LSN (-1) is claimed
+        # and leaves the stored version as it was.
         self.claim_versions = _text(
             q(
                 "WITH won AS ("
-                " INSERT INTO {v} AS v (run_id, source_lsn, deleted)"
-                " SELECT s.run_id, COALESCE(s.lsn, -1), s.del FROM {s} s"
+                " INSERT INTO {v} AS v (run_id, generation, source_lsn, deleted)"
+                " SELECT s.run_id, s.gen, COALESCE(s.lsn, -1), s.del FROM {s} s"
                 " WHERE s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
                 " ON CONFLICT (run_id) DO UPDATE"
-                " SET source_lsn = GREATEST(v.source_lsn, EXCLUDED.source_lsn),"
+                " SET generation = CASE WHEN EXCLUDED.source_lsn = -1 THEN v.generation"
+                " ELSE EXCLUDED.generation END, source_lsn = CASE WHEN EXCLUDED.source_lsn = -1"
+                " THEN v.source_lsn ELSE EXCLUDED.source_lsn END,"
                 " deleted = EXCLUDED.deleted"
-                " WHERE EXCLUDED.source_lsn = -1 OR EXCLUDED.source_lsn >= v.source_lsn"
+                " WHERE EXCLUDED.source_lsn = -1"
+                " OR (EXCLUDED.generation, EXCLUDED.source_lsn) >= (v.generation, v.source_lsn)"
                 " RETURNING v.run_id)"
                 " DELETE FROM {s} s WHERE NOT EXISTS (SELECT FROM won WHERE won.run_id = s.run_id)"
                 " RETURNING s.run_id, s.del, s.unavail IS NOT NULL"
                 " AND NOT EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
                 " AND NOT EXISTS (SELECT FROM {v} v WHERE v.run_id = s.run_id"
-                " AND v.source_lsn > s.lsn)"
+                " AND (v.generation, v.source_lsn) > (s.gen, s.lsn))"
             ).format(s=s, t=t, v=v)
         )
         self.delete_rows = _text(

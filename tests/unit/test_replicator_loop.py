@@ -13,11 +13,18 @@ from typing import Any
 
 import pytest
 
-from replicator.errors import EventError, PositionGap, PositionsFenced, TargetUnavailable
+from replicator.errors import (
+    EventError,
+    GenerationChanged,
+    PositionGap,
+    PositionsFenced,
+    TargetUnavailable,
+)
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.settings import Settings
 from replicator.stream.ends import PartitionEnd
+from replicator.stream.generations import Generation
 from replicator.stream.origin import TopicView
 from replicator.stream.replicator import Replicator
 
@@ -143,6 +150,15 @@ class RecordingSink:
         self.outages = 0  # applies that fail
         self.load_outages = 0  # position reads that fail
         self.rejects: set[str] = set()
+        self.generations: list[Generation] = []
+        self.sweeps = 0
+
+    def load_generations(self, topic: str) -> list[Generation]:
+        return list(self.generations)
+
+    def sweep(self, topic: str) -> tuple[int, int] | None:
+        self.sweeps += 1
+        return None
 
     def ensure_schema(self) -> list[str]:
         return []
@@ -162,9 +178,17 @@ class RecordingSink:
     def stream_closed(self, topic: str) -> bool:
         return -1 in self.positions.values()
 
-    def apply(self, changes: list[RowChange], positions: list[PartitionPosition]) -> ApplyResult:
+    def apply(
+        self,
+        changes: list[RowChange],
+        positions: list[PartitionPosition],
+        stamped: tuple[str, int] | None = None,
+    ) -> ApplyResult:
         if self.stream_closed("t"):  # the compare-and-set of a closed position fails
             raise PositionsFenced("closed by a cutover")
+        newest = max((g.number for g in self.generations), default=0)
+        if stamped is not None and stamped[1] != newest:
+            raise GenerationChanged(f"generation {newest} recorded")
         if self.outages:
             self.outages -= 1
             raise TargetUnavailable("the target went away")
@@ -254,6 +278,42 @@ def test_positions_carry_the_id_of_the_topic_they_belong_to() -> None:
     replicate(source, sink)
     assert sink.topic_ids == {0: "topic-A"}
     assert all(p.topic_id == "topic-A" for _, positions in sink.applies for p in positions)
+
+
+def test_events_carry_the_snapshot_generation_of_their_place_in_the_topic() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(6)])
+    sink = RecordingSink()
+    sink.generations = [Generation(1, "topic-A", {0: 2}), Generation(2, "topic-A", {0: 4})]
+    replicator = replicate(source, sink)
+    assert {r: c.generation for r, c in sink.rows.items()} == {
+        "wp-0": 0, "wp-1": 0, "wp-2": 1, "wp-3": 1, "wp-4": 2, "wp-5": 2,
+    }  # fmt: skip
+    assert sink.sweeps >= 1 and replicator.positioning.generations.latest == 2
+
+
+def test_a_generation_recorded_while_streaming_rolls_the_batch_back_and_restamps_it() -> None:
+    # the connector was re-created at offset 2 after the consumer loaded the generations
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)], chunk=4)
+    sink = RecordingSink()
+
+    def record_generation(src: ScriptedSource) -> None:
+        if src.assigned and not sink.generations:
+            sink.generations = [Generation(1, "topic-A", {0: 2})]
+
+    source.on_poll = record_generation
+    replicate(source, sink)
+    assert {r: c.generation for r, c in sink.rows.items()} == {
+        "wp-0": 0, "wp-1": 0, "wp-2": 1, "wp-3": 1,
+    }  # fmt: skip
+    assert ("seek", None) in source.log  # the stamped batch was re-read, not applied
+
+
+def test_a_generation_of_an_older_topic_covers_the_whole_of_a_newer_one() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(2)])
+    sink = RecordingSink()
+    sink.generations = [Generation(3, "topic-old", {0: 900})]
+    replicate(source, sink)
+    assert {c.generation for c in sink.rows.values()} == {3}
 
 
 def test_a_position_stored_for_a_re_created_topic_is_set_aside_and_the_log_read_again() -> None:
