@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import socket
@@ -14,9 +15,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from replicator.errors import ConfigurationError, EventError, TargetUnavailable
+from replicator.errors import (
+    ConfigurationError,
+    EventError,
+    GenerationChanged,
+    TargetUnavailable,
+)
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import TARGET_COLUMNS
+from replicator.stream import generations
 from replicator.stream.sink import PostgresSink
 
 pytestmark = pytest.mark.integration
@@ -214,6 +221,40 @@ def test_snapshot_version_zero_fills_but_never_overrides(target: Target) -> None
     assert target.rows()["c"] == row("c", 5)
 
 
+def test_a_newer_snapshot_generation_wins_and_sweeps_what_it_lacked(target: Target) -> None:
+    """Versions compare as (generation, lsn) (stream/generations.py)."""
+    topic, sink = f"t-{uuid.uuid4().hex[:8]}", target.sink
+
+    def at(offset: int) -> list[PartitionPosition]:
+        return [PartitionPosition(topic, 0, offset, None)]
+
+    def of(generation: int, *changes: RowChange) -> list[RowChange]:
+        return [dataclasses.replace(c, generation=generation) for c in changes]
+
+    sink.apply([up("a", 100, 1), up("b", 100, 1), up("c", 100, 1), delete("d", 100)], at(4))
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        assert generations.record(conn, topic, None, {0: 4}) == 1
+    with pytest.raises(GenerationChanged):  # stamped before generation 1 was known
+        sink.apply(of(0, up("a", 200, 9)), at(5), stamped=(topic, 0))
+    assert target.rows()["a"] == row("a", 1)
+    # generation 1: its snapshot reads (lsn 0) beat every older change, a delete too; a
+    # change it streams beats its snapshot whatever its LSN; b is not in the snapshot
+    reads = of(1, up("a", 0, 2), up("d", 0, 2), up("c", 0, 2), up("c", 50, 3))
+    assert sink.apply(reads, at(8), stamped=(topic, 1)).upserted == 3
+    assert sink.apply(of(0, up("a", 500, 7)), []).stale == 1  # a late older change
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        generations.complete(conn, topic, 1, {0: 9})
+    assert sink.sweep(topic) is None  # positions below the marks: reads may be missing
+    sink.apply([], at(9))
+    assert sink.sweep(topic) == (1, 1)
+    assert sink.sweep(topic) is None  # once
+    assert target.rows() == {"a": row("a", 2), "c": row("c", 3), "d": row("d", 2)}
+    assert target.versions()["b"] == (0, True)
+    assert sink.apply(of(0, up("b", 900, 5)), []).stale == 1  # never revived by the past
+    assert sink.apply(of(1, up("b", 10, 6)), []).upserted == 1  # streamed later: applies
+    assert target.rows()["b"] == row("b", 6)
+
+
 def test_unavailable_columns_are_kept(target: Target) -> None:
     big = '{"result": "' + "x" * 100_000 + '"}'
     tags = '["one", "two"]'
@@ -383,7 +424,7 @@ def test_ensure_schema_is_idempotent(target: Target) -> None:
         f"created table {target.table}_versions",
     ]
     shared = ["replicator_redriven", "replicator_generations", "replicator_swept"]
-    assert [line.split()[-1] for line in created[-3:]] == shared  # one per database
+    assert [line.split()[2 if line.startswith("created") else 1] for line in created[-3:]] == shared
     again = target.sink.ensure_schema()
     assert len(again) == len(created)
     assert all(line.endswith("already present") for line in again)
