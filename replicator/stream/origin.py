@@ -18,7 +18,7 @@ positioned (:func:`starts`):
 
 Reading a log from its beginning again is safe: the sink's order guard skips every
 change older than the version the target holds (a snapshot read never replaces a
-streamed change), so only what the target lacks is written.
+streamed change of its generation), so only what the target lacks is written.
 """
 
 from __future__ import annotations
