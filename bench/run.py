@@ -8,6 +8,9 @@ Every figure is measured in this run, next to its baseline:
 
 A  the plan's batch SQL inside the database (INSERT ... SELECT, nine indexes): rows/s
 B  a bare confluent-kafka consumer reading the same events: events/s, MB/s
+C  the consumer a team would write by hand (bench/peer.py) applying the same topic:
+   events/s; and the edge cases (redelivery, replay, TOAST, poison row) through C and
+   through the replicator's path: what each gets right
 3  `replicator run` (a subprocess) applying the filled topic: events/s, 3/B, 3/A
 4  decode + map + apply with the events already in memory: rows/s, 4/A
 5  initial load of the existing rows: Debezium snapshot (and `replicator backfill`
@@ -45,6 +48,7 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.peer import edge_cases, peer_run  # noqa: E402
 from replicator.db.schema import apply_target_schema  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
 from replicator.local.connect import ConnectClient  # noqa: E402
@@ -592,6 +596,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     out = {
         "run/B": ratio(run, b),
         "run/A": ratio(run, a),
+        "run/C": ratio(run, results["C_peer"]["events_per_s"]),
         "in_memory/A": ratio(mem, a),
         "snapshot_time/A_time": ratio(snap, a_time),
         "peak_rss_mb": round(results["run_replicator"]["peak_rss_mb"], 1),
@@ -619,6 +624,8 @@ def markdown(report: dict[str, Any]) -> str:
         f" {r['B_bare_consumer']['mb_per_s']:.1f} MB/s | |",
         f"| `replicator run` | {r['run_replicator']['events_per_s']:,.0f} events/s |"
         f" run/B {s['run/B']}, run/A {s['run/A']} |",
+        f"| C the consumer a team would write by hand | {r['C_peer']['events_per_s']:,.0f}"
+        f" events/s | run/C {s['run/C']} |",
         f"| decode + map + apply, no broker | {r['in_memory']['rows_per_s']:,.0f} rows/s |"
         f" /A {s['in_memory/A']} |",
         f"| initial load, Debezium snapshot | {r['initial_load_snapshot']['seconds']:.1f} s |"
@@ -667,6 +674,10 @@ def markdown(report: dict[str, Any]) -> str:
             f" exit {rv['verify']['exit_code']}) | |"
         )
     lines.append(f"| peak RSS of `replicator run` | {s['peak_rss_mb']} MB | |")
+    lines += ["", "| edge case | expected | C | replicator |", "| --- | --- | --- | --- |"]
+    for case in r.get("edge_cases", {}).values():
+        cells = (case["what"], case["expected"], case["C"], case["replicator"])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -685,11 +696,12 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         "A in-DB SQL": r["A_in_database"]["rows_per_s"],
         "B bare consumer": r["B_bare_consumer"]["events_per_s"],
         "replicator run": r["run_replicator"]["events_per_s"],
+        "C by hand": r["C_peer"]["events_per_s"],
         "in memory": r["in_memory"]["rows_per_s"],
         "backfill": (r.get("initial_load_backfill") or {}).get("rows_per_s", 0),
         "replay": ((r.get("replay_verify") or {}).get("replay") or {}).get("events_per_s", 0),
     }
-    colors = ["#888", "#888", "#2a7", "#27a", "#a72", "#72a"]
+    colors = ["#888", "#888", "#2a7", "#aaa", "#27a", "#a72", "#72a"]
     left.bar(list(bars), list(bars.values()), color=colors)
     left.set_ylabel("rows or events per second")
     left.set_title(f"Throughput, {report['rows']:,} rows")
@@ -748,6 +760,10 @@ def main(argv: list[str] | None = None) -> int:
         results["B_bare_consumer"], _ = read_topic(env, prefix, args.rows, keep=False)
         log("3: replicator run")
         results["run_replicator"] = replicator_run(env, prefix, args.rows)
+        log("C: the consumer a team would write by hand")
+        dsn = env["REPLICATOR_TARGET_DSN"]
+        results["C_peer"] = peer_run(env, fresh_table(dsn, "bench_peer"), _topic_ends(env))
+        results["edge_cases"] = edge_cases(dsn, lambda name: fresh_table(dsn, name))
         log("4: decode + map + apply in memory")
         results["in_memory"] = in_memory(env, events)
         del events

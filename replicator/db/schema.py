@@ -196,15 +196,23 @@ def grant_to_service_role(
     offsets_table: str = "replicator_offsets",
 ) -> list[str]:
     """What ``replicator run`` needs on a target table, granted to ``role``: DML on the
-    table, its versions table and the positions table, nothing else.  schemas/roles.sql
-    does the same for the default names; this is for other target tables."""
+    table, its versions table and the positions table; reading the snapshot generations
+    and recording their sweeps; nothing else.  schemas/roles.sql does the same for the
+    default names; this is for other target tables."""
     tables = [table, f"{table}_versions", offsets_table]
-    statement = sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+    dml = sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
         sql.SQL(", ").join(map(sql.Identifier, tables)), sql.Identifier(role)
     )
+    shared = sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, GENERATION_TABLES)), sql.Identifier(role)
+    )
     with connect(dsn, "the target database") as conn, mapped_errors(f"grant {role} DML"):
-        conn.execute(statement)
-    return [f"granted {role} SELECT, INSERT, UPDATE, DELETE on {', '.join(tables)}"]
+        conn.execute(dml)
+        conn.execute(shared)
+    return [
+        f"granted {role} SELECT, INSERT, UPDATE, DELETE on {', '.join(tables)}",
+        f"granted {role} SELECT, INSERT, UPDATE on {', '.join(GENERATION_TABLES)}",
+    ]
 
 
 def roles_script(part: str) -> str:

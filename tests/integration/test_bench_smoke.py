@@ -54,6 +54,11 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
     ):
         assert key in results, key
     assert results["run_replicator"]["rows"] == 300
+    assert results["C_peer"]["events"] == results["run_replicator"]["events"]
+    cases = results["edge_cases"]
+    assert set(cases) == {"redelivery", "out_of_order_replay", "toast_placeholder", "poison_row"}
+    assert all(case["replicator"].startswith("right") for case in cases.values()), cases
+    assert all(case["C"].startswith("WRONG") for case in cases.values()), cases
     assert results["B_bare_consumer"]["events"] == 300
     assert results["latency"][0]["observed"] > 0
     assert results["latency"][0]["capture_p50_ms"] >= 0
