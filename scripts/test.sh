@@ -10,7 +10,8 @@ bash scripts/bootstrap.sh
 rm -f .coverage .coverage.*
 log=$(mktemp)
 set +e
-.venv/bin/coverage run -m pytest "$@" 2>&1 | tee "$log"
+# two workers: most of an integration test is waiting on a stack; each worker starts its own
+.venv/bin/coverage run -m pytest -n 2 --dist loadgroup "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 .venv/bin/coverage combine -q || true
