@@ -10,8 +10,9 @@ bash scripts/bootstrap.sh
 rm -f .coverage .coverage.*
 log=$(mktemp)
 set +e
-# two workers: most of an integration test is waiting on a stack; each worker starts its own
-.venv/bin/coverage run -m pytest -n 2 --dist loadgroup "$@" 2>&1 | tee "$log"
+# two workers (most of an integration test is waiting on a stack), each with its own stacks;
+# a file runs whole on one worker, in order (the cutover tests build on each other)
+.venv/bin/coverage run -m pytest -n 2 --dist loadfile "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 .venv/bin/coverage combine -q || true

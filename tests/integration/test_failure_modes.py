@@ -31,8 +31,7 @@ from tests.integration.conftest import (
 from tests.integration.isolated import isolated_source
 from tests.integration.own_stack import OwnStack, converged, wait_for
 
-# one worker runs both files, in order: they share the stack they break (own_stack)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own_stack")]
+pytestmark = pytest.mark.integration
 
 
 def writer(dsn: str, stop: threading.Event, seed: int) -> threading.Thread:

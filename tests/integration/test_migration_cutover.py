@@ -20,8 +20,7 @@ from replicator.local.processes import free_port
 from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
 from tests.integration.own_stack import OwnStack, converged, wait_for
 
-# one worker runs both files, in order: they share the stack they break (own_stack)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own_stack")]
+pytestmark = pytest.mark.integration
 
 LEGACY_APP = "legacy_app"  # a role of the application: rights on workflow_processes only
 EDGE_ROWS = {  # untouched through cutover and rollback: must come back byte for byte
