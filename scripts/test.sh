@@ -17,6 +17,6 @@ status=${PIPESTATUS[0]}
 set -e
 .venv/bin/coverage combine -q || true
 .venv/bin/coverage report --sort=cover || true
-echo "pytest: $(tail -n 1 "$log")"
+echo "pytest: $(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -n 1)"
 rm -f "$log"
 exit "$status"
