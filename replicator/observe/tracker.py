@@ -52,6 +52,7 @@ class Tracker:
         self.health = health
         self._last_observed = 0.0
         self._unmapped: set[str] = set()
+        self._consumed: dict[str, Any] = {}  # op -> its labelled counter, looked up once
         self._last_progress = time.monotonic()
         self._progress_consumed = 0
 
@@ -81,6 +82,13 @@ class Tracker:
                 "resync it (replicator verify --repair)",
                 extra={"run_id": run_id},
             )
+
+    def consumed(self, op: str) -> None:
+        """One event of ``op`` consumed (per event: the labelled counter is cached)."""
+        counter = self._consumed.get(op)
+        if counter is None:
+            counter = self._consumed[op] = self.metrics.events.labels(op)
+        counter.inc()
 
     def columns(self, image: Mapping[str, Any] | None) -> None:
         """Count the columns of a row image the mapping does not read (added to the

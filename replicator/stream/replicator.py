@@ -242,7 +242,7 @@ class Replicator:
                 self.tracker.skipped("tombstone")
                 batch.advance(partition, offset, None)
                 return
-            self.metrics.events.labels(event.op.value).inc()
+            self.tracker.consumed(event.op.value)
             if event.op is Op.TRUNCATE:
                 self._truncate(event, partition, offset)
                 return
