@@ -53,6 +53,7 @@ class Tracker:
         self._last_observed = 0.0
         self._unmapped: set[str] = set()
         self._consumed: dict[str, Any] = {}  # op -> its labelled counter, looked up once
+        self.assigned_at = 0.0
         self._last_progress = time.monotonic()
         self._progress_consumed = 0
 
@@ -119,6 +120,7 @@ class Tracker:
 
     def assigned(self, partitions: Iterable[int]) -> None:
         self.health.assigned = frozenset(partitions)
+        self.assigned_at = time.monotonic()  # joining a group is not being idle
 
     def observe(
         self,

@@ -210,7 +210,8 @@ class Replicator:
 
     def _idle_for(self, seconds: float) -> bool:
         """Nothing arrived for ``seconds`` and nothing is left to apply (logged)."""
-        if time.monotonic() - self._last_message <= seconds or self._batch.events:
+        since = max(self._last_message, self.tracker.assigned_at)  # what to read came after
+        if time.monotonic() - since <= seconds or self._batch.events:
             return False
         if not self._assigned:
             log.error(
@@ -224,8 +225,7 @@ class Replicator:
         return True
 
     def _sleep(self, seconds: float) -> None:
-        """Wait, still serving group callbacks; what the paused partitions had fetched is
-        dropped: they are re-positioned from the database."""
+        """Wait, serving group callbacks (paused partitions are re-positioned later)."""
         deadline = time.monotonic() + seconds
         while not self.stop_event.is_set() and time.monotonic() < deadline:
             with contextlib.suppress(TransientError):

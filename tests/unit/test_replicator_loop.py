@@ -8,6 +8,7 @@ positions only inside ``apply``, as the real one does in its transaction.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -278,6 +279,23 @@ def test_positions_carry_the_id_of_the_topic_they_belong_to() -> None:
     replicate(source, sink)
     assert sink.topic_ids == {0: "topic-A"}
     assert all(p.topic_id == "topic-A" for _, positions in sink.applies for p in positions)
+
+
+def test_joining_the_group_is_not_idle_time() -> None:
+    class SlowJoin(ScriptedSource):
+        def poll(self, timeout: float) -> list[Message]:
+            if self.assigned:
+                return super().poll(timeout)
+            time.sleep(0.6)  # the group join, longer than exit_when_idle_s: nothing read yet
+            self.chunk, chunk = 0, self.chunk
+            super().poll(timeout)
+            self.chunk = chunk
+            return []
+
+    source = SlowJoin([Message(n, f"wp-{n}") for n in range(4)])
+    sink = RecordingSink()
+    replicate(source, sink)
+    assert sorted(sink.rows) == [f"wp-{n}" for n in range(4)]
 
 
 def test_events_carry_the_snapshot_generation_of_their_place_in_the_topic() -> None:
