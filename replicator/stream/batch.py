@@ -51,8 +51,9 @@ class Batch:
         self, change: RowChange, message: Any, source_ts_ms: int | None, generations: int = 0
     ) -> None:
         """A row change of the event just consumed (call :meth:`advance` too), stamped
-        knowing the generations up to ``generations``."""
-        if self.generations is None or generations < self.generations:
+        knowing the generations up to ``generations`` (the first change's counts: what a
+        consumer knows only grows)."""
+        if self.generations is None:
             self.generations = generations
         self.changes.append(change)
         self.messages.append(message)

@@ -90,10 +90,11 @@ def resnapshot(
     client.wait_running(name, timeout=timeout)
     say(f"connector {name} RUNNING: taking a new initial snapshot")
     _wait_for_snapshot(client, name, timeout)
-    marks = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)
+    ends = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)
+    marks = {p: end.end for p, end in ends.items()}
     with _target(settings) as conn:
-        generations.complete(conn, settings.topic, number, {p: e.end for p, e in marks.items()})
-    say(f"snapshot written whole, below {_show({p: e.end for p, e in marks.items()})}")
+        generations.complete(conn, settings.topic, number, marks)
+    say(f"snapshot written whole, below {_show(marks)}")
     _wait_for_sweep(settings, number, timeout, say)
     return number
 
