@@ -77,7 +77,7 @@ SELECT id, workflow_name, message, COALESCE(status, 'pending'), max_turns, sessi
     CASE WHEN result IS NOT NULL THEN json_build_object('result', result) ELSE '{{}}' END,
     CASE WHEN error_message IS NOT NULL THEN json_build_object('error', error_message)
          ELSE '{{}}' END,
-    execution_time, round(total_cost::float8::numeric, 4), '[]', '{{}}', '{{}}', '{{}}'
+    execution_time, round(total_cost::text::numeric, 4), '[]', '{{}}', '{{}}', '{{}}'
 FROM workflow_processes WHERE id LIKE %s
 """
 

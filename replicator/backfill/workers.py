@@ -25,7 +25,7 @@ from replicator.db.connect import connect as db_connect
 from replicator.errors import MappingError
 from replicator.events import SNAPSHOT_VERSION, ApplyResult, RowChange
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES
-from replicator.mapping.rows import map_to_tuple
+from replicator.mapping.rows import map_to_tuple, real_value
 from replicator.stream.sink import PostgresSink
 
 Counts = tuple[int, int, int, int]  # rows read, loaded, skipped (streamed), rejected
@@ -176,8 +176,11 @@ class PythonWorker(Worker):
         changes: list[RowChange] = []
         rejects: list[tuple[str, str]] = []
         for row in rows:
+            source = dict(zip(SOURCE_COLUMNS, row, strict=True))
+            if source["total_cost"] is not None:  # the binary COPY's exact float32
+                source["total_cost"] = real_value(source["total_cost"])
             try:
-                values, unavailable = map_to_tuple(dict(zip(SOURCE_COLUMNS, row, strict=True)))
+                values, unavailable = map_to_tuple(source)
             except MappingError as exc:
                 rejects.append((row[0], str(exc)))
                 continue

@@ -168,7 +168,8 @@ END
     )
     return q(
         "CREATE OR REPLACE FUNCTION {schema}.{fn}() RETURNS trigger LANGUAGE plpgsql"
-        " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+        " SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1"
+        " AS {body}"
     ).format(
         schema=sql.Identifier(schema),
         fn=sql.Identifier(function),

@@ -94,11 +94,24 @@ def connect(
     connect_timeout: float = 10.0,
     **kwargs: Any,
 ) -> psycopg.Connection[Any]:
-    """Open a connection (``what``: the purpose, for the error message); errors classified."""
+    """Open a connection (``what``: the purpose, for the error message); errors classified.
+
+    The session prints floats as their shortest round-trip decimal (``extra_float_digits``
+    1, PostgreSQL's default, which a database or role may have changed): the SQL mapping
+    of ``total_cost`` reads that text (:mod:`replicator.mapping.sql`).
+    """
     with mapped_errors(f"connect to {what}"):
-        return psycopg.connect(
+        conn = psycopg.connect(
             with_application_name(dsn),
             autocommit=autocommit,
             connect_timeout=max(2, math.ceil(connect_timeout)),  # libpq: whole seconds >= 2
             **kwargs,
         )
+        try:
+            conn.execute("SET extra_float_digits = 1")
+            if not autocommit:
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn

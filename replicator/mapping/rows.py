@@ -15,8 +15,15 @@ The mapping is the migration plan's table with the rulings of design.md
 * new columns get the plan's defaults: ``user_id`` NULL, ``priority`` ``'normal'``,
   ``tags`` ``[]``, ``metadata``/``progress_data``/``resource_usage`` ``{}``;
 * timestamps keep their microseconds and are never shifted: the result is naive;
-* ``total_cost`` (REAL, a float32) is its exact float32 value rounded half-up to
-  4 decimal places, as ``DECIMAL(10,4)`` can hold it.
+* ``total_cost`` is the value as PostgreSQL prints it -- the shortest decimal that reads
+  back as the same number -- rounded half away from zero to 4 decimal places, as
+  ``DECIMAL(10,4)`` can hold it.  Debezium's JSON prints a REAL (and a DOUBLE PRECISION,
+  after a widening) that way too, and :func:`repr` of the float parsed from that text
+  gives the text back (a float's repr is its shortest round-trip decimal, and a decimal of
+  at most 17 digits that reads as a float is the only one that short), so the events need
+  no column types: ``123456.79`` maps to ``123456.7900`` whether the column is a REAL or
+  a DOUBLE PRECISION.  Where a float32 arrives as its exact binary value (Avro, a binary
+  COPY) the reader first turns it into its shortest text with :func:`real_value`.
 
 A source value equal to Debezium's :data:`~replicator.events.UNAVAILABLE` placeholder
 (an unchanged TOASTed column) is never mapped: the target column is reported in
@@ -67,6 +74,8 @@ _MISSING: Any = object()
 _UNAVAILABLE: Any = object()
 _EPOCH = datetime(1970, 1, 1)
 _F32 = struct.Struct("<f")
+_F32_BITS = struct.Struct("<I")
+_F32_MAX = 3.4028234663852886e38
 _DECIMAL_CONTEXT = Context(prec=28, rounding=ROUND_HALF_UP)
 
 
@@ -175,11 +184,7 @@ def _exact_cost(value: Any, kind: str) -> Any:
     if cls is float or isinstance(value, float):
         if not math.isfinite(value):
             raise _Problem(f"{value} is not a finite number; {kind} cannot hold it")
-        try:
-            # The source column is REAL: the canonical value is the exact float32.
-            return Decimal(_F32.unpack(_F32.pack(value))[0])
-        except OverflowError:
-            raise _Problem(f"{value} is outside the REAL (float32) range") from None
+        return Decimal(repr(value))  # the decimal PostgreSQL and Debezium print
     if cls is str or cls is Decimal or isinstance(value, str | Decimal):
         if value == UNAVAILABLE:
             return _UNAVAILABLE
@@ -302,6 +307,43 @@ def _convert(row: Mapping[str, Any], plan: Plan) -> tuple[tuple[Any, ...], froze
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def _reads_back(decimal: str | Decimal, value: float) -> bool:
+    try:
+        return _F32.unpack(_F32.pack(float(decimal)))[0] == value
+    except OverflowError:  # beyond the largest float32
+        return False
+
+
+def real_value(value: float) -> float:
+    """A float32 given as its exact binary value (Avro's ``float``, a binary COPY of a
+    REAL) as the float of its shortest text, the text PostgreSQL prints for it
+    (``123456.7890625`` -> ``123456.79``): the mapping then reads what a JSON event carries.
+
+    The shortest decimal that reads back as ``value`` has the fewest significant digits
+    ``p`` for which one exists.  The float32 values that read as ``value`` lie in an
+    interval around it, symmetric unless ``value`` is a power of two (the float32 below is
+    then closer than the one above): in the symmetric case ``value`` rounded to ``p`` digits
+    is the closest ``p``-digit decimal, so it reads back if any does; at a power of two a
+    neighbour of it may read back instead, and of those that do the closest wins, as in
+    PostgreSQL's shortest-exact output.  A non-finite value is returned as is.
+    """
+    if not math.isfinite(value) or not value or abs(value) > _F32_MAX:
+        return value
+    power_of_two = _F32_BITS.unpack(_F32.pack(value))[0] & 0x7FFFFF == 0
+    for digits in range(1, 10):
+        text = f"{value:.{digits - 1}e}"
+        if not power_of_two:
+            if _reads_back(text, value):
+                return float(text)
+            continue
+        nearest = Decimal(text)
+        step = Decimal(1).scaleb(nearest.adjusted() - digits + 1)
+        fits = [d for d in (nearest, nearest - step, nearest + step) if _reads_back(d, value)]
+        if fits:
+            return float(min(fits, key=lambda d: abs(d - Decimal(value))))
+    return value  # not a float32 (more than 9 digits): its own text already
 
 
 def map_to_tuple(

@@ -12,12 +12,12 @@ hypothesis in the real database.  Why each expression is exact:
   U+0020 as lower-case ``\\u00xx``, everything else (DEL, non-ASCII) as is.  The object is
   written by hand (``{"result": `` ... ``}``): ``json_build_object`` would write
   ``{"result" : ...}``.
-* ``round(total_cost::float8::numeric, 4)``: REAL -> float8 is exact; float8 -> numeric
-  keeps 15 significant digits.  A float32 ``x`` with ``|x| < 10**6`` is ``k * 2**-n`` with
-  ``k < 2**24``; its distance to a rounding tie ``(2m+1) / 20000`` is either 0 (then the
-  15 digits hold ``x`` exactly) or at least ``|x| * 9.5e-11``, far more than the 15-digit
-  error (``|x| * 5e-15``), so no tie is created or lost.  ``round(numeric)`` rounds half
-  away from zero, as ``ROUND_HALF_UP`` does.  NaN and infinities would pass ``round``
+* ``round(total_cost::text::numeric, 4)``: the value's text is its shortest round-trip
+  decimal for a REAL and a DOUBLE PRECISION alike (``extra_float_digits`` > 0, which
+  :func:`replicator.db.connect.connect` and the cutover's trigger function set), the
+  decimal the Python mapping reads from a JSON event; ``numeric`` holds it exactly and
+  ``round(numeric)`` rounds half away from zero, as ``ROUND_HALF_UP`` does.  (``real::numeric``
+  would keep 6 digits, ``float8::numeric`` 15.)  NaN and infinities would pass ``round``
   (and NaN fits ``DECIMAL(10,4)``!), so :func:`problem` refuses them first.
 """
 
@@ -46,6 +46,9 @@ def _json_object(key: str, column: str) -> sql.Composable:
     ).format(c=sql.Identifier(column), prefix=sql.Literal(prefix))
 
 
+#: ``total_cost`` mapped: its shortest text, rounded (see the module's docstring).
+COST = "round(p.total_cost::text::numeric, 4)"
+
 #: target column -> SQL expression over the source row ``p`` (map_to_tuple's values).
 MAPPED: dict[str, sql.Composable] = {
     "run_id": q("p.id"),
@@ -65,7 +68,7 @@ MAPPED: dict[str, sql.Composable] = {
     "result_data": _json_object(JSON_WRAPPED["result"], "result"),
     "error_details": _json_object(JSON_WRAPPED["error_message"], "error_message"),
     "execution_time_ms": q("p.execution_time"),
-    "total_cost": q("round(p.total_cost::float8::numeric, 4)"),
+    "total_cost": q(COST),
     "tags": q("'[]'::json"),
     "metadata": q("'{}'::json"),
     "progress_data": q("'{}'::json"),
@@ -112,7 +115,7 @@ def _checks() -> list[tuple[str, sql.Composable, sql.Composable]]:
             checks.append(
                 (
                     column,
-                    q("abs(p.total_cost::float8) >= 1e6"),
+                    q("abs({}) >= 1e6").format(q(COST)),
                     q("p.total_cost::text || ' does not fit DECIMAL(10,4) (|value| < 10**6)'"),
                 )
             )

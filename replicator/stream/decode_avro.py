@@ -13,6 +13,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from replicator.errors import ConfigurationError, DecodeError, TransientError
 from replicator.events import ChangeEvent, KafkaPosition
+from replicator.mapping.rows import real_value
 from replicator.stream.envelope import (
     TIME_SCALE,
     Scales,
@@ -28,6 +29,37 @@ class _Writer(NamedTuple):
     schema_id: int
     parsed: Any
     scales: Scales | None
+    floats: tuple[str, ...]  # float32 columns (REAL): read as their shortest text
+
+
+def _row_columns(schema: Any) -> list[dict[str, Any]]:
+    """The columns of the row records of a Debezium envelope's writer schema."""
+    if schema.__class__ is not dict or schema.get("type") != "record":
+        return []
+    columns: list[dict[str, Any]] = []
+    for field in schema.get("fields", ()):
+        if field.get("name") not in ("before", "after"):
+            continue
+        for record in _avro_members(field.get("type")):
+            # "null", or a reference to the record 'before' defined, is skipped
+            if record.__class__ is dict and record.get("type") == "record":
+                columns.extend(record.get("fields", ()))
+    return columns
+
+
+def _avro_floats(schema: Any) -> tuple[str, ...]:
+    """Row columns of Avro type ``float``: fastavro gives a float32's exact binary value,
+    the mapping reads the shortest text a JSON event would carry (:func:`real_value`)."""
+    return tuple(
+        sorted(
+            {
+                column["name"]
+                for column in _row_columns(schema)
+                for member in _avro_members(column.get("type"))
+                if member == "float" or (member.__class__ is dict and member.get("type") == "float")
+            }
+        )
+    )
 
 
 def _avro_members(avro_type: Any) -> list[Any]:
@@ -36,25 +68,17 @@ def _avro_members(avro_type: Any) -> list[Any]:
 
 def _avro_scales(schema: Any) -> Scales | None:
     """Time scales of the row columns of a Debezium envelope's writer schema."""
-    if schema.__class__ is not dict or schema.get("type") != "record":
-        return None
     scales: Scales = {}
-    for field in schema.get("fields", ()):
-        if field.get("name") not in ("before", "after"):
-            continue
-        for record in _avro_members(field.get("type")):
-            if record.__class__ is not dict or record.get("type") != "record":
-                continue  # "null", or a reference to the record defined in 'before'
-            for column in record.get("fields", ()):
-                for member in _avro_members(column.get("type")):
-                    if member.__class__ is not dict:
-                        continue
-                    scale = TIME_SCALE.get(member.get("connect.name"), 1)
-                    logical = member.get("logicalType", "")
-                    if logical.endswith(("timestamp-millis", "timestamp-micros")):
-                        scale = 0  # fastavro returns a datetime: _rescale converts it
-                    if scale != 1:
-                        scales[column["name"]] = scale
+    for column in _row_columns(schema):
+        for member in _avro_members(column.get("type")):
+            if member.__class__ is not dict:
+                continue
+            scale = TIME_SCALE.get(member.get("connect.name"), 1)
+            logical = member.get("logicalType", "")
+            if logical.endswith(("timestamp-millis", "timestamp-micros")):
+                scale = 0  # fastavro returns a datetime: _rescale converts it
+            if scale != 1:
+                scales[column["name"]] = scale
     return scales or None
 
 
@@ -90,6 +114,10 @@ class AvroDecoder:
                     raise
                 raise DecodeError(str(exc), reason="invalid_key") from None
             key_id = key_of(key_record, op, key)
+        for column in writer.floats:
+            for image in (payload.get("before"), payload.get("after")):
+                if image.__class__ is dict and image.get(column).__class__ is float:
+                    image[column] = real_value(image[column])
         return envelope_event(payload, op, key_id, position, writer.scales)
 
     def _read(self, data: bytes, what: str) -> tuple[_Writer, Any]:
@@ -132,12 +160,13 @@ class AvroDecoder:
         try:
             parsed = parse_schema(schema)
             scales = _avro_scales(schema)
+            floats = _avro_floats(schema)
         except Exception as exc:  # any malformation of a registry document
             raise DecodeError(
                 f"writer schema id {schema_id} is not a usable Avro schema: {exc}",
                 reason="invalid_schema",
             ) from exc
-        writer = self._writers[schema_id] = _Writer(schema_id, parsed, scales)
+        writer = self._writers[schema_id] = _Writer(schema_id, parsed, scales, floats)
         return writer
 
 

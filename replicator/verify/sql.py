@@ -17,8 +17,8 @@ sums are order-independent, so a table is read in any order, in slices of blocks
 
 The source expressions only have to agree with :func:`replicator.mapping.rows.map_to_tuple`
 on rows that map; they do exactly for the JSON text (``to_json(text)`` escapes like
-Python's ``encode_basestring``) and for ``total_cost`` (see backfill_sql's docstring for
-why ``round(real::float8::numeric, 4)`` is exact).  A chunk whose checksums differ gets
+Python's ``encode_basestring``) and for ``total_cost`` (see :mod:`replicator.mapping.sql`
+for why ``round(total_cost::text::numeric, 4)`` is exact).  A chunk whose checksums differ gets
 a row-level diff in Python, which is the only thing that reports anything: a checksum
 can cost an extra diff, never a false report.
 """

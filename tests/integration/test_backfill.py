@@ -35,7 +35,7 @@ from replicator.local.sample import insert_rows
 from replicator.local.stack import load_connector_file
 from replicator.mapping import sql as mapped_sql
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
-from replicator.mapping.rows import map_to_tuple
+from replicator.mapping.rows import map_to_tuple, real_value
 from replicator.stream.sink import PostgresSink
 from tests.integration.conftest import (
     JSON_COLUMNS,
@@ -189,6 +189,68 @@ def test_total_cost_rounds_like_map_to_tuple(
     base = ("x", "w", "m", None, None, None, None, None, None, None, None, None, None)
     rows = [(f"c-{i}", *base[1:], cost, None, None) for i, cost in enumerate(costs + ties)]
     assert_same_mapping(scratch, rows)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    costs=st.lists(st.floats(width=32, allow_nan=False), min_size=200, max_size=200),
+    powers=st.lists(st.integers(-149, 127), min_size=20, max_size=20),
+)
+def test_real_value_is_what_postgresql_prints_for_a_real(
+    scratch: psycopg.Connection, costs: list[float], powers: list[int]
+) -> None:
+    """Avro and a binary COPY give a REAL's exact float32; real_value turns it into the
+    text PostgreSQL prints (and Debezium's JSON carries), which the mapping reads."""
+    values = costs + [2.0**p for p in powers]
+    printed = scratch.execute(
+        "SELECT v::real::text FROM unnest(%s::float8[]) WITH ORDINALITY AS u(v, n) ORDER BY n",
+        [values],
+    ).fetchall()
+    assert [repr(real_value(v)) for v in values] == [repr(float(t)) for (t,) in printed]
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    costs=st.lists(
+        st.floats(allow_nan=False)
+        | st.floats(-1e6, 1e6)
+        | st.decimals(-(10**6), 10**6, places=5, allow_nan=False).map(float),
+        min_size=100,
+        max_size=100,
+    )
+)
+def test_a_total_cost_widened_to_double_maps_alike_in_sql_and_python(
+    scratch: psycopg.Connection, costs: list[float]
+) -> None:
+    """After ``ALTER COLUMN total_cost TYPE DOUBLE PRECISION`` the events carry doubles and
+    verify reads a double column: both mappings take the value as printed, rounded."""
+    scratch.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS wpd (LIKE workflow_processes);"
+        " ALTER TABLE pg_temp.wpd ALTER COLUMN total_cost TYPE DOUBLE PRECISION;"
+        " TRUNCATE pg_temp.wpd"
+    )
+    ids = [f"d-{i}" for i in range(len(costs))]
+    with scratch.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pg_temp.wpd (id, workflow_name, message, total_cost)"
+            " VALUES (%s, 'w', 'm', %s)",
+            list(zip(ids, costs, strict=True)),
+        )
+    query = sql.SQL("SELECT p.id, {}, {} FROM pg_temp.wpd p").format(
+        mapped_sql.MAPPED["total_cost"], mapped_sql.problem()
+    )
+    in_sql = {r[0]: r[1:] for r in scratch.execute(query)}
+    legacy = dict.fromkeys(SOURCE_COLUMNS) | {"workflow_name": "w", "message": "m"}
+    index = TARGET_COLUMNS.index("total_cost")
+    for run_id, cost in zip(ids, costs, strict=True):
+        mapped, problem = in_sql[run_id]
+        try:
+            values, _ = map_to_tuple(legacy | {"id": run_id, "total_cost": cost})
+        except MappingError:
+            assert problem is not None, f"{cost!r}: SQL maps what map_to_tuple refuses"
+            continue
+        assert problem is None, f"{cost!r}: {problem}"
+        assert str(mapped) == str(values[index]), repr(cost)
 
 
 def test_values_python_cannot_hold_are_refused_by_every_path(stack: StackInfo) -> None:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from replicator.local.processes import free_port
+from replicator.mapping.columns import TARGET_COLUMNS
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
@@ -241,6 +242,7 @@ def test_source_schema_changes_while_streaming(stack: StackInfo) -> None:
             wait_converged(iso, table, p)
             assert metrics.unmapped_columns.labels("owner_team")._value.get() >= 2
 
+            set_cost = "UPDATE workflow_processes SET total_cost ="
             # mapped columns widened: what still fits flows, what the target cannot hold
             # (INTEGER max_turns) is dead-lettered
             execute(
@@ -249,12 +251,17 @@ def test_source_schema_changes_while_streaming(stack: StackInfo) -> None:
                 "ALTER TABLE workflow_processes ALTER COLUMN total_cost TYPE DOUBLE PRECISION",
                 (insert, (f"{p}-4", 2**31 + 5)),
                 (insert, (f"{p}-5", 40)),
-                ("UPDATE workflow_processes SET total_cost = 2.25 WHERE id = %s", (f"{p}-1",)),
+                # doubles beyond a float32's 7 digits: the value as printed, rounded
+                (f"{set_cost} 123456.79 WHERE id = %s", (f"{p}-1",)),
+                (f"{set_cost} 98765.43215 WHERE id = %s", (f"{p}-5",)),
             )
             fits = "id LIKE %s AND id <> %s"
             wait_for(lambda: metrics.tally.dead_lettered >= 1)
             expected = mapped_source(iso.source_dsn, fits, (p + "%", f"{p}-4"))
             wait_for(lambda: target_rows(stack.target_dsn, table, "TRUE") == expected)
+            cost = TARGET_COLUMNS.index("total_cost")
+            assert str(expected[f"{p}-1"][cost]) == "123456.7900"
+            assert str(expected[f"{p}-5"][cost]) == "98765.4322"
 
             # a mapped column dropped: never a NULL in its place, the event is dead-lettered
             before = target_rows(stack.target_dsn, table, "run_id = %s", (f"{p}-2",))

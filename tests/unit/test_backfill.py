@@ -75,7 +75,7 @@ def test_sql_mapping_has_every_target_column_in_order() -> None:
     assert rendered["result_data"].startswith("""(CASE WHEN p."result" IS NULL THEN '{}'""")
     assert """'{"result": ' || to_json(p."result")::text || '}'""" in rendered["result_data"]
     assert """'{"error": ' || to_json(p."error_message")::text""" in rendered["error_details"]
-    assert rendered["total_cost"] == "round(p.total_cost::float8::numeric, 4)"
+    assert rendered["total_cost"] == "round(p.total_cost::text::numeric, 4)"
     assert rendered["status"] == "COALESCE(p.status, 'pending')"
     assert [rendered[c] for c in ("tags", "metadata", "progress_data", "resource_usage")] == [
         "'[]'::json",
@@ -92,7 +92,7 @@ def test_problem_checks_every_column_map_to_tuple_can_refuse() -> None:
     for column in ("created_at", "updated_at", "started_at", "completed_at"):
         assert f"""p."{column}" NOT BETWEEN '0001-01-01' AND '9999-12-31 23:59:59.999999'""" in text
     assert "p.total_cost IN ('NaN', 'Infinity', '-Infinity')" in text
-    assert "abs(p.total_cost::float8) >= 1e6" in text
+    assert "abs(round(p.total_cost::text::numeric, 4)) >= 1e6" in text
     # map_to_tuple's column order decides which problem is named first
     named = re.findall(r"'workflow_processes\.(\w+): '", text)
     assert named == sorted(named, key=SOURCE_COLUMNS.index)

@@ -28,7 +28,7 @@ from replicator.mapping.columns import (
     TARGET_COLUMNS,
     TARGET_TYPES,
 )
-from replicator.mapping.rows import map_to_tuple
+from replicator.mapping.rows import map_to_tuple, real_value
 from tests.unit.helpers import map_row
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -256,15 +256,50 @@ def test_psycopg_datetimes_pass_through_unchanged() -> None:
 # --------------------------------------------------------------------------- total_cost
 
 
+def _f32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+@pytest.mark.parametrize(
+    ("exact", "printed"),
+    [
+        (123456.7890625, 123456.79),  # Avro's float32 of 123456.79
+        (1.100000023841858, 1.1),
+        (_f32(0.1), 0.1),
+        (2.0**-10, 0.0009765625),  # a power of two: its interval is lopsided
+        (_f32(3.4028234663852886e38), 3.4028235e38),  # the largest float32
+        (1.401298464324817e-45, 1e-45),  # the smallest
+        (-_f32(2.5e-7), -2.5e-7),
+        (0.0, 0.0),
+        (float("inf"), float("inf")),
+    ],
+)
+def test_real_value_is_the_shortest_text_of_a_float32(exact: float, printed: float) -> None:
+    assert real_value(exact) == printed
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_real_value_reads_back_as_the_same_float32_and_no_shorter_text_does(x: float) -> None:
+    value = real_value(x)
+    assert _f32(value) == x
+    digits = len("".join(map(str, Decimal(repr(value)).as_tuple().digits)).rstrip("0"))
+    assert digits <= 9
+    if digits > 1 and x:
+        shorter = f"{x:.{digits - 2}e}"  # the nearest decimal one digit shorter
+        assert _f32(float(shorter)) != x or float(shorter) == value
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (1234.5679, "1234.5679"),  # float32 1234.56787109375
+        (1234.5679, "1234.5679"),  # a REAL printed as 1234.5679 (float32 1234.56787109375)
         (1.1, "1.1000"),
-        (1.100000023841858, "1.1000"),  # the float32 of 1.1 as Avro delivers it
-        (0.12345, "0.1235"),  # float32 0.123450003564... -> up
-        (12.34565, "12.3456"),  # float32 12.345649719... is below the tie: exact value wins
-        (0.00005, "0.0000"),  # float32 4.99999987e-05 is below the tie
+        (123456.79, "123456.7900"),  # REAL or DOUBLE PRECISION alike: the printed value
+        (123456.7890625, "123456.7891"),  # a DOUBLE holding exactly that value
+        (0.12345, "0.1235"),
+        (12.34565, "12.3457"),  # the printed value is the tie: away from zero
+        (0.00005, "0.0001"),
+        (0.00004999, "0.0000"),
         (-0.12345, "-0.1235"),  # half-up is away from zero
         (-0.0, "0.0000"),
         (-0.00001, "0.0000"),  # no negative zero
@@ -349,7 +384,7 @@ BAD_ROWS = [
     ({"total_cost": 1e6}, "total_cost", "does not fit DECIMAL(10,4)"),
     ({"total_cost": -1e6}, "total_cost", "does not fit DECIMAL(10,4)"),
     ({"total_cost": "999999.99995"}, "total_cost", "rounds to 1000000.0000"),
-    ({"total_cost": 1e39}, "total_cost", "outside the REAL (float32) range"),
+    ({"total_cost": 1e39}, "total_cost", "does not fit DECIMAL(10,4)"),
     ({"total_cost": "1e400000"}, "total_cost", "does not fit DECIMAL(10,4)"),
     ({"total_cost": "12 dollars"}, "total_cost", "not a decimal number"),
     ({"total_cost": True}, "total_cost", "expected a number"),
@@ -468,8 +503,8 @@ def test_any_valid_legacy_row_maps_to_a_valid_run(row: dict[str, Any]) -> None:
     for column in ("result_data", "error_details", "tags", "metadata", "progress_data"):
         json.loads(getattr(run, column))
     if row["total_cost"] is not None:
-        exact = Decimal(struct.unpack("<f", struct.pack("<f", row["total_cost"]))[0])
-        assert run.total_cost == exact.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+        printed = Decimal(repr(row["total_cost"]))  # what PostgreSQL and Debezium print
+        assert run.total_cost == printed.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
 @given(any_text)
