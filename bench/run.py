@@ -19,6 +19,9 @@ C  the consumer a team would write by hand (bench/peer.py) applying the same top
 7  `replicator replay` into a shadow table: events/s; `replicator verify`: seconds
 8  peak RSS of the `replicator run` process
 
+A, 3, C and 4 are measured together in each of ``--trials`` trials (3 by default): the
+report shows every trial and, for each figure and ratio, the median.
+
 Results go to bench/results/<UTC date-time>.json and .md, and a PNG chart. Nothing
 here asserts on time: benchmarks report, tests check.
 """
@@ -582,6 +585,51 @@ def _settings(env: dict[str, str], table: str, **overrides: Any) -> Settings:
 # ---- report ------------------------------------------------------------------------------------
 
 
+# ---- trials: A, run, C and in memory measured together, medians of the runs -------------
+
+#: result key -> the figure its trials are ranked by
+FIGURES = {
+    "A_in_database": "rows_per_s",
+    "run_replicator": "events_per_s",
+    "C_peer": "events_per_s",
+    "in_memory": "rows_per_s",
+}
+#: summary ratio -> (numerator, denominator), each figure of one trial
+TRIAL_RATIOS = {
+    "run/A": ("run_replicator", "A_in_database"),
+    "run/C": ("run_replicator", "C_peer"),
+    "in_memory/A": ("in_memory", "A_in_database"),
+}
+
+
+def trial(env: dict[str, str], prefix: str, rows: int, events: list) -> dict[str, Any]:
+    """One measurement of each, back to back: the machine's other load is shared alike."""
+    dsn = env["REPLICATOR_TARGET_DSN"]
+    return {
+        "A_in_database": baseline_in_db(env, prefix, rows),
+        "run_replicator": replicator_run(env, prefix, rows),
+        "C_peer": peer_run(env, fresh_table(dsn, "bench_peer"), _topic_ends(env)),
+        "in_memory": in_memory(env, events),
+    }
+
+
+def medians(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the trial whose figure is the median (the lower one of an even count)."""
+    out = {}
+    for key, figure in FIGURES.items():
+        ranked = sorted((t[key] for t in trials), key=lambda r: r[figure])
+        out[key] = ranked[(len(ranked) - 1) // 2]
+    return out
+
+
+def trial_ratios(trials: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Each ratio within each trial (numerator and denominator measured together)."""
+    return {
+        name: [ratio(t[a][FIGURES[a]], t[b][FIGURES[b]]) for t in trials]
+        for name, (a, b) in TRIAL_RATIOS.items()
+    }
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -593,7 +641,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     mem = results["in_memory"]["rows_per_s"]
     snap = results["initial_load_snapshot"]["seconds"]
     a_time = results["A_in_database"]["seconds"]
-    out = {
+    out: dict[str, Any] = {
         "run/B": ratio(run, b),
         "run/A": ratio(run, a),
         "run/C": ratio(run, results["C_peer"]["events_per_s"]),
@@ -601,6 +649,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "snapshot_time/A_time": ratio(snap, a_time),
         "peak_rss_mb": round(results["run_replicator"]["peak_rss_mb"], 1),
     }
+    if results.get("trials"):  # the ratios as medians of each trial's own ratio
+        for name, values in trial_ratios(results["trials"]).items():
+            known = [v for v in values if v is not None]
+            out[name] = statistics.median(known) if known else None
+            out[f"{name} trials"] = values
     backfill = results.get("initial_load_backfill") or {}
     if backfill.get("seconds"):
         out["backfill_time/A_time"] = ratio(backfill["seconds"], a_time)
@@ -674,6 +727,23 @@ def markdown(report: dict[str, Any]) -> str:
             f" exit {rv['verify']['exit_code']}) | |"
         )
     lines.append(f"| peak RSS of `replicator run` | {s['peak_rss_mb']} MB | |")
+    trials = r.get("trials") or []
+    if trials:
+        lines += [
+            "",
+            f"A, `replicator run`, C and in memory were measured in {len(trials)} trials, back to"
+            " back; the table shows each figure's median trial and each ratio's median over"
+            " the trials' own ratios.",
+            "",
+            "| trial | A rows/s | run events/s | C events/s | in memory rows/s |"
+            " run/A | run/C | in memory/A |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        per = trial_ratios(trials)
+        for n, t in enumerate(trials):
+            figures = " | ".join(f"{t[k][f]:,.0f}" for k, f in FIGURES.items())
+            ratios = " | ".join(str(per[name][n]) for name in TRIAL_RATIOS)
+            lines.append(f"| {n + 1} | {figures} | {ratios} |")
     lines += ["", "| edge case | expected | C | replicator |", "| --- | --- | --- | --- |"]
     for case in r.get("edge_cases", {}).values():
         cells = (case["what"], case["expected"], case["C"], case["replicator"])
@@ -723,6 +793,9 @@ def chart(report: dict[str, Any], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument(
+        "--trials", type=int, default=3, help="runs of A, run, C and in memory (medians)"
+    )
     parser.add_argument("--env-file", help="use a running stack instead of starting one")
     parser.add_argument("--rates", default="500,2000", help="change rates for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=60.0)
@@ -752,20 +825,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"machine: {machine()}")
         log(f"inserting {args.rows} legacy rows")
         insert_rows(env["REPLICATOR_SOURCE_DSN"], args.rows, prefix=prefix)
-        log("A: in-database INSERT ... SELECT")
-        results["A_in_database"] = baseline_in_db(env, prefix, args.rows)
         log("waiting for Debezium to stream every row into the topic")
         _, events = read_topic(env, prefix, args.rows, keep=True)
         log("B: bare consumer")
         results["B_bare_consumer"], _ = read_topic(env, prefix, args.rows, keep=False)
-        log("3: replicator run")
-        results["run_replicator"] = replicator_run(env, prefix, args.rows)
-        log("C: the consumer a team would write by hand")
         dsn = env["REPLICATOR_TARGET_DSN"]
-        results["C_peer"] = peer_run(env, fresh_table(dsn, "bench_peer"), _topic_ends(env))
+        trials = results["trials"] = []
+        for n in range(args.trials):
+            log(f"trial {n + 1} of {args.trials}: A, replicator run, C, in memory")
+            trials.append(trial(env, prefix, args.rows, events))
+        results.update(medians(trials))
         results["edge_cases"] = edge_cases(dsn, lambda name: fresh_table(dsn, name))
-        log("4: decode + map + apply in memory")
-        results["in_memory"] = in_memory(env, events)
         del events
         log("5: initial load through a Debezium snapshot")
         results["initial_load_snapshot"] = snapshot_load(env, prefix, args.rows)

@@ -25,6 +25,8 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
             str(stack.stack.env_file),
             "--rows",
             "300",
+            "--trials",
+            "2",
             "--rates",
             "50",
             "--latency-seconds",
@@ -54,6 +56,9 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
     ):
         assert key in results, key
     assert results["run_replicator"]["rows"] == 300
+    assert len(results["trials"]) == 2  # the headline is one of them, its median figure
+    assert results["run_replicator"] in [t["run_replicator"] for t in results["trials"]]
+    assert len(report["summary"]["run/C trials"]) == 2
     assert results["C_peer"]["events"] == results["run_replicator"]["events"]
     cases = results["edge_cases"]
     assert set(cases) == {"redelivery", "out_of_order_replay", "toast_placeholder", "poison_row"}
