@@ -65,7 +65,7 @@ from replicator.stream.decode import decode_json  # noqa: E402
 from replicator.stream.ends import probe_ends  # noqa: E402
 from replicator.stream.replicator import Replicator  # noqa: E402
 from replicator.stream.sink import PostgresSink  # noqa: E402
-from replicator.stream.source import KafkaSource  # noqa: E402
+from replicator.stream.source import KafkaSource, client_config  # noqa: E402
 from replicator.stream.transform import to_row_change  # noqa: E402
 from replicator.stream.worker import ApplyWorker  # noqa: E402
 
@@ -395,10 +395,14 @@ def latency(
     before = _topic_ends(env)
     delivered = sources[-1].delivered
     received = len(delivered)
+    tail = TailConsumer(env, before)  # the broker alone: a bare consumer at the tail
+    tail.start()
     sent = _write_at_rate(env["REPLICATOR_SOURCE_DSN"], ids, rate, seconds)
     time.sleep(3)
+    tail.stop_event.set()
     replicator.stop_event.set()
     thread.join(60)
+    tail.join(60)
     delivered = delivered[received:]
     if not recorder.values:
         return {"rate": rate, "changes": sent, "observed": 0}
@@ -411,7 +415,38 @@ def latency(
     out.update(_percentiles(_capture_delays(env, before, _topic_ends(env)), "capture_"))
     # the broker's share: record produced -> handed to the replicator by librdkafka
     out.update(_percentiles(delivered, "broker_"))
+    # the same records' delay to a bare consumer at the tail, in the same run: what the
+    # broker costs whatever consumes it
+    out.update(_percentiles(tail.delays, "bare_tail_"))
+    out["stored_events"] = sum(before.values())
     return out
+
+
+class TailConsumer(threading.Thread):
+    """A bare consumer assigned at ``start`` (the topic's ends): ``now - record timestamp``
+    of every record it receives until stopped."""
+
+    def __init__(self, env: dict[str, str], start: dict[int, int]) -> None:
+        super().__init__(daemon=True)
+        # the replicator's own consumer tuning (fetch.wait.max.ms above all), no group
+        config = client_config("reader", env["REPLICATOR_KAFKA_BOOTSTRAP"], {})
+        config["fetch.wait.max.ms"] = client_config("group", "", {})["fetch.wait.max.ms"]
+        self.consumer = Consumer(config)
+        topic = env["REPLICATOR_TOPIC"]
+        self.consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+        self.delays: list[float] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                messages = self.consumer.consume(1000, timeout=0.2)
+                now = time.time() * 1000
+                for msg in messages:
+                    if msg.error() is None and msg.value() is not None:
+                        self.delays.append(max(0.0, (now - msg.timestamp()[1]) / 1000))
+        finally:
+            self.consumer.close()
 
 
 class TimedSource(KafkaSource):
@@ -700,6 +735,11 @@ def markdown(report: dict[str, Any]) -> str:
             shares = (
                 ("capture_", "the capture: commit -> record produced by Connect"),
                 ("broker_", "the broker: record produced -> received by the replicator"),
+                (
+                    "bare_tail_",
+                    "the broker alone: record produced -> received by a bare consumer at"
+                    f" the tail ({lat.get('stored_events', 0):,} events stored)",
+                ),
             )
             for key, what in shares:
                 if f"{key}p50_ms" in lat:

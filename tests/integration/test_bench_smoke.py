@@ -68,6 +68,7 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
     assert results["latency"][0]["observed"] > 0
     assert results["latency"][0]["capture_p50_ms"] >= 0
     assert results["latency"][0]["broker_p50_ms"] >= 0
+    assert results["latency"][0]["bare_tail_p50_ms"] >= 0
     replay, verify = results["replay_verify"]["replay"], results["replay_verify"]["verify"]
     assert replay["events"] >= 300
     assert verify["status"] in ("in_sync", "drift"), verify  # a report, not a failure
