@@ -561,7 +561,7 @@ def replay_and_verify(env: dict[str, str], rows: int) -> dict[str, Any]:
             for t in ("bench_replay", "bench_replay_versions"):
                 conn.execute(f'DROP TABLE IF EXISTS "{t}"')
             conn.execute("DELETE FROM replicator_offsets WHERE target_table = 'bench_replay'")
-        events = sum(_topic_ends(env).values())  # the local broker keeps every event
+        events = settled_ends(env)  # the local broker keeps every event
         started = time.perf_counter()
         res = _cli(env, "replay", "--into", "bench_replay")
         seconds = time.perf_counter() - started  # includes the command's start
@@ -583,6 +583,22 @@ def replay_and_verify(env: dict[str, str], rows: int) -> dict[str, Any]:
             verdict.update(status=report["status"], rows=report["source"]["rows"])
         out["verify"] = verdict
     return out
+
+
+def settled_ends(env: dict[str, str], quiet_s: float = 10.0, timeout: float = 600) -> int:
+    """The topic's event count once it stopped growing for ``quiet_s``: replay reads to the
+    ends it finds at its start, so changes still on their way (a loaded broker accepts
+    Connect's records seconds late) would be missing from the table verify compares."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        events = sum(_topic_ends(env).values())
+        if events != last:
+            last, since = events, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(1)
+    return last
 
 
 def _has_command(name: str) -> bool:
