@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -808,13 +808,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def chart(report: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed: no chart (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return False
     r = report["results"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -846,6 +841,61 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def bench_stack(env_file: str | None, name: str) -> Iterator[dict[str, str]]:
+    """The stack's settings: ``env_file``'s running stack, or a fresh one in a temporary
+    folder, stopped and removed afterwards.  The bench creates its own tables, so every
+    connection runs as the tables' owner (the admin DSNs)."""
+    stack: LocalStack | None = None
+    state = None
+    try:
+        if env_file:
+            env = read_env_file(Path(env_file))
+        else:
+            state = Path(tempfile.mkdtemp(prefix=f"{name}-stack-"))
+            stack = LocalStack(state, log=log)
+            env = stack.up()
+        for side in ("SOURCE", "TARGET"):
+            env[f"REPLICATOR_{side}_DSN"] = env.get(
+                f"REPLICATOR_ADMIN_{side}_DSN", env[f"REPLICATOR_{side}_DSN"]
+            )
+        yield env
+    finally:
+        if stack is not None:
+            stack.down()
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def write_report(
+    stem: Path,
+    report: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    chart: Callable[[dict[str, Any], Path], bool],
+) -> None:
+    """``stem``.json, .md and .png (when matplotlib is there); the Markdown printed too."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    stem.with_suffix(".md").write_text(text)
+    drew = chart(report, stem.with_suffix(".png"))
+    print(text)
+    print(f"results: {stem}.json, .md" + (", .png" if drew else ""))
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no chart (pip install matplotlib)")
+        return None
+    return plt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -861,23 +911,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.latency_seconds = min(args.latency_seconds, 10.0)
 
-    stack: LocalStack | None = None
-    state = None
     started = datetime.now(UTC)
     prefix = f"bench{started:%H%M%S}-"
     results: dict[str, Any] = {}
-    try:
-        if args.env_file:
-            env = read_env_file(Path(args.env_file))
-        else:
-            state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-            stack = LocalStack(state, log=log)
-            env = stack.up()
-        # the bench creates its own tables: everything runs as the tables' owner
-        for side in ("SOURCE", "TARGET"):
-            env[f"REPLICATOR_{side}_DSN"] = env.get(
-                f"REPLICATOR_ADMIN_{side}_DSN", env[f"REPLICATOR_{side}_DSN"]
-            )
+    with bench_stack(args.env_file, "bench") as env:
         log(f"machine: {machine()}")
         log(f"inserting {args.rows} legacy rows")
         insert_rows(env["REPLICATOR_SOURCE_DSN"], args.rows, prefix=prefix)
@@ -903,11 +940,6 @@ def main(argv: list[str] | None = None) -> int:
             results["latency"].append(latency(env, prefix, args.rows, rate, args.latency_seconds))
         log("7: replay and verify")
         results["replay_verify"] = replay_and_verify(env, args.rows)
-    finally:
-        if stack is not None:
-            stack.down()
-            if state is not None:
-                shutil.rmtree(state, ignore_errors=True)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "rows": args.rows,
@@ -916,14 +948,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "summary": summarize(results),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{started:%Y-%m-%dT%H%M%S}-{args.rows}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    drew = chart(report, stem.with_suffix(".png"))
-    print(markdown(report))
-    print(f"results: {stem}.json, .md" + (", .png" if drew else ""))
+    write_report(Path(args.out) / f"{started:%Y-%m-%dT%H%M%S}-{args.rows}", report, markdown, chart)
     return 0
 
 

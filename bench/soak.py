@@ -27,8 +27,6 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,18 +38,27 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import _cli, _hwm_kib, _topic_ends, count, fresh_table, log, machine  # noqa: E402
+from bench.run import (  # noqa: E402
+    _cli,
+    _hwm_kib,
+    _topic_ends,
+    bench_stack,
+    count,
+    fresh_table,
+    log,
+    machine,
+    pyplot,
+    write_report,
+)
 from replicator.local.processes import free_port  # noqa: E402
 from replicator.local.sample import insert_rows  # noqa: E402
-from replicator.local.stack import LocalStack  # noqa: E402
-from replicator.settings import read_env_file  # noqa: E402
 
 SAMPLE_S = 5.0
-_LINE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
 
 
 # ---- the application -----------------------------------------------------------------------
@@ -115,19 +122,14 @@ def scrape(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     lag, buckets, applied = 0.0, {}, 0.0
-    for line in text.splitlines():
-        match = _LINE.match(line)
-        if not match:
-            continue
-        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
-        if name == "replicator_consumer_lag":
-            lag += value
-        elif name == "replicator_end_to_end_lag_seconds_bucket":
-            le = re.search(r'le="([^"]+)"', labels)
-            if le:
-                buckets[math.inf if le.group(1) == "+Inf" else float(le.group(1))] = value
-        elif name == "replicator_rows_applied_total" and 'kind="stale"' not in labels:
-            applied += value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "replicator_consumer_lag":
+                lag += sample.value
+            elif sample.name == "replicator_end_to_end_lag_seconds_bucket":
+                buckets[float(sample.labels["le"])] = sample.value  # "+Inf" reads as inf
+            elif sample.name == "replicator_rows_applied_total":
+                applied += sample.value if sample.labels.get("kind") != "stale" else 0.0
     return {"lag": lag, "buckets": buckets, "applied": applied}
 
 
@@ -310,13 +312,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def chart(report: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed: no chart")
+    plt = pyplot()
+    if plt is None:
         return False
     minutes = report["soak"]["minutes"]
     x = [m["minute"] for m in minutes]
@@ -349,40 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tx-changes", type=int, default=5, help="changes per transaction")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-    stack: LocalStack | None = None
-    state = None
     started = datetime.now(UTC)
-    try:
-        if args.env_file:
-            env = read_env_file(Path(args.env_file))
-        else:
-            state = Path(tempfile.mkdtemp(prefix="soak-stack-"))
-            stack = LocalStack(state, log=log)
-            env = stack.up()
-        for side in ("SOURCE", "TARGET"):  # the bench's tables: it runs as their owner
-            env[f"REPLICATOR_{side}_DSN"] = env.get(
-                f"REPLICATOR_ADMIN_{side}_DSN", env[f"REPLICATOR_{side}_DSN"]
-            )
+    with bench_stack(args.env_file, "soak") as env:
         result = soak(env, args, f"soak{started:%H%M%S}-")
-    finally:
-        if stack is not None:
-            stack.down()
-            if state is not None:
-                shutil.rmtree(state, ignore_errors=True)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "machine": machine(),
         "factor": args.factor,
         "soak": result,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{started:%Y-%m-%dT%H%M%S}-soak"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    drew = chart(report, stem.with_suffix(".png"))
-    print(markdown(report))
-    print(f"results: {stem}.json, .md" + (", .png" if drew else ""))
+    write_report(Path(args.out) / f"{started:%Y-%m-%dT%H%M%S}-soak", report, markdown, chart)
     return 0
 
 

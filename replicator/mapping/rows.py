@@ -19,8 +19,9 @@ The mapping is the migration plan's table with the rulings of design.md
   back as the same number -- rounded half away from zero to 4 decimal places, as
   ``DECIMAL(10,4)`` can hold it.  Debezium's JSON prints a REAL (and a DOUBLE PRECISION,
   after a widening) that way too, and :func:`repr` of the float parsed from that text
-  gives the text back (a float's repr is its shortest round-trip decimal, and a decimal of
-  at most 17 digits that reads as a float is the only one that short), so the events need
+  gives the text back: a float's repr is the shortest decimal that reads back as it, and
+  no other decimal as short as Debezium's (the shortest for a DOUBLE, at most 9 digits for
+  a REAL) lies within half a float's step of the same value, so the events need
   no column types: ``123456.79`` maps to ``123456.7900`` whether the column is a REAL or
   a DOUBLE PRECISION.  Where a float32 arrives as its exact binary value (Avro, a binary
   COPY) the reader first turns it into its shortest text with :func:`real_value`.

@@ -76,3 +76,38 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
     assert report["machine"]["cores"] >= 1
     assert (tmp_path / report_file.name.replace(".json", ".md")).exists()
     assert (tmp_path / report_file.name.replace(".json", ".png")).exists()
+
+
+def test_soak_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "soak.py"),
+            "--env-file",
+            str(stack.stack.env_file),
+            "--normal",
+            "20",
+            "--factor",
+            "2",
+            "--minutes",
+            "1",
+            "--rows",
+            "200",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (report_file,) = tmp_path.glob("*-soak.json")
+    soak = json.loads(report_file.read_text())["soak"]
+    (minute,) = soak["minutes"]
+    assert soak["rate"] == 40 and soak["changes_written"] >= 40 * 50
+    assert minute["rows_applied"] > 0 and minute["rss_mb"] > 0
+    assert minute["e2e_p99_s"] is not None and minute["e2e_p99_s"] >= minute["e2e_p50_s"]
+    assert soak["verify"]["status"] in ("in_sync", "drift"), soak["verify"]  # a report
+    assert (tmp_path / report_file.name.replace(".json", ".md")).exists()
+    assert (tmp_path / report_file.name.replace(".json", ".png")).exists()
