@@ -16,31 +16,24 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> None:
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--env-file",
-            str(stack.stack.env_file),
-            "--rows",
-            "300",
-            "--trials",
-            "2",
-            "--rates",
-            "50",
-            "--latency-seconds",
-            "2",
-            "--out",
-            str(tmp_path),
-        ],
+def harness(script: str, stack: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    """``bench/<script>`` on the test stack.  A harness that times the product runs
+    unmeasured: coverage's tracer would be part of every figure (the product code it
+    drives is measured by other tests)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--env-file", stack.stack.env_file, *args],
         capture_output=True,
         text=True,
         timeout=900,
-        # a harness that times the product runs unmeasured: coverage's tracer would be
-        # part of every figure (the product code it drives is measured by other tests)
         env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")},
     )
+
+
+def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> None:
+    res = harness(
+        "run.py", stack, "--rows", "300", "--trials", "2", "--rates", "50",
+        "--latency-seconds", "2", "--out", str(tmp_path),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (report_file,) = tmp_path.glob("*.json")
     report = json.loads(report_file.read_text())
@@ -79,28 +72,10 @@ def test_bench_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> Non
 
 
 def test_soak_harness_runs_and_reports(stack: StackInfo, tmp_path: Path) -> None:
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "soak.py"),
-            "--env-file",
-            str(stack.stack.env_file),
-            "--normal",
-            "20",
-            "--factor",
-            "2",
-            "--minutes",
-            "1",
-            "--rows",
-            "200",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")},
-    )
+    res = harness(
+        "soak.py", stack, "--normal", "20", "--factor", "2", "--minutes", "1",
+        "--rows", "200", "--out", str(tmp_path),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (report_file,) = tmp_path.glob("*-soak.json")
     soak = json.loads(report_file.read_text())["soak"]
