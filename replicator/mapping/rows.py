@@ -43,6 +43,7 @@ import struct
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from fractions import Fraction
 from json.encoder import encode_basestring as _json_string  # what ensure_ascii=False uses
 from typing import Any
 
@@ -311,10 +312,21 @@ def _convert(row: Mapping[str, Any], plan: Plan) -> tuple[tuple[Any, ...], froze
 
 
 def _reads_back(decimal: str | Decimal, value: float) -> bool:
+    """``decimal`` reads as the float32 ``value``, and not as a tie with a neighbour: a
+    decimal exactly halfway between two float32 values is never printed for either (as in
+    PostgreSQL's output: 35616750 is not the text of 35616752)."""
     try:
-        return _F32.unpack(_F32.pack(float(decimal)))[0] == value
+        if _F32.unpack(_F32.pack(float(decimal)))[0] != value:
+            return False
     except OverflowError:  # beyond the largest float32
         return False
+    bits = _F32_BITS.unpack(_F32.pack(abs(value)))[0]
+    exact, point = Fraction(abs(value)), abs(Fraction(str(decimal)))
+    below = Fraction(_F32.unpack(_F32_BITS.pack(bits - 1))[0])
+    above = Fraction(_F32.unpack(_F32_BITS.pack(bits + 1))[0]) if abs(value) < _F32_MAX else None
+    low = (below + exact) / 2
+    high = (exact + above) / 2 if above is not None else exact + (exact - below) / 2
+    return low < point < high
 
 
 def real_value(value: float) -> float:

@@ -201,7 +201,7 @@ def test_real_value_is_what_postgresql_prints_for_a_real(
 ) -> None:
     """Avro and a binary COPY give a REAL's exact float32; real_value turns it into the
     text PostgreSQL prints (and Debezium's JSON carries), which the mapping reads."""
-    values = costs + [2.0**p for p in powers]
+    values = [*costs, *(2.0**p for p in powers), 35616752.0]  # a tie: never its text
     printed = scratch.execute(
         "SELECT v::real::text FROM unnest(%s::float8[]) WITH ORDINALITY AS u(v, n) ORDER BY n",
         [values],

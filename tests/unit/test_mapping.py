@@ -267,6 +267,7 @@ def _f32(value: float) -> float:
         (1.100000023841858, 1.1),
         (_f32(0.1), 0.1),
         (2.0**-10, 0.0009765625),  # a power of two: its interval is lopsided
+        (35616752.0, 35616752.0),  # 35616750 reads back, but only as a tie: never printed
         (_f32(3.4028234663852886e38), 3.4028235e38),  # the largest float32
         (1.401298464324817e-45, 1e-45),  # the smallest
         (-_f32(2.5e-7), -2.5e-7),
