@@ -370,6 +370,9 @@ class Recorder:
     def observe(self, value: float) -> None:
         self.values.append(value)
 
+    def observe_many(self, values: list[float]) -> None:
+        self.values.extend(values)
+
 
 def latency(
     env: dict[str, str], prefix: str, total: int, rate: int, seconds: float

@@ -52,7 +52,7 @@ class Tracker:
         self.health = health
         self._last_observed = 0.0
         self._unmapped: set[str] = set()
-        self._consumed: dict[str, Any] = {}  # op -> its labelled counter, looked up once
+        self._consumed: dict[str, int] = {}  # events consumed since progress(), by op
         self.assigned_at = 0.0
         self._last_progress = time.monotonic()
         self._progress_consumed = 0
@@ -67,8 +67,10 @@ class Tracker:
         m.rows.labels("upsert").inc(result.upserted)
         m.rows.labels("delete").inc(result.deleted)
         m.rows.labels("stale").inc(result.stale)
-        for ts in batch.source_ts_ms:
-            m.end_to_end_seconds.observe(max(0.0, batch.applied_at - ts / 1000))
+        applied_at = batch.applied_at
+        m.end_to_end_seconds.observe_many(
+            [max(0.0, applied_at - ts / 1000) for ts in batch.source_ts_ms]
+        )
         if batch.last_lsns:
             m.last_lsn.set(max(batch.last_lsns.values()))
         t = m.tally
@@ -85,11 +87,14 @@ class Tracker:
             )
 
     def consumed(self, op: str) -> None:
-        """One event of ``op`` consumed (per event: the labelled counter is cached)."""
-        counter = self._consumed.get(op)
-        if counter is None:
-            counter = self._consumed[op] = self.metrics.events.labels(op)
-        counter.inc()
+        """One event of ``op`` consumed.  Per event, so it only counts: the counters
+        are moved on by :meth:`progress`, on every turn of the loop."""
+        self._consumed[op] = self._consumed.get(op, 0) + 1
+
+    def _count_consumed(self) -> None:
+        for op, n in self._consumed.items():
+            self.metrics.events.labels(op).inc(n)
+        self._consumed.clear()
 
     def columns(self, image: Mapping[str, Any] | None) -> None:
         """Count the columns of a row image the mapping does not read (added to the
@@ -164,7 +169,10 @@ class Tracker:
             self.metrics.slot_lag_bytes.labels(self.settings.slot_name).set(float(row[0]))
 
     def progress(self, partitions: Iterable[int], force: bool = False) -> None:
-        """A progress log line every ``progress_interval_s`` (``force``: now)."""
+        """The consumed counters, and a progress log line every ``progress_interval_s``
+        (``force``: now)."""
+        if self._consumed:
+            self._count_consumed()
         now = time.monotonic()
         if not force and now - self._last_progress < self.settings.progress_interval_s:
             return

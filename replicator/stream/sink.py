@@ -48,7 +48,7 @@ from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX, CostColumn
 from replicator.stream import generations
 from replicator.stream.batch import fold
 from replicator.stream.checkpoint import Checkpoint, PositionFence
-from replicator.stream.sink_sql import COPY_TYPES, SinkStatements
+from replicator.stream.sink_sql import COPY_TYPES, STAGE_BUFFERS, SinkStatements
 
 _NULLS = (None,) * (len(TARGET_COLUMNS) - 1)
 
@@ -247,6 +247,11 @@ class PostgresSink:
             # Statements are replanned every time: a cached generic plan would carry the
             # staging table's size at the moment it was prepared.
             conn.prepare_threshold = None
+            # A batch's stage (up to batch_max_bytes) stays in memory: with the default 8 MB
+            # of temporary buffers, it spilled to disk and every commit's truncation of the
+            # stage (ON COMMIT DELETE ROWS) waited on that.  Allowed only before the
+            # session's first temporary table; memory is taken as the stage grows.
+            conn.execute(STAGE_BUFFERS)
             conn.execute(self._sql.create_stage)
         except BaseException:
             conn.close()

@@ -18,6 +18,8 @@ from replicator.mapping.sql import upsert_tail
 _STAGED = {"json": "text", "int4": "int8"}
 COPY_TYPES = ["int4", "int8", "bool", "text[]", *(_STAGED.get(t, t) for t in TARGET_TYPES.values())]
 STAGE = sql.Identifier("pg_temp", "replicator_sink_stage")
+#: The session's temporary buffers, set before the stage is created (sink.py).
+STAGE_BUFFERS = "SET temp_buffers = '64MB'"
 q = sql.SQL
 
 

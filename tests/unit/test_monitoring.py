@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from replicator.observe.metrics import Health, Metrics
+from replicator.observe.metrics import BatchHistogram, Health, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -76,3 +76,24 @@ def test_every_metric_an_alert_uses_is_exposed() -> None:
     exprs = re.findall(r"expr: (?:>-\n)?((?:.+\n)+?)\s+(?:for|labels):", rules)
     wanted = set().union(*(queried(e) for e in exprs))
     assert len(wanted) >= 5 and wanted <= exposed_metric_names()
+
+
+def test_the_batch_histogram_is_exposed_as_prometheus_client_exposes_a_histogram() -> None:
+    buckets = (0.05, 0.1, 1, 2.5, 300)
+    values = [0.0, 0.05, 0.0500001, 0.1, 0.7, 1.0, 2.5, 299.0, 300.0, 301.0, 1e9]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batch = BatchHistogram("lag_seconds", "doc", buckets, ours)
+    one_by_one = Histogram("lag_seconds", "doc", buckets=buckets, registry=theirs)
+    batch.observe_many(values[:4])
+    batch.observe_many([])
+    batch.observe_many(values[4:-1])
+    batch.observe(values[-1])
+    for value in values:
+        one_by_one.observe(value)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "_created" not in line]
+
+    assert lines(ours) == lines(theirs)
+    assert 'lag_seconds_bucket{le="0.05"} 2.0' in lines(ours)  # le: a bound holds its value

@@ -534,3 +534,16 @@ def test_an_event_lacking_a_mapped_column_is_dead_lettered_as_a_schema_mismatch(
     replicate(ScriptedSource(messages), sink, dead)
     assert dead.sent == [(1, "schema_mismatch")]
     assert sorted(sink.rows) == ["wp-0", "wp-2"]  # never a NULL in its place
+
+
+def test_every_consumed_event_is_counted_by_op_and_every_applied_one_in_the_lag_histogram() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(7)])
+    sink = RecordingSink()
+    replicator = replicate(source, sink)
+    registry = replicator.metrics.registry
+    consumed = sum(
+        registry.get_sample_value("replicator_events_consumed_total", {"op": op}) or 0
+        for op in ("c", "u", "r", "d")
+    )
+    assert consumed == 7
+    assert registry.get_sample_value("replicator_end_to_end_lag_seconds_count") == 7
