@@ -51,6 +51,7 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu import PARTS, CpuMeter, per_event  # noqa: E402
 from bench.peer import edge_cases, peer_run  # noqa: E402
 from replicator.db.schema import apply_target_schema  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
@@ -63,11 +64,11 @@ from replicator.settings import Settings, read_env_file  # noqa: E402
 from replicator.stream.batch import Batch  # noqa: E402
 from replicator.stream.decode import decode_json  # noqa: E402
 from replicator.stream.ends import probe_ends  # noqa: E402
+from replicator.stream.lanes import Lanes  # noqa: E402
 from replicator.stream.replicator import Replicator  # noqa: E402
 from replicator.stream.sink import PostgresSink  # noqa: E402
 from replicator.stream.source import KafkaSource, client_config  # noqa: E402
 from replicator.stream.transform import to_row_change  # noqa: E402
-from replicator.stream.worker import ApplyWorker  # noqa: E402
 
 #: The plan's migration SQL in PostgreSQL dialect, with the mapping rulings.
 BASELINE_SQL = """
@@ -194,6 +195,8 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
     group = f"bench-{time.time_ns()}"
     command = ["run", "--target-table", table, "--group-id", group, "--exit-when-idle", "5"]
     logfile = Path(tempfile.mkstemp(prefix="bench-run-", suffix=".log")[1])
+    meter = CpuMeter()
+    meter.sample()
     with logfile.open("w") as log_out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "replicator", *command],
@@ -205,10 +208,15 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
         try:
             # done when the positions it stored (with the rows) reach the topic's ends:
             # a primary-key lookup, not a count that would compete with the replicator
+            sampled = time.monotonic()
             while proc.poll() is None and not _stored_reached(dsn, table, topic, ends):
                 time.sleep(0.05)
                 peak_kib = max(peak_kib, _hwm_kib(proc.pid))
+                if time.monotonic() - sampled >= 0.5:  # every process's CPU time
+                    meter.sample()
+                    sampled = time.monotonic()
             finished = time.time()
+            meter.sample()
             proc.wait(120)
         finally:
             if proc.poll() is None:
@@ -224,6 +232,7 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
         "seconds": seconds,
         "events_per_s": events / seconds,
         "peak_rss_mb": peak_kib / 1024,
+        "cpu_us_per_event": per_event(meter.used(assigned, finished, proc.pid), events),
     }
 
 
@@ -264,26 +273,33 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, "bench_memory")
     topic = env["REPLICATOR_TOPIC"]
-    with PostgresSink(dsn, table=table) as sink:
-        # as in `replicator run`: decode and map here while the previous batch is applied
-        worker: ApplyWorker[Batch, object] = ApplyWorker(
-            lambda b: sink.apply(b.changes, b.positions())
-        )
-        started = time.perf_counter()
-        batch = Batch(topic)
-        for key, value, partition, offset in events:
-            event = decode_json(key, value, KafkaPosition(topic, partition, offset))
-            change = to_row_change(event) if event else None
-            if change is not None:
-                batch.changes.append(change)
-            batch.advance(partition, offset, event.lsn if event else None)
-            if len(batch.changes) >= batch_rows:
-                worker.submit(batch)
-                batch = Batch(topic)
-        worker.submit(batch)
-        failed = [f.error for f in worker.finished(wait=True) if f.error is not None]
-        seconds = time.perf_counter() - started
-        worker.close()
+    n = Settings.model_fields["apply_lanes"].default
+    sinks = [PostgresSink(dsn, table=table) for _ in range(n)]
+    # as in `replicator run`: decode and map here while each lane applies its partitions'
+    # previous batch on its own connection
+    lanes: Lanes[Batch, object] = Lanes(
+        [lambda b, sink=sink: sink.apply(b.changes, b.positions()) for sink in sinks]
+    )
+    started = time.perf_counter()
+    batches = [Batch(topic) for _ in sinks]
+    for key, value, partition, offset in events:
+        lane = lanes.lane(partition)
+        batch = batches[lane]
+        event = decode_json(key, value, KafkaPosition(topic, partition, offset))
+        change = to_row_change(event) if event else None
+        if change is not None:
+            batch.changes.append(change)
+        batch.advance(partition, offset, event.lsn if event else None)
+        if len(batch.changes) >= batch_rows:
+            lanes.submit(lane, batch)
+            batches[lane] = Batch(topic)
+    for lane, batch in enumerate(batches):
+        lanes.submit(lane, batch)
+    failed = [f.error for f in lanes.finished(wait=True) if f.error is not None]
+    seconds = time.perf_counter() - started
+    lanes.close()
+    for sink in sinks:
+        sink.close()
     if failed:
         raise RuntimeError(f"applying failed: {failed[0]!r}")
     return {"rows": len(events), "seconds": seconds, "rows_per_s": len(events) / seconds}
@@ -803,11 +819,32 @@ def markdown(report: dict[str, Any]) -> str:
             figures = " | ".join(f"{t[k][f]:,.0f}" for k, f in FIGURES.items())
             ratios = " | ".join(str(per[name][n]) for name in TRIAL_RATIOS)
             lines.append(f"| {n + 1} | {figures} | {ratios} |")
+    lines += cpu_table(trials)
     lines += ["", "| edge case | expected | C | replicator |", "| --- | --- | --- | --- |"]
     for case in r.get("edge_cases", {}).values():
         cells = (case["what"], case["expected"], case["C"], case["replicator"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(trials: list[dict[str, Any]]) -> list[str]:
+    """CPU microseconds per event of each part during each trial's `replicator run`."""
+    cpus = [(t.get("run_replicator") or {}).get("cpu_us_per_event") or {} for t in trials]
+    if not any(cpus):
+        return []
+    lines = [
+        "",
+        "CPU time per event while `replicator run` read the topic (microseconds; every"
+        " process on the machine, from /proc):",
+        "",
+        "| trial | " + " | ".join(PARTS) + " | total | cores busy |",
+        "| --- " * (len(PARTS) + 3) + "|",
+    ]
+    for n, cpu in enumerate(cpus):
+        if cpu:
+            cells = [f"{cpu[p]:.1f}" for p in (*PARTS, "total")]
+            lines.append(f"| {n + 1} | {' | '.join(cells)} | {cpu['cores_busy']:.2f} |")
+    return lines
 
 
 def chart(report: dict[str, Any], path: Path) -> bool:

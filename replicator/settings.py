@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     batch_max_ms: int = Field(
         100, ge=1, le=60_000, description="max time an event waits in a batch (ms)"
     )
+    apply_lanes: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="target connections applying the batches of different partitions at once",
+    )
 
     # behaviour
     session_timeout_ms: int = Field(10_000, ge=1000, description="consumer group session timeout")

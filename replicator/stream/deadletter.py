@@ -13,6 +13,7 @@ halving, dead-letters them and applies the rest.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -56,6 +57,7 @@ class DeadLetters:
         self._producer = producer
         self._errors: list[str] = []
         self._too_large: list[tuple[Any, bytes, list[tuple[str, bytes]]]] = []
+        self._confirming = threading.Lock()
 
     def ensure_topic(self) -> None:
         """Create the topic when missing (a broker that refuses is only warned about)."""
@@ -124,17 +126,21 @@ class DeadLetters:
     def confirm(self, timeout: float = 30) -> None:
         """Every dead letter sent so far is delivered, or :class:`BrokerUnavailable`.
 
-        A dead letter the broker refuses as too large is sent again without its value (the
-        headers keep the reason, the origin and ``dlq.value_omitted``)."""
+        A failed delivery fails every confirmation until :meth:`forget`: apply lanes
+        confirm on their own threads, and the batch whose dead letter failed may not be
+        the one that looks first.  A dead letter the broker refuses as too large is sent
+        again without its value (the headers keep the reason, the origin and
+        ``dlq.value_omitted``)."""
         if self._producer is None:
             return
-        left = self._producer.flush(timeout)
-        while self._too_large and not left:
-            for key, size, headers in self._too_large:
-                self._produce(key, None, [*headers, ("dlq.value_omitted", size)])
-            self._too_large.clear()
+        with self._confirming:
             left = self._producer.flush(timeout)
-        errors, self._errors = self._errors, []
+            while self._too_large and not left:
+                for key, size, headers in self._too_large:
+                    self._produce(key, None, [*headers, ("dlq.value_omitted", size)])
+                self._too_large.clear()
+                left = self._producer.flush(timeout)
+            errors = list(self._errors)
         if left > 0 or errors:
             raise BrokerUnavailable(
                 f"dead-letter delivery failed ({left} undelivered): {errors[:3]}"

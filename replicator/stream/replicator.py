@@ -3,10 +3,11 @@
 It only composes the stages of ``stream/``.  Invariants (the correctness argument, once):
 
 1. The position of a partition moves only inside the sink's transaction that applies
-   the rows its events produced.  Batches are applied by one worker thread, strictly in
-   order, while the next batch is decoded; after a failed batch the worker discards the
-   queued ones unapplied.  Kafka's committed offsets are written afterwards and are
-   informational only.
+   the rows its events produced.  A partition's batches are applied by its lane's worker
+   thread (lanes.py), strictly in order, while the next batches are decoded; after a
+   failed batch the worker discards its queued ones unapplied, and every lane is
+   collected before the partitions are re-read.  Kafka's committed offsets are written
+   afterwards and are informational only.
 2. On assignment, and after any failed apply, a partition is positioned at the offset
    stored in the target database (or the beginning when none is stored).  So every
    event is applied at least once, and a re-applied event is harmless because the
@@ -30,7 +31,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from replicator import errors
@@ -44,11 +45,12 @@ from replicator.stream.batch import Batch
 from replicator.stream.checkpoint import PositionFence
 from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
 from replicator.stream.decode import Decoder, decoder_for
+from replicator.stream.lanes import Lanes
 from replicator.stream.positioning import Positioning
 from replicator.stream.sink import PostgresSink
 from replicator.stream.source import KafkaSource
 from replicator.stream.transform import to_row_change
-from replicator.stream.worker import ApplyWorker
+from replicator.stream.worker import Finished
 
 log = logging.getLogger("replicator.consumer")
 
@@ -63,7 +65,7 @@ class Replicator:
         settings: Settings,
         *,
         source: SourceFactory = KafkaSource.group_member,
-        sink: PostgresSink | None = None,
+        sink: PostgresSink | Sequence[PostgresSink] | None = None,
         control: PostgresSink | None = None,
         metrics: Metrics | None = None,
         decoder: Decoder | None = None,
@@ -74,32 +76,29 @@ class Replicator:
         self.metrics = metrics or Metrics()
         self.health = Health(settings.stall_after_s)
         self.tracker = Tracker(settings, self.metrics, self.health, redriven)
-        self.sink = sink or PostgresSink(
-            settings.target_dsn.get_secret_value(),
-            table=settings.target_table,
-            offsets_table=settings.offsets_table,
-            apply_deletes=settings.on_delete == "delete",
-            fence=PositionFence(),  # positions move only from where this consumer left them
-        )
-        # positions and pings use their own connection: the sink's belongs to the worker
-        self.control = control or PostgresSink(
-            settings.target_dsn.get_secret_value(),
-            table=settings.target_table,
-            offsets_table=settings.offsets_table,
-            fence=self.sink.fence,
-        )
+        fence = PositionFence()  # positions move only from where this consumer left them
+        if sink is None:  # one per apply lane
+            deletes = settings.on_delete == "delete"
+            sink = [
+                PostgresSink.of(settings, fence, apply_deletes=deletes)
+                for _ in range(settings.apply_lanes)
+            ]
+        self.sinks = list(sink) if isinstance(sink, Sequence) else [sink]
+        self.sink = self.sinks[0]  # the schema and truncates go through the first
+        # positions and pings use their own connection: the sinks' belong to the lanes
+        self.control = control or PostgresSink.of(settings, self.sink.fence)
         self.dead_letters = dead_letters or DeadLetters(settings, self.metrics)
-        self.applier = DeadLetteringSink(self.sink, self.dead_letters)
+        self.appliers = [DeadLetteringSink(s, self.dead_letters) for s in self.sinks]
         self.decode: Decoder = decoder or decoder_for(settings)
         self.stop_event = threading.Event()
         self.cost = PLAN_COST  # the target's total_cost type, read at start
         self._make_source = source
         self.source: KafkaSource | None = None
-        self._worker: ApplyWorker[Batch, ApplyResult] | None = None
+        self._lanes: Lanes[Batch, ApplyResult] | None = None
         self._assigned: set[int] = set()
         self._applied: dict[int, int | None] = {}  # next offset in the target, by partition
         self._unpositioned: set[int] = set()
-        self._batch = Batch(self.settings.topic)
+        self._batches = self._new_batches()
         self._last_message = time.monotonic()
         self.positioning = Positioning(settings, self.control, self.metrics)
 
@@ -138,17 +137,12 @@ class Replicator:
         return False
 
     def _run(self, exit_when_idle_s: float | None) -> int:
-        self._worker = ApplyWorker(self._apply_batch)
+        self._lanes = Lanes([self._applying(a) for a in self.appliers])
         self.source = source = self._make_source(self.settings)
         source.subscribe(self._on_assign, self._on_revoke, self._on_lost)
-        log.info(
-            "replicating",
-            extra={
-                "topic": self.settings.topic,
-                "table": self.settings.target_table,
-                "group": self.settings.group_id,
-            },
-        )
+        s = self.settings
+        where = {"topic": s.topic, "table": s.target_table, "group": s.group_id}
+        log.info("replicating", extra={**where, "apply_lanes": len(self.sinks)})
         backoff, exit_code = 0.5, 0
         self._last_message = time.monotonic()
         try:
@@ -182,7 +176,7 @@ class Replicator:
         if self._unpositioned:
             self._reposition()
         self.positioning.watch(source)
-        busy = self._batch.events or (self._worker is not None and not self._worker.idle)
+        busy = self._pending or (self._lanes is not None and not self._lanes.idle)
         messages = source.poll(0.05 if busy else 0.5)
         if messages:
             self._last_message = time.monotonic()
@@ -190,15 +184,25 @@ class Replicator:
             partition = msg.partition()
             if partition in self._unpositioned or partition not in self._assigned:
                 continue
-            self._handle(msg)
-            batch = self._batch
+            lane = partition % len(self._batches)
+            self._handle(msg, self._batches[lane])
+            batch = self._batches[lane]
             if batch.events >= self.settings.batch_max_rows or (
                 batch.bytes >= self.settings.batch_max_bytes
             ):
-                self._submit()
-        if self._batch_due():
-            self._submit()
+                self._submit(lane)
+        for lane in range(len(self._batches)):
+            if self._batch_due(lane):
+                self._submit(lane)
         self._collect()
+
+    @property
+    def _pending(self) -> bool:
+        """Events consumed and not handed to a lane yet."""
+        return any(b.events for b in self._batches)
+
+    def _new_batches(self) -> list[Batch]:
+        return [Batch(self.settings.topic) for _ in self.sinks]
 
     def _unavailable(self, exc: TransientError, backoff: float) -> None:
         if isinstance(exc, TargetUnavailable):
@@ -211,7 +215,7 @@ class Replicator:
     def _idle_for(self, seconds: float) -> bool:
         """Nothing arrived for ``seconds`` and nothing is left to apply (logged)."""
         since = max(self._last_message, self.tracker.assigned_at)  # what to read came after
-        if time.monotonic() - since <= seconds or self._batch.events:
+        if time.monotonic() - since <= seconds or self._pending:
             return False
         if not self._assigned:
             log.error(
@@ -219,7 +223,7 @@ class Replicator:
                 extra={"idle_s": seconds, "topic": self.settings.topic},
             )
             return True
-        if self._worker is None or not self._worker.idle or self._unpositioned:
+        if self._lanes is None or not self._lanes.idle or self._unpositioned:
             return False
         log.info("idle; exiting", extra={"idle_s": seconds})
         return True
@@ -231,8 +235,7 @@ class Replicator:
             with contextlib.suppress(TransientError):
                 self.source.poll(0.2)  # type: ignore[union-attr]
 
-    def _handle(self, msg: Any) -> None:
-        batch = self._batch
+    def _handle(self, msg: Any, batch: Batch) -> None:
         partition, offset = msg.partition(), msg.offset()
         value = msg.value()
         batch.bytes += len(value) if value else 0
@@ -262,71 +265,67 @@ class Replicator:
 
     def _truncate(self, event: ChangeEvent, partition: int, offset: int) -> None:
         if self.settings.on_truncate == "apply":
-            self._drain()  # everything before the truncate first
-            batch = self._batch
+            self._drain()  # everything before the truncate first, in every lane
+            batch = Batch(self.settings.topic)
             batch.advance(partition, offset, event.lsn)
             batch.topic_id = self.positioning.topic_id
             self.sink.truncate(batch.positions())
             log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
-            self._batch = Batch(self.settings.topic)
+            self._batches = self._new_batches()
             return
         self.tracker.skipped("truncate")
         log.warning(
             "source TRUNCATE not applied (on_truncate=ignore); the target keeps its rows",
             extra={"partition": partition, "offset": offset},
         )
-        self._batch.advance(partition, offset, event.lsn)
+        self._batches[partition % len(self._batches)].advance(partition, offset, event.lsn)
 
-    def _batch_due(self) -> bool:
-        """Apply at once when the worker is free (latency); while it is busy the batch
+    def _batch_due(self, lane: int) -> bool:
+        """Apply at once when the lane is free (latency); while it is busy the batch
         grows (throughput) until a limit is reached."""
-        batch = self._batch
+        batch = self._batches[lane]
         if not batch.events:
             return False
-        if self._worker is not None and self._worker.idle:
+        if self._lanes is not None and self._lanes.lane_idle(lane):
             return True
         return (time.monotonic() - batch.started) * 1000 >= self.settings.batch_max_ms
 
-    def _submit(self) -> None:
-        """Hand the batch to the apply worker; batches are applied strictly in order."""
-        batch = self._batch
+    def _submit(self, lane: int) -> None:
+        """Hand a lane's batch to its worker; a lane applies its batches strictly in order."""
+        batch = self._batches[lane]
         if not batch.events:
             return
-        self._batch = Batch(self.settings.topic)
+        self._batches[lane] = Batch(self.settings.topic)
         batch.topic_id = self.positioning.topic_id
-        assert self._worker is not None
-        self._worker.submit(batch)
+        assert self._lanes is not None
+        self._lanes.submit(lane, batch)
 
-    def _apply_batch(self, batch: Batch) -> ApplyResult:
-        """On the worker: the batch and its positions in one target transaction (invariant 1)."""
-        result = self.applier.apply(batch)
-        batch.applied_at = time.time()
-        return result
+    def _applying(self, applier: DeadLetteringSink) -> Callable[[Batch], ApplyResult]:
+        def apply(batch: Batch) -> ApplyResult:
+            """On a lane's worker: the batch and its positions in one target transaction
+            (invariant 1)."""
+            result = applier.apply(batch)
+            batch.applied_at = time.time()
+            return result
+
+        return apply
 
     def _collect(self, wait: bool = False) -> None:
-        """Account for the batches the worker finished; raise the first failure."""
-        if self._worker is None:
-            return
-        error: BaseException | None = None
-        for done in self._worker.finished(wait):
-            if done.error is not None:
-                error = error or done.error
-            elif done.result is not None:
-                self._account(done.item, done.result, done.seconds)
-        if error is not None:
-            self._worker.finished(wait=True)  # the rest were discarded unapplied
-            self._worker.reset()
-            raise error
+        """Account for the batches the lanes applied; raise the first failure."""
+        if self._lanes is not None:
+            self._lanes.collect(self._account, wait)
 
-    def _account(self, batch: Batch, result: ApplyResult, seconds: float) -> None:
-        self.tracker.applied(batch, result, seconds)
-        self._applied.update(batch.next_offsets)
+    def _account(self, done: Finished[Batch, ApplyResult]) -> None:
+        assert done.result is not None
+        self.tracker.applied(done.item, done.result, done.seconds)
+        self._applied.update(done.item.next_offsets)
         if self.source is not None:
-            self.source.commit(batch.next_offsets)  # informational only (invariant 1)
+            self.source.commit(done.item.next_offsets)  # informational only (invariant 1)
 
     def _drain(self) -> None:
         """Apply everything consumed so far and wait for it."""
-        self._submit()
+        for lane in range(len(self._batches)):
+            self._submit(lane)
         self._collect(wait=True)
 
     def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None] | None:
@@ -366,10 +365,10 @@ class Replicator:
 
     def _abandon(self) -> None:
         """Drop the batch in flight; its partitions re-read from the stored positions."""
-        self._batch = Batch(self.settings.topic)
-        if self._worker is not None:
-            self._worker.finished(wait=True)  # whatever was queued: applied or discarded
-            self._worker.reset()
+        self._batches = self._new_batches()
+        if self._lanes is not None:
+            self._lanes.finished(wait=True)  # whatever was queued: applied or discarded
+            self._lanes.reset()
         self.dead_letters.forget()
         if self.source is not None and self._assigned:
             self.source.pause(self._assigned)
@@ -393,8 +392,9 @@ class Replicator:
             self.source.close()
             self.source = None
         self.dead_letters.close()
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
-        self.sink.close()
+        if self._lanes is not None:
+            self._lanes.close()
+            self._lanes = None
+        for sink in self.sinks:
+            sink.close()
         self.control.close()

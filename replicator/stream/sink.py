@@ -45,6 +45,7 @@ from replicator.db.schema import check_target_names, cost_column, ensure_target
 from replicator.errors import EventError, GenerationChanged, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX, CostColumn
+from replicator.settings import Settings
 from replicator.stream import generations
 from replicator.stream.batch import fold
 from replicator.stream.checkpoint import Checkpoint, PositionFence
@@ -77,6 +78,17 @@ class PostgresSink:
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._sql = SinkStatements(table, self.versions_table)
+
+    @classmethod
+    def of(cls, settings: Settings, fence: PositionFence | None, **options: Any) -> PostgresSink:
+        """The sink of ``settings``' target table, its positions fenced by ``fence``."""
+        return cls(
+            settings.target_dsn.get_secret_value(),
+            table=settings.target_table,
+            offsets_table=settings.offsets_table,
+            fence=fence,
+            **options,
+        )
 
     @property
     def fence(self) -> PositionFence | None:
