@@ -58,9 +58,6 @@ class BatchHistogram(Collector):
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe(self, value: float) -> None:
-        self.observe_many((value,))
-
     def observe_many(self, values: Iterable[float]) -> None:
         counts = [0] * len(self._counts)
         bounds, total = self._bounds, 0.0

@@ -31,20 +31,22 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+def lane_of(partition: int, lanes: int) -> int:
+    """Pure. The lane of ``partition`` among ``lanes`` (invariant 1: always the same)."""
+    return partition % lanes
+
+
 class Lanes(Generic[Item, Result]):
-    """One :class:`ApplyWorker` per apply function; partition ``p`` goes to lane
-    ``p % len(lanes)``.  Called from one thread only (as an ApplyWorker is)."""
+    """One :class:`ApplyWorker` per apply function; a partition goes to lane
+    :func:`lane_of`.  Called from one thread only (as an ApplyWorker is)."""
 
     def __init__(self, applies: Sequence[Callable[[Item], Result]]) -> None:
         if not applies:
             raise ValueError("at least one apply lane")
         self._workers = [ApplyWorker(apply) for apply in applies]
 
-    def __len__(self) -> int:
-        return len(self._workers)
-
     def lane(self, partition: int) -> int:
-        return partition % len(self._workers)
+        return lane_of(partition, len(self._workers))
 
     @property
     def idle(self) -> bool:

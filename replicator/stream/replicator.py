@@ -45,7 +45,7 @@ from replicator.stream.batch import Batch
 from replicator.stream.checkpoint import PositionFence
 from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
 from replicator.stream.decode import Decoder, decoder_for
-from replicator.stream.lanes import Lanes
+from replicator.stream.lanes import Lanes, lane_of
 from replicator.stream.positioning import Positioning
 from replicator.stream.sink import PostgresSink
 from replicator.stream.source import KafkaSource
@@ -184,7 +184,7 @@ class Replicator:
             partition = msg.partition()
             if partition in self._unpositioned or partition not in self._assigned:
                 continue
-            lane = partition % len(self._batches)
+            lane = lane_of(partition, len(self._batches))
             self._handle(msg, self._batches[lane])
             batch = self._batches[lane]
             if batch.events >= self.settings.batch_max_rows or (
@@ -271,14 +271,13 @@ class Replicator:
             batch.topic_id = self.positioning.topic_id
             self.sink.truncate(batch.positions())
             log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
-            self._batches = self._new_batches()
             return
         self.tracker.skipped("truncate")
         log.warning(
             "source TRUNCATE not applied (on_truncate=ignore); the target keeps its rows",
             extra={"partition": partition, "offset": offset},
         )
-        self._batches[partition % len(self._batches)].advance(partition, offset, event.lsn)
+        self._batches[lane_of(partition, len(self._batches))].advance(partition, offset, event.lsn)
 
     def _batch_due(self, lane: int) -> bool:
         """Apply at once when the lane is free (latency); while it is busy the batch

@@ -3,6 +3,7 @@ one lane lets the others finish, and every partition is re-read from its stored 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from replicator.events import PartitionPosition
 from replicator.settings import Settings
 from replicator.stream.ends import PartitionEnd
 from replicator.stream.lanes import Lanes
@@ -149,13 +151,14 @@ def lanes_of(shared: RecordingSink) -> list[RecordingSink]:
 
 
 def replicate_in_lanes(
-    source: TwoPartitions, shared: RecordingSink, sinks: list[RecordingSink]
+    source: TwoPartitions, shared: RecordingSink, sinks: list[RecordingSink], **settings: Any
 ) -> None:
     settings = Settings(
         target_dsn="postgresql://app@db.invalid/t",
         kafka_bootstrap="k.invalid:9092",
         retry_backoff_max_s=0.1,
         batch_max_rows=3,
+        **settings,
     )
     replicator = Replicator(
         settings,
@@ -193,3 +196,33 @@ def test_a_failure_in_one_lane_re_reads_every_partition_from_its_stored_position
     seeks = [where for name, where in source.log if name == "seek"]
     assert {p for p, _ in seeks} == {0, 1}  # both partitions, from their stored positions
     assert (1, None) in seeks  # nothing of partition 1 was stored before its failure
+
+
+class Truncate(PartitionMessage):
+    def __init__(self, partition: int, offset: int) -> None:
+        super().__init__(partition, offset, "unused")
+        source = {"lsn": 5000 + offset, "ts_ms": 1, "snapshot": "false"}
+        self._key = None  # type: ignore[assignment]
+        self._value = json.dumps({"op": "t", "source": source}).encode()
+
+
+def test_an_applied_truncate_waits_for_every_lane_then_empties_the_target() -> None:
+    shared = RecordingSink()
+    truncated: list[tuple[list[str], list[PartitionPosition]]] = []
+
+    def truncate(positions: list[PartitionPosition]) -> None:
+        truncated.append((sorted(shared.rows), positions))
+        shared.rows.clear()
+        shared.positions.clear()
+        shared.positions.update({p.partition: p.next_offset for p in positions})
+
+    sinks = lanes_of(shared)
+    sinks[0].truncate = truncate  # type: ignore[method-assign]
+    source = TwoPartitions(3)
+    source.messages[0].append(Truncate(0, 3))
+    replicate_in_lanes(source, shared, sinks, on_truncate="apply")
+    # read two per partition per poll: 0-0 0-1 1-0 1-1, then 0-2, the truncate, 1-2
+    before, positions = truncated[0]
+    assert before == ["wp-0-0", "wp-0-1", "wp-0-2", "wp-1-0", "wp-1-1"]  # both lanes' first
+    assert [(p.partition, p.next_offset) for p in positions] == [(0, 4)]
+    assert sorted(shared.rows) == ["wp-1-2"]  # read after the truncate

@@ -87,7 +87,7 @@ def test_the_batch_histogram_is_exposed_as_prometheus_client_exposes_a_histogram
     batch.observe_many(values[:4])
     batch.observe_many([])
     batch.observe_many(values[4:-1])
-    batch.observe(values[-1])
+    batch.observe_many(iter(values[-1:]))  # any iterable
     for value in values:
         one_by_one.observe(value)
 
