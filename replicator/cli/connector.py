@@ -83,16 +83,17 @@ def cmd_connector(args: argparse.Namespace) -> int:
         spec["config"]["snapshot.mode"] = args.snapshot_mode
     if args.action == "apply":
         client.put_config(name, spec["config"])
-        client.wait_running(name, timeout=args.timeout)
+        status = client.wait_running(name, timeout=args.timeout)
         print(json.dumps(mask_config(client.get_config(name)), indent=2, sort_keys=True))
     elif args.action == "restart":
         client.restart(name)
-        client.wait_running(name, timeout=args.timeout)
+        status = client.wait_running(name, timeout=args.timeout)
     elif args.action == "delete":
         client.delete(name)
         print(f"deleted connector {name} (its replication slot and publication remain)")
         return EXIT_OK
-    status = client.status(name)
+    else:
+        status = client.status(name)
     print(json.dumps(status, indent=2))
     tasks = status.get("tasks", [])
     running = (

@@ -107,14 +107,22 @@ class ConnectClient:
         """Forget the connector's committed source offsets (it must be STOPPED)."""
         self._call("DELETE", f"/connectors/{name}/offsets")
 
-    def wait_running(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until the connector and all its tasks are RUNNING; a FAILED task raises."""
+    def wait_running(self, name: str, timeout: float = 60.0, settle: float = 1.5) -> dict[str, Any]:
+        """Wait until the connector and all its tasks have been RUNNING for ``settle``
+        seconds on end, and return that status; a FAILED task raises.
+
+        One RUNNING answer is not enough: right after a config is written, Connect may
+        still report the previous start, then rebalance and show the connector
+        UNASSIGNED for a moment. A state that held across polls for ``settle`` seconds
+        is the one the caller can report."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
+        since: float | None = None
         while time.monotonic() < deadline:
             try:
                 last = self.status(name)
             except ConnectError:
+                since = None
                 time.sleep(0.5)
                 continue
             tasks = last.get("tasks", [])
@@ -122,11 +130,17 @@ class ConnectClient:
                 if task.get("state") == "FAILED":
                     trace = (task.get("trace") or "").splitlines()[:3]
                     raise ConnectError(f"task {task.get('id')} FAILED: {' '.join(trace)}")
-            if (
+            running = (
                 last.get("connector", {}).get("state") == "RUNNING"
                 and tasks
                 and all(t.get("state") == "RUNNING" for t in tasks)
-            ):
+            )
+            now = time.monotonic()
+            if not running:
+                since = None
+            elif since is None:
+                since = now
+            elif now - since >= settle:
                 return last
             time.sleep(0.5)
         raise ConnectError(f"connector {name} not RUNNING after {timeout:.0f}s: {last}")

@@ -211,8 +211,8 @@ def test_connector_apply_overrides_the_snapshot_mode(monkeypatch: pytest.MonkeyP
         def put_config(self, name: str, config: dict[str, str]) -> None:
             sent.update(config)
 
-        def wait_running(self, name: str, timeout: float) -> None:
-            pass
+        def wait_running(self, name: str, timeout: float) -> dict:
+            return self.status(name)
 
         def get_config(self, name: str) -> dict[str, str]:
             return sent

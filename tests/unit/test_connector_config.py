@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from replicator.local.connect import mask_config
+import pytest
+
+from replicator.errors import ConnectError
+from replicator.local.connect import ConnectClient, mask_config
 from replicator.local.stack import load_connector_file, topic_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,3 +70,65 @@ def test_mask_config_hides_literal_secrets_only() -> None:
     assert masked["sasl.jaas.config"] == "********"
     assert masked["database.user"] == "dbz"
     assert masked["other.password"] == "${env:PW}"
+
+
+class Clock:
+    """A monotonic clock that moves only when the client sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def scripted_client(monkeypatch: pytest.MonkeyPatch, states: list[str]) -> ConnectClient:
+    """A client whose status walks through ``states`` (connector state; one task
+    RUNNING), one per poll, then stays at the last."""
+    clock = Clock()
+    monkeypatch.setattr("replicator.local.connect.time", clock)
+    answers = iter(states)
+    last = {"state": states[-1]}
+
+    def status(name: str) -> dict:
+        last["state"] = next(answers, last["state"])
+        return {
+            "name": name,
+            "connector": {"state": last["state"]},
+            "tasks": [{"id": 0, "state": "RUNNING"}],
+        }
+
+    client = ConnectClient("http://connect.invalid:8083")
+    monkeypatch.setattr(client, "status", status)
+    return client
+
+
+def test_wait_running_outlasts_a_rebalance_right_after_the_config_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Connect answers RUNNING for the previous start, then UNASSIGNED while it rebalances
+    client = scripted_client(monkeypatch, ["RUNNING", "UNASSIGNED", "UNASSIGNED", "RUNNING"])
+    polls: list[str] = []
+    status = client.status
+
+    def counted(name: str) -> dict:
+        answer = status(name)
+        polls.append(answer["connector"]["state"])
+        return answer
+
+    monkeypatch.setattr(client, "status", counted)
+    got = client.wait_running("workflow-processes", timeout=30, settle=1.5)
+    assert got["connector"]["state"] == "RUNNING"
+    assert polls[:4] == ["RUNNING", "UNASSIGNED", "UNASSIGNED", "RUNNING"]
+    assert polls[4:] == ["RUNNING"] * 3  # held for 1.5 s before it was reported
+
+
+def test_wait_running_gives_up_on_a_connector_that_never_settles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = scripted_client(monkeypatch, ["RUNNING", "UNASSIGNED"] * 100)
+    with pytest.raises(ConnectError, match="not RUNNING after 10s"):
+        client.wait_running("workflow-processes", timeout=10, settle=1.5)
