@@ -107,7 +107,8 @@ class Metrics:
         )
         self.skipped = Counter(
             "replicator_events_skipped",
-            "Events deliberately not applied (tombstones, truncates, messages), by kind",
+            "Events deliberately not applied (tombstones, truncates, messages, changes older"
+            " than an applied truncate), by kind",
             ["kind"],
             registry=r,
         )

@@ -113,7 +113,7 @@ class Replay:
             for line in sink.ensure_schema():
                 log.info(line)
             if self.table != self.live:
-                sink.truncate([])
+                sink.empty()
                 return
         with (
             connect(s.target_dsn.get_secret_value(), "the target database") as conn,

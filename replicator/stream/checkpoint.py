@@ -120,10 +120,6 @@ class Checkpoint:
                 " AND next_offset = -1)"
             ),
             "forget_topic": q("DELETE FROM {o} WHERE target_table = %s AND topic = %s"),
-            "forget_others": q(
-                "DELETE FROM {o} WHERE target_table = %s AND (topic, kafka_partition)"
-                " NOT IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
-            ),
             "move": q("UPDATE {o} SET target_table = %s WHERE target_table = %s"),
             "close": q(
                 "INSERT INTO {o} (target_table, topic, kafka_partition, next_offset, topic_id)"
@@ -182,20 +178,6 @@ class Checkpoint:
                 f" ({'; '.join(moved) or 'concurrently'}); re-read them"
             )
         return rows
-
-    def replace(
-        self, conn: psycopg.Connection[Any], positions: Sequence[PartitionPosition]
-    ) -> list[PartitionPosition]:
-        """Store ``positions`` and forget every other position of this table."""
-        if self.fence is None:
-            self.forget(conn)
-            return self.store(conn, positions)
-        stored = self.store(conn, positions)  # fenced: checked first
-        conn.execute(
-            self._sql["forget_others"],
-            [self.target_table, [p.topic for p in stored], [p.partition for p in stored]],
-        )
-        return stored
 
     def committed(self, stored: Sequence[PartitionPosition], *, replace: bool = False) -> None:
         """The transaction that stored ``stored`` committed: the fence expects them now."""

@@ -23,6 +23,8 @@ It only composes the stages of ``stream/``.  Invariants (the correctness argumen
    are re-positioned from the database exactly as after an outage.
 6. ``replicator cutover`` closes the stored positions (checkpoint.py invariant 3): the
    next batch is fenced, and re-positioning (or the 10 s watch) ends the run with exit 0.
+7. An applied source TRUNCATE waits for every lane, deletes what is older than it and
+   stores its position; later changes older than it are dropped (truncation.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from replicator.stream.positioning import Positioning
 from replicator.stream.sink import PostgresSink
 from replicator.stream.source import KafkaSource
 from replicator.stream.transform import to_row_change
+from replicator.stream.truncation import Truncation
 from replicator.stream.worker import Finished
 
 log = logging.getLogger("replicator.consumer")
@@ -78,11 +81,8 @@ class Replicator:
         self.tracker = Tracker(settings, self.metrics, self.health, redriven)
         fence = PositionFence()  # positions move only from where this consumer left them
         if sink is None:  # one per apply lane
-            deletes = settings.on_delete == "delete"
-            sink = [
-                PostgresSink.of(settings, fence, apply_deletes=deletes)
-                for _ in range(settings.apply_lanes)
-            ]
+            deletes, n = settings.on_delete == "delete", settings.apply_lanes
+            sink = [PostgresSink.of(settings, fence, apply_deletes=deletes) for _ in range(n)]
         self.sinks = list(sink) if isinstance(sink, Sequence) else [sink]
         self.sink = self.sinks[0]  # the schema and truncates go through the first
         # positions and pings use their own connection: the sinks' belong to the lanes
@@ -101,6 +101,7 @@ class Replicator:
         self._batches = self._new_batches()
         self._last_message = time.monotonic()
         self.positioning = Positioning(settings, self.control, self.metrics)
+        self.truncation = Truncation(self.sink)
 
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
         """Replicate until :attr:`stop_event` is set; return an exit code.
@@ -246,8 +247,7 @@ class Replicator:
                 batch.advance(partition, offset, None)
                 return
             self.tracker.consumed(event.op.value)
-            if event.op is Op.TRUNCATE:
-                self._truncate(event, partition, offset)
+            if event.op is Op.TRUNCATE and self._truncated(event):
                 return
             self.tracker.columns(event.after)
             generations = self.positioning.generations
@@ -259,25 +259,24 @@ class Replicator:
             return
         if change is None:
             self.tracker.skipped(event.op.name.lower())
+        elif self.truncation.drops(change):
+            self.tracker.skipped("before_truncate")
         else:
             batch.add(change, msg, event.source_ts_ms, generations.latest)
         batch.advance(partition, offset, event.lsn)
 
-    def _truncate(self, event: ChangeEvent, partition: int, offset: int) -> None:
-        if self.settings.on_truncate == "apply":
-            self._drain()  # everything before the truncate first, in every lane
-            batch = Batch(self.settings.topic)
-            batch.advance(partition, offset, event.lsn)
-            batch.topic_id = self.positioning.topic_id
-            self.sink.truncate(batch.positions())
-            log.warning("source TRUNCATE applied: target emptied", extra={"offset": offset})
-            return
-        self.tracker.skipped("truncate")
-        log.warning(
-            "source TRUNCATE not applied (on_truncate=ignore); the target keeps its rows",
-            extra={"partition": partition, "offset": offset},
-        )
-        self._batches[lane_of(partition, len(self._batches))].advance(partition, offset, event.lsn)
+    def _truncated(self, event: ChangeEvent) -> bool:
+        """Invariant 7 (False: not applied, ``on_truncate=ignore``)."""
+        p = event.position
+        where = {"partition": p.partition, "offset": p.offset}
+        if self.settings.on_truncate == "ignore":
+            log.warning("source TRUNCATE not applied (on_truncate=ignore)", extra=where)
+            return False
+        self._drain()  # everything read before the truncate first, in every lane
+        generation = self.positioning.generations.at(p.partition, p.offset)
+        deleted = self.truncation.apply(event, generation, self.positioning.topic_id)
+        log.warning("source TRUNCATE applied", extra={**where, "older_rows_deleted": deleted})
+        return True
 
     def _batch_due(self, lane: int) -> bool:
         """Apply at once when the lane is free (latency); while it is busy the batch

@@ -170,12 +170,26 @@ class PostgresSink:
         self.checkpoint.committed(stored)
         return result
 
-    def truncate(self, positions: Sequence[PartitionPosition]) -> None:
-        """Empty the target and versions tables and replace this table's positions."""
-        with self._transaction("truncate the target") as conn:
-            conn.execute(self._sql.truncate)
-            stored = self.checkpoint.replace(conn, positions)
-        self.checkpoint.committed(stored, replace=True)
+    def truncate(self, generation: int, lsn: int, positions: Sequence[PartitionPosition]) -> int:
+        """Apply a source TRUNCATE at version ``(generation, lsn)`` and store
+        ``positions``, in one transaction: delete the rows no later change wrote and
+        mark their versions deleted at the truncate's (argument: truncation.py).  Plain
+        DELETE and UPDATE, the service role's privileges.  Returns the rows deleted."""
+        at = {"g": generation, "l": lsn}
+        with self._transaction("apply a source TRUNCATE") as conn:
+            deleted = conn.execute(self._sql.truncate_rows, at).rowcount
+            conn.execute(self._sql.truncate_versions, at)
+            stored = self.checkpoint.store(conn, positions)
+        self.checkpoint.committed(stored)
+        return deleted
+
+    def empty(self) -> None:
+        """Empty the table and its versions and forget its positions (a replay's shadow
+        table, before it is rebuilt from the start of the topic)."""
+        with self._transaction("empty the table") as conn:
+            conn.execute(self._sql.empty)
+            self.checkpoint.forget(conn)
+        self.checkpoint.committed([], replace=True)
 
     def ping(self) -> None:
         """Raise :class:`TargetUnavailable` unless the target answers."""

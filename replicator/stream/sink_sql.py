@@ -108,7 +108,23 @@ class SinkStatements:
                 ),
             )
         )
-        self.truncate = _text(q("TRUNCATE {t}, {v}").format(t=t, v=v))
+        self.truncate_rows, self.truncate_versions = _truncation(t, v)
+        self.empty = _text(q("TRUNCATE {t}, {v}").format(t=t, v=v))
+
+
+def _truncation(t: sql.Identifier, v: sql.Identifier) -> tuple[str, str]:
+    """A source TRUNCATE at version ``(%(g)s, %(l)s)`` (truncation.py): the rows no later
+    change wrote go, and their versions become deletes at the truncate's version."""
+    newer = q(
+        "SELECT FROM {v} v WHERE v.run_id = t.run_id"
+        " AND (v.generation, v.source_lsn) > (%(g)s::integer, %(l)s::bigint)"
+    ).format(v=v)
+    rows = q("DELETE FROM {t} t WHERE NOT EXISTS ({newer})").format(t=t, newer=newer)
+    versions = q(
+        "UPDATE {v} SET generation = %(g)s, source_lsn = %(l)s, deleted = true"
+        " WHERE (generation, source_lsn) < (%(g)s::integer, %(l)s::bigint)"
+    ).format(v=v)
+    return _text(rows), _text(versions)
 
 
 def _text(statement: sql.Composed) -> str:

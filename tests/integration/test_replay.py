@@ -247,11 +247,11 @@ def test_sink_fence_is_compare_and_set(iso: StackInfo) -> None:
         stored = PostgresSink(dsn, table=table).load_positions("t")
         assert {p: s.next_offset for p, s in stored.items()} == {0: 30, 1: 5}  # rolled back
         with pytest.raises(PositionsFenced):
-            a.truncate([pos("t", 0, 40, None)])
+            a.truncate(0, 100, [pos("t", 0, 40, None)])
         a.load_positions("t")
-        a.truncate([pos("t", 0, 40, None)])
+        a.truncate(0, 100, [pos("t", 0, 40, None)])
         stored = PostgresSink(dsn, table=table).load_positions("t")
-        assert {p: s.next_offset for p, s in stored.items()} == {0: 40}
+        assert {p: s.next_offset for p, s in stored.items()} == {0: 40, 1: 5}
 
 
 def test_swap_drop_old_keeps_grants_and_positions(iso: StackInfo) -> None:

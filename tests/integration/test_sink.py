@@ -405,14 +405,33 @@ def test_ignored_deletes_keep_rows_but_record_versions(
     assert target.rows() == {"a": row("a", 1)}
 
 
-def test_truncate_empties_target_and_versions_and_resets_positions(target: Target) -> None:
-    target.sink.apply([up("a", 10), delete("b", 11)], [pos(0, 5, 11), pos(1, 7, 9)])
-    target.sink.truncate([pos(0, 6, 12)])
+def test_a_truncate_deletes_what_is_older_and_keeps_what_came_after(target: Target) -> None:
+    target.sink.apply(
+        [up("a", 10), delete("b", 11), up("c", 30, 3)], [pos(0, 5, 11), pos(1, 7, 30)]
+    )
+    assert target.sink.truncate(0, 20, [pos(0, 6, 20)]) == 1  # "a"; "b" was gone already
+    assert target.rows() == {"c": row("c", 3)}  # changed after the truncate (another partition)
+    assert target.versions() == {"a": (20, True), "b": (20, True), "c": (30, False)}
+    stored = target.sink.load_positions(TOPIC)
+    assert stored == {0: pos(0, 6, 20), 1: pos(1, 7, 30)}  # the other partition's is kept
+    # a change made before the truncate, delivered after it, stays stale; a later one applies
+    assert target.sink.apply([up("a", 15, 1), up("b", 19, 1)], []).stale == 2
+    assert target.sink.apply([up("a", 21, 2)], []).upserted == 1
+    assert target.rows() == {"a": row("a", 2), "c": row("c", 3)}
+
+
+def test_a_truncate_deletes_rows_no_change_versioned(target: Target) -> None:
+    target.sink.apply([up("a", 10)], [pos(0, 1, 10)])
+    target.execute(
+        sql.SQL("INSERT INTO {} SELECT 'x', {} FROM {} WHERE run_id = 'a'").format(
+            sql.Identifier(target.table),
+            sql.SQL(", ").join(map(sql.Identifier, TARGET_COLUMNS[1:])),
+            sql.Identifier(target.table),
+        )
+    )
+    assert target.sink.truncate(0, 20, [pos(0, 2, 20)]) == 2
     assert target.rows() == {}
-    assert target.versions() == {}
-    assert target.sink.load_positions(TOPIC) == {0: pos(0, 6, 12)}
-    # older events are no longer guarded against: the table starts over
-    assert target.sink.apply([up("b", 1)], []).upserted == 1
+    assert target.versions() == {"a": (20, True)}
 
 
 def test_ensure_schema_is_idempotent(target: Target) -> None:
@@ -443,8 +462,9 @@ def test_odd_identifiers_are_quoted(make_target: Callable[..., Target]) -> None:
     target.sink.apply([up("a", 2, 1, "result_data")], [pos(0, 3, 2)])
     assert target.rows() == {"a": row("a", 1, result_data=big)}
     assert target.sink.load_positions(TOPIC) == {0: pos(0, 3, 2)}
-    target.sink.truncate([])
+    target.sink.empty()
     assert target.rows() == {}
+    assert target.sink.load_positions(TOPIC) == {}
     assert target.query(sql.SQL("SELECT to_regclass('users') IS NOT NULL")) == [(True,)]
 
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from replicator.events import PartitionPosition
+from replicator.errors import EventError
+from replicator.events import ChangeEvent, KafkaPosition, Op, PartitionPosition, RowChange
 from replicator.settings import Settings
 from replicator.stream.ends import PartitionEnd
 from replicator.stream.lanes import Lanes
 from replicator.stream.origin import TopicView
 from replicator.stream.replicator import Replicator
+from replicator.stream.truncation import Truncation
 from replicator.stream.worker import Finished
 from tests.unit.test_replicator_loop import Message, RecordingDeadLetters, RecordingSink
 
@@ -206,23 +208,77 @@ class Truncate(PartitionMessage):
         self._value = json.dumps({"op": "t", "source": source}).encode()
 
 
-def test_an_applied_truncate_waits_for_every_lane_then_empties_the_target() -> None:
-    shared = RecordingSink()
-    truncated: list[tuple[list[str], list[PartitionPosition]]] = []
+class MadeAt(PartitionMessage):
+    """An insert made at source LSN ``lsn``."""
 
-    def truncate(positions: list[PartitionPosition]) -> None:
-        truncated.append((sorted(shared.rows), positions))
-        shared.rows.clear()
-        shared.positions.clear()
+    def __init__(self, partition: int, offset: int, run_id: str, lsn: int) -> None:
+        super().__init__(partition, offset, run_id)
+        event = json.loads(self._value)
+        event["source"]["lsn"] = lsn
+        self._value = json.dumps(event).encode()
+
+
+def truncating(shared: RecordingSink, calls: list[tuple[Any, ...]]) -> Any:
+    """A sink's truncate over ``shared``: the rows older than the truncate go, the
+    positions given are stored beside the others."""
+
+    def truncate(generation: int, lsn: int, positions: list[PartitionPosition]) -> int:
+        calls.append((sorted(shared.rows), generation, lsn, positions))
+        older = [r for r, c in shared.rows.items() if (c.generation, c.lsn) < (generation, lsn)]
+        for run_id in older:
+            del shared.rows[run_id]
         shared.positions.update({p.partition: p.next_offset for p in positions})
+        return len(older)
 
+    return truncate
+
+
+def test_an_applied_truncate_waits_for_every_lane_then_drops_what_is_older() -> None:
+    shared = RecordingSink()
+    calls: list[tuple[Any, ...]] = []
     sinks = lanes_of(shared)
-    sinks[0].truncate = truncate  # type: ignore[method-assign]
-    source = TwoPartitions(3)
-    source.messages[0].append(Truncate(0, 3))
+    sinks[0].truncate = truncating(shared, calls)  # type: ignore[method-assign]
+    source = TwoPartitions(3)  # inserts at LSNs 1000-1002 in both partitions
+    source.messages[0].append(Truncate(0, 3))  # at LSN 5003
+    source.messages[1].append(MadeAt(1, 3, "wp-1-before", 4000))
+    source.messages[1].append(MadeAt(1, 4, "wp-1-after", 6000))
     replicate_in_lanes(source, shared, sinks, on_truncate="apply")
-    # read two per partition per poll: 0-0 0-1 1-0 1-1, then 0-2, the truncate, 1-2
-    before, positions = truncated[0]
+    # read two per partition per poll: 0-0 0-1 1-0 1-1, then 0-2, the truncate, 1-2,
+    # 1-before, then 1-after
+    ((before, generation, lsn, positions),) = calls
     assert before == ["wp-0-0", "wp-0-1", "wp-0-2", "wp-1-0", "wp-1-1"]  # both lanes' first
-    assert [(p.partition, p.next_offset) for p in positions] == [(0, 4)]
-    assert sorted(shared.rows) == ["wp-1-2"]  # read after the truncate
+    assert (generation, lsn) == (0, 5003)
+    assert [(p.partition, p.next_offset, p.last_lsn) for p in positions] == [(0, 4, 5003)]
+    # read after the truncate but made before it: dropped; made after it: applied
+    assert sorted(shared.rows) == ["wp-1-after"]
+    assert shared.positions == {0: 4, 1: 5}  # partition 1's position was kept and moved on
+
+
+def test_the_floor_is_the_newest_truncate_and_a_newer_generation_passes_it() -> None:
+    applied: list[tuple[int, int]] = []
+
+    class Sink:
+        def truncate(self, generation: int, lsn: int, positions: list[PartitionPosition]) -> int:
+            applied.append((generation, lsn))
+            return 0
+
+    def change(lsn: int | None, generation: int = 0) -> RowChange:
+        return RowChange("r", lsn, False, None, frozenset(), generation)
+
+    def truncate(lsn: int | None, offset: int = 7) -> ChangeEvent:
+        return ChangeEvent(
+            Op.TRUNCATE, None, None, None, lsn, 1, "false", KafkaPosition("t", 2, offset)
+        )
+
+    truncation = Truncation(Sink())
+    assert not truncation.drops(change(1))  # no truncate yet
+    with pytest.raises(EventError, match="without a source LSN"):
+        truncation.apply(truncate(None), 0, "topic-A")
+    assert applied == [] and truncation.version is None
+    assert truncation.apply(truncate(5000), 0, "topic-A") == 0
+    truncation.apply(truncate(4000, offset=3), 0, "topic-A")  # an older one, read later
+    assert applied == [(0, 5000), (0, 4000)]
+    assert truncation.version == (0, 5000)
+    assert truncation.drops(change(4999)) and not truncation.drops(change(5001))
+    assert not truncation.drops(change(None))  # an incremental snapshot read: as it is now
+    assert not truncation.drops(change(0, generation=1))  # a snapshot taken again, later

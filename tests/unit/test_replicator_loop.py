@@ -207,7 +207,7 @@ class RecordingSink:
     def ping(self) -> None:
         pass
 
-    def truncate(self, positions: list[PartitionPosition]) -> None:
+    def truncate(self, generation: int, lsn: int, positions: list[PartitionPosition]) -> int:
         raise AssertionError("not in these tests")
 
     def close(self) -> None:
