@@ -98,6 +98,9 @@ def peer_run(
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 * 1024 * 1024,
+            # the local broker holds a new group's join for about half the session
+            # timeout (45 s by default); the clock starts at the assignment anyway
+            "session.timeout.ms": 6000,
         }
     )
     assigned: list[float] = []

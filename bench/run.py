@@ -47,6 +47,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -217,6 +218,7 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
                     sampled = time.monotonic()
             finished = time.time()
             meter.sample()
+            proc.terminate()  # stops like an operator's SIGTERM: the idle wait is not work
             proc.wait(120)
         finally:
             if proc.poll() is None:
@@ -333,7 +335,13 @@ def snapshot_load(env: dict[str, str], prefix: str, rows: int) -> dict[str, floa
         "slot.name": name,
         **only_rows(f"{prefix}%"),
     }
-    settings = _settings(env, table, topic=f"{name}.public.workflow_processes")
+    topic = f"{name}.public.workflow_processes"
+    # created first, as the stream's topic is: a consumer subscribed to a topic not there
+    # yet learns of its partitions only at later metadata refreshes, seconds apart
+    admin = AdminClient({"bootstrap.servers": env["REPLICATOR_KAFKA_BOOTSTRAP"]})
+    for future in admin.create_topics([NewTopic(topic, len(_topic_ends(env)), 1)]).values():
+        future.result(30)
+    settings = _settings(env, table, topic=topic)
     client = ConnectClient(env["REPLICATOR_CONNECT_URL"])
     replicator = Replicator(settings)
     thread = threading.Thread(target=replicator.run, daemon=True)
