@@ -282,3 +282,15 @@ def test_the_floor_is_the_newest_truncate_and_a_newer_generation_passes_it() -> 
     assert truncation.drops(change(4999)) and not truncation.drops(change(5001))
     assert not truncation.drops(change(None))  # an incremental snapshot read: as it is now
     assert not truncation.drops(change(0, generation=1))  # a snapshot taken again, later
+
+
+def test_an_ignored_truncate_keeps_every_row_and_is_read_past() -> None:
+    shared = RecordingSink()
+    sinks = lanes_of(shared)
+    sinks[0].truncate = None  # type: ignore[assignment,method-assign]  # never called
+    source = TwoPartitions(2)
+    source.messages[0].append(Truncate(0, 2))
+    source.messages[1].append(MadeAt(1, 2, "wp-1-before", 4000))  # older than the truncate
+    replicate_in_lanes(source, shared, sinks)  # on_truncate: ignore, the default
+    assert sorted(shared.rows) == ["wp-0-0", "wp-0-1", "wp-1-0", "wp-1-1", "wp-1-before"]
+    assert shared.positions == {0: 3, 1: 3}
