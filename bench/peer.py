@@ -20,9 +20,9 @@ from confluent_kafka import Consumer
 
 from replicator.errors import EventError
 from replicator.events import KafkaPosition
-from replicator.stream.decode import decode_json
-from replicator.stream.sink import PostgresSink
-from replicator.stream.transform import to_row_change
+from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.apply.transform import to_row_change
+from replicator.stream.source.decode import decode_json
 
 COLUMNS = (
     "run_id", "workflow_type", "description", "status", "max_turns", "session_id",

@@ -54,22 +54,23 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cpu import PARTS, CpuMeter, per_event  # noqa: E402
 from bench.peer import edge_cases, peer_run  # noqa: E402
+from replicator.clients.connect import ConnectClient, load_connector_file  # noqa: E402
+from replicator.clients.kafka import client_config  # noqa: E402
 from replicator.db.schema import apply_target_schema  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
-from replicator.local.connect import ConnectClient  # noqa: E402
 from replicator.local.sample import insert_rows  # noqa: E402
-from replicator.local.stack import LocalStack, load_connector_file  # noqa: E402
+from replicator.local.stack import LocalStack  # noqa: E402
 from replicator.mapping.columns import TARGET_COLUMNS  # noqa: E402
 from replicator.observe.metrics import Metrics  # noqa: E402
 from replicator.settings import Settings, read_env_file  # noqa: E402
-from replicator.stream.batch import Batch  # noqa: E402
-from replicator.stream.decode import decode_json  # noqa: E402
-from replicator.stream.ends import probe_ends  # noqa: E402
-from replicator.stream.lanes import Lanes  # noqa: E402
+from replicator.stream.apply.batch import Batch  # noqa: E402
+from replicator.stream.apply.lanes import Lanes  # noqa: E402
+from replicator.stream.apply.sink import PostgresSink  # noqa: E402
+from replicator.stream.apply.transform import to_row_change  # noqa: E402
 from replicator.stream.replicator import Replicator  # noqa: E402
-from replicator.stream.sink import PostgresSink  # noqa: E402
-from replicator.stream.source import KafkaSource, client_config  # noqa: E402
-from replicator.stream.transform import to_row_change  # noqa: E402
+from replicator.stream.source.consumer import KafkaSource  # noqa: E402
+from replicator.stream.source.decode import decode_json  # noqa: E402
+from replicator.stream.source.ends import probe_ends  # noqa: E402
 
 #: The plan's migration SQL in PostgreSQL dialect, with the mapping rulings.
 BASELINE_SQL = """

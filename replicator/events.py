@@ -32,7 +32,7 @@ class Op(StrEnum):
 
 #: The order-guard LSN of a snapshot read (initial snapshot or backfill): the weakest one
 #: of its generation, below every streamed change's LSN (argument:
-#: :mod:`replicator.stream.transform`, :mod:`replicator.stream.generations`).
+#: :mod:`replicator.stream.apply.transform`, :mod:`replicator.stream.apply.generations`).
 SNAPSHOT_VERSION = 0
 
 #: Debezium's default stand-in for an unchanged TOASTed column (REPLICA IDENTITY DEFAULT).
@@ -76,7 +76,7 @@ class RowChange:
     ``lsn`` is ``None`` for changes without a source LSN (applied unconditionally).
     ``unavailable``: target columns whose value the source did not send (unchanged
     TOASTed values), never written.  ``generation``: the snapshot generation of the
-    change (:mod:`replicator.stream.generations`); versions compare as
+    change (:mod:`replicator.stream.apply.generations`); versions compare as
     ``(generation, lsn)``.
     """
 

@@ -30,8 +30,8 @@ from replicator.db.connect import connect, mapped_errors
 from replicator.errors import ConfigurationError, ReplicatorError
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.settings import Settings
-from replicator.stream.checkpoint import read_positions
-from replicator.stream.ends import lagging, probe_ends
+from replicator.stream.apply.checkpoint import read_positions
+from replicator.stream.source.ends import lagging, probe_ends
 from replicator.verify.runner import Options, verify
 
 _SIZES = (

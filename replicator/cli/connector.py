@@ -15,6 +15,7 @@ from replicator.cli.common import (
     settings_from,
     with_env,
 )
+from replicator.clients.connect import ConnectClient, load_connector_file, mask_config
 from replicator.errors import ConfigurationError
 
 #: Debezium PostgreSQL connector's snapshot.mode values.
@@ -68,8 +69,6 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_connector(args: argparse.Namespace) -> int:
-    from replicator.local.connect import ConnectClient, mask_config
-    from replicator.local.stack import load_connector_file
 
     settings = settings_from(args)
     if not settings.connect_url:

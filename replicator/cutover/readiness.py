@@ -10,13 +10,14 @@ from typing import Any
 
 import psycopg
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, objects
 from replicator.db.connect import connect
 from replicator.errors import ReplicatorError
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TABLE
 from replicator.mapping.sql import problem
 from replicator.settings import Settings
-from replicator.stream.ends import probe_ends, wait_for_positions
+from replicator.stream.source.ends import probe_ends, wait_for_positions
 
 ARCHIVE = f"{SOURCE_TABLE}_archive"
 
@@ -149,8 +150,6 @@ def _caught_up(settings: Settings) -> Check:
 
 
 def _connector(settings: Settings) -> Check:
-    from replicator.local.connect import ConnectClient
-    from replicator.local.stack import load_connector_file
 
     if not settings.connect_url:
         return Check("connector", False, "set REPLICATOR_CONNECT_URL: the cutover deletes it")

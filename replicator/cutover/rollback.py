@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, objects
 from replicator.cutover.legacy import legacy_items
 from replicator.cutover.switch import Say, lock
@@ -43,7 +44,7 @@ from replicator.errors import ConfigurationError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, problem, upsert_tail
 from replicator.settings import Settings
-from replicator.stream.checkpoint import Checkpoint
+from replicator.stream.apply.checkpoint import Checkpoint
 
 q = sql.SQL
 
@@ -182,8 +183,6 @@ def _restore(
 
 def reconnect(settings: Settings, say: Say, timeout_s: float = 60.0) -> None:
     """Register the connector again, streaming from the slot (no new full snapshot)."""
-    from replicator.local.connect import ConnectClient
-    from replicator.local.stack import load_connector_file
 
     if not settings.connect_url:
         raise ConfigurationError("set REPLICATOR_CONNECT_URL to register the connector again")

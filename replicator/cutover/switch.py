@@ -44,6 +44,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, objects
 from replicator.cutover.legacy import view_select, write_function
 from replicator.cutover.readiness import ARCHIVE, unmappable
@@ -54,8 +55,8 @@ from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, comparable, upsert_tail
 from replicator.settings import Settings
-from replicator.stream.checkpoint import Checkpoint
-from replicator.stream.ends import probe_ends
+from replicator.stream.apply.checkpoint import Checkpoint
+from replicator.stream.source.ends import probe_ends
 
 log = logging.getLogger("replicator.cutover")
 q = sql.SQL
@@ -264,8 +265,6 @@ def _create_view(
 def finish(settings: Settings, say: Say) -> bool:
     """After the commit: delete the connector and drop its slot (an abandoned slot holds
     WAL forever).  True when both are gone."""
-    from replicator.local.connect import ConnectClient
-    from replicator.local.stack import load_connector_file
 
     name = load_connector_file(None)["name"]
     done = True
@@ -316,7 +315,6 @@ def readers_view(settings: Settings, name: str) -> int:
 def finalize(settings: Settings) -> objects.Record:
     """End the rollback window: the change log and the publication are dropped; the view,
     the archive (still frozen), the closed positions and the record stay."""
-    from replicator.local.stack import load_connector_file
 
     publication = load_connector_file(None)["config"].get("publication.name", settings.slot_name)
     admin = settings.as_admin()

@@ -10,10 +10,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable
 from replicator.settings import Settings
-from replicator.stream.ends import PartitionEnd, probe_ends
-from replicator.stream.source import client_config
+from replicator.stream.source.ends import PartitionEnd, probe_ends
 
 
 @dataclass(frozen=True)

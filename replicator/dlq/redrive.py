@@ -32,10 +32,10 @@ from replicator.errors import DecodeError, EventError
 from replicator.events import ApplyResult, KafkaPosition
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
-from replicator.stream.decode import decoder_for
-from replicator.stream.generations import Generations
-from replicator.stream.sink import PostgresSink
-from replicator.stream.transform import to_row_change
+from replicator.stream.apply.generations import Generations
+from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.apply.transform import to_row_change
+from replicator.stream.source.decode import decoder_for
 
 log = logging.getLogger("replicator.dlq")
 

@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.errors import StackError
 from replicator.local.binaries import default_cache_dir, tansu_binary
 from replicator.local.postgres import LocalPostgres
 from replicator.local.processes import free_port, pid_alive, port_open, spawn, stop_pid, wait_for
 from replicator.local.worker import MARKER as CONNECT_MARKER
 from replicator.local.worker import rest_ready, start_worker
-from replicator.resources import connector_file
 
 DATABASE = "workflows"
 TARGET_DATABASE = "workflows_target"
@@ -196,7 +196,6 @@ class LocalStack:
         return parts
 
     def _connector_status(self) -> dict[str, object]:
-        from replicator.local.connect import ConnectClient
 
         name = load_connector_file()["name"]
         try:
@@ -321,7 +320,6 @@ class LocalStack:
         }
 
     def _register_connector(self, url: str) -> None:
-        from replicator.local.connect import ConnectClient
 
         spec = load_connector_file()
         client = ConnectClient(url)
@@ -339,15 +337,3 @@ class LocalStack:
 def topic_name() -> str:
     """The connector's change topic: ``<topic.prefix>.public.workflow_processes``."""
     return f"{load_connector_file()['config']['topic.prefix']}.public.workflow_processes"
-
-
-def load_connector_file(path: Path | None = None) -> dict:
-    """The connector config (default: the bundled ``connectors/workflow-processes.json``)."""
-    path = path or connector_file()
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StackError(f"cannot read the connector config {path}: {exc}") from exc
-    if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
-        raise StackError(f"{path} must be an object with 'name' and 'config'")
-    return spec

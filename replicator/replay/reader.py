@@ -4,7 +4,7 @@
   assignment callback (which positions it at the stored position or the beginning);
   nothing joins a group and nothing is committed, so the live group is untouched;
 * it says when it is done: ``on_caught_up`` is called once every partition has been read
-  up to the ends probed before the replay started (:mod:`replicator.stream.ends`).
+  up to the ends probed before the replay started (:mod:`replicator.stream.source.ends`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from replicator.clients.kafka import client_config
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
-from replicator.stream.ends import PartitionEnd, caught_up
-from replicator.stream.source import KafkaSource, OnAssign, OnLoss, client_config
+from replicator.stream.source.consumer import KafkaSource, OnAssign, OnLoss
+from replicator.stream.source.ends import PartitionEnd, caught_up
 
 
 class ReplaySource(KafkaSource):

@@ -8,7 +8,7 @@ guard, positions stored with the rows) -- with one difference, its consumer:
 * no consumer group: partitions are ``assign()``-ed, nothing joins a group and nothing is
   committed to Kafka, so the live ``replicator run`` group is untouched;
 * it stops when caught up: the exact end of every partition is probed before starting
-  (:mod:`replicator.stream.ends`; the local broker's high watermark cannot be trusted) and
+  (:mod:`replicator.stream.source.ends`; the local broker's high watermark cannot be trusted) and
   the replay stops once its stored positions reach those ends.  Events published later
   are left to whoever streams into the table next.
 
@@ -43,16 +43,16 @@ from replicator.errors import ConfigurationError
 from replicator.observe.progress import Progress
 from replicator.replay.reader import ReplaySource
 from replicator.settings import Settings
-from replicator.stream.checkpoint import Checkpoint, read_positions
-from replicator.stream.ends import (
+from replicator.stream.apply.checkpoint import Checkpoint, read_positions
+from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.replicator import Replicator
+from replicator.stream.source.ends import (
     NotCaughtUp,
     PartitionEnd,
     describe_lag,
     lagging,
     probe_ends,
 )
-from replicator.stream.replicator import Replicator
-from replicator.stream.sink import PostgresSink
 from replicator.verify.report import Report
 from replicator.verify.runner import Options, verify
 

@@ -43,17 +43,17 @@ from replicator.mapping.columns import PLAN_COST
 from replicator.observe.metrics import Health, Metrics, served
 from replicator.observe.tracker import Tracker
 from replicator.settings import Settings
-from replicator.stream.batch import Batch
-from replicator.stream.checkpoint import PositionFence
-from replicator.stream.deadletter import DeadLetteringSink, DeadLetters
-from replicator.stream.decode import Decoder, decoder_for
-from replicator.stream.lanes import Lanes, lane_of
-from replicator.stream.positioning import Positioning
-from replicator.stream.sink import PostgresSink
-from replicator.stream.source import KafkaSource
-from replicator.stream.transform import to_row_change
-from replicator.stream.truncation import Truncation
-from replicator.stream.worker import Finished
+from replicator.stream.apply.batch import Batch
+from replicator.stream.apply.checkpoint import PositionFence
+from replicator.stream.apply.deadletter import DeadLetteringSink, DeadLetters
+from replicator.stream.apply.lanes import Lanes, lane_of
+from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.apply.transform import to_row_change
+from replicator.stream.apply.truncation import Truncation
+from replicator.stream.apply.worker import Finished
+from replicator.stream.source.consumer import KafkaSource
+from replicator.stream.source.decode import Decoder, decoder_for
+from replicator.stream.source.positioning import Positioning
 
 log = logging.getLogger("replicator.consumer")
 

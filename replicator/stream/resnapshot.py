@@ -1,5 +1,5 @@
 """``replicator connector apply --resnapshot``: a new slot and a new initial snapshot, as
-a new snapshot generation (the argument: :mod:`replicator.stream.generations`).
+a new snapshot generation (the argument: :mod:`replicator.stream.apply.generations`).
 
 For a lost slot (a failover, a slot dropped by hand), a connector whose stored offsets
 point at WAL that is gone, or a target that must be re-based on the source.  The steps,
@@ -30,14 +30,14 @@ from typing import Any
 
 import psycopg
 
+from replicator.clients.connect import ConnectClient
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.slot import drop_slot
 from replicator.errors import ConnectError
-from replicator.local.connect import ConnectClient
 from replicator.settings import Settings
-from replicator.stream import generations
-from replicator.stream.ends import probe_ends
-from replicator.stream.source import KafkaSource
+from replicator.stream.apply import generations
+from replicator.stream.source.consumer import KafkaSource
+from replicator.stream.source.ends import probe_ends
 
 Say = Callable[[str], None]
 

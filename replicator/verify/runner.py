@@ -20,7 +20,7 @@ replicator has caught up past the moment of the comparison:
 
 * wait ``settle_s`` after the comparison (Debezium publishes a committed change within
   about a second here), then take the exact end of every partition of the change topic
-  (:func:`~replicator.stream.ends.probe_ends`: not the broker's high watermark, which the
+  (:func:`~replicator.stream.source.ends.probe_ends`: not the broker's high watermark, which the
   local broker reports short), and wait until the positions the replicator stored for
   this target table reach those ends (a partition without traffic needs nothing);
   no catch-up within ``catch_up_timeout_s``: exit 2, "could not verify", with where the
@@ -62,9 +62,9 @@ from replicator.events import RowChange
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
-from replicator.stream.checkpoint import Checkpoint
-from replicator.stream.ends import NotCaughtUp, probe_ends, wait_for_positions
-from replicator.stream.sink import PostgresSink
+from replicator.stream.apply.checkpoint import Checkpoint
+from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.source.ends import NotCaughtUp, probe_ends, wait_for_positions
 from replicator.verify import sql as vs
 from replicator.verify.report import KeyDiff, RepairSummary, Report, diff_rows
 from replicator.verify.tables import Tables, merge_chunks, prefetched

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import psycopg
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.db.schema import apply_source_schema, roles_script
-from replicator.local.connect import ConnectClient
-from replicator.local.stack import SERVICE_ROLE, load_connector_file
+from replicator.local.stack import SERVICE_ROLE
 from tests.integration.conftest import StackInfo, execute, new_database, unique
 
 

@@ -27,16 +27,15 @@ from psycopg import sql
 
 from replicator.backfill import chunks as bsql
 from replicator.backfill.runner import BackfillReport, backfill
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.db.schema import apply_source_schema, apply_target_schema
 from replicator.errors import MappingError
 from replicator.events import SNAPSHOT_VERSION, UNAVAILABLE, RowChange
-from replicator.local.connect import ConnectClient
 from replicator.local.sample import insert_rows
-from replicator.local.stack import load_connector_file
 from replicator.mapping import sql as mapped_sql
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
 from replicator.mapping.rows import map_to_tuple, real_value
-from replicator.stream.sink import PostgresSink
+from replicator.stream.apply.sink import PostgresSink
 from tests.integration.conftest import (
     JSON_COLUMNS,
     RunningReplicator,

@@ -11,10 +11,9 @@ import urllib.request
 
 import pytest
 
-from replicator.local.connect import ConnectClient
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.local.processes import free_port
 from replicator.local.sample import insert_rows
-from replicator.local.stack import load_connector_file
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,

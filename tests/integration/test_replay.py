@@ -16,8 +16,8 @@ from replicator.errors import PositionsFenced
 from replicator.events import PartitionPosition
 from replicator.local.sample import insert_rows
 from replicator.replay.runner import replay
-from replicator.stream.checkpoint import PositionFence
-from replicator.stream.sink import PostgresSink
+from replicator.stream.apply.checkpoint import PositionFence
+from replicator.stream.apply.sink import PostgresSink
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,

@@ -19,10 +19,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.db.schema import apply_target_schema
-from replicator.local.connect import ConnectClient
 from replicator.local.sample import insert_rows, legacy_rows
-from replicator.local.stack import load_connector_file
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,

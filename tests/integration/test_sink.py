@@ -23,8 +23,8 @@ from replicator.errors import (
 )
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import TARGET_COLUMNS
-from replicator.stream import generations
-from replicator.stream.sink import PostgresSink
+from replicator.stream.apply import generations
+from replicator.stream.apply.sink import PostgresSink
 
 pytestmark = pytest.mark.integration
 

@@ -220,7 +220,7 @@ def test_connector_apply_overrides_the_snapshot_mode(monkeypatch: pytest.MonkeyP
         def status(self, name: str) -> dict:
             return {"connector": {"state": "RUNNING"}, "tasks": [{"state": "RUNNING"}]}
 
-    monkeypatch.setattr("replicator.local.connect.ConnectClient", FakeClient)
+    monkeypatch.setattr("replicator.cli.connector.ConnectClient", FakeClient)
     monkeypatch.setenv("REPLICATOR_TARGET_DSN", "postgresql://x@h/db")
     monkeypatch.setenv("REPLICATOR_KAFKA_BOOTSTRAP", "h:9092")
     monkeypatch.setenv("REPLICATOR_CONNECT_URL", "http://h:8083")

@@ -9,8 +9,8 @@ import argparse
 import pytest
 
 from replicator.cli.main import build_parser, main
+from replicator.clients.connect import ConnectClient
 from replicator.errors import ConnectError, TransientError
-from replicator.local.connect import ConnectClient
 from replicator.verify import runner
 from replicator.verify.tables import Observed
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from replicator.clients.connect import ConnectClient, load_connector_file, mask_config
 from replicator.errors import ConnectError
-from replicator.local.connect import ConnectClient, mask_config
-from replicator.local.stack import load_connector_file, topic_name
+from replicator.local.stack import topic_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def scripted_client(monkeypatch: pytest.MonkeyPatch, states: list[str]) -> Conne
     """A client whose status walks through ``states`` (connector state; one task
     RUNNING), one per poll, then stays at the last."""
     clock = Clock()
-    monkeypatch.setattr("replicator.local.connect.time", clock)
+    monkeypatch.setattr("replicator.clients.connect.time", clock)
     answers = iter(states)
     last = {"state": states[-1]}
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from replicator.clients.kafka import client_config
 from replicator.events import SNAPSHOT_VERSION, ChangeEvent, KafkaPosition, Op
-from replicator.stream.batch import Batch
-from replicator.stream.deadletter import dead_letter_headers
-from replicator.stream.source import client_config
-from replicator.stream.transform import to_row_change
+from replicator.stream.apply.batch import Batch
+from replicator.stream.apply.deadletter import dead_letter_headers
+from replicator.stream.apply.transform import to_row_change
 
 ROW = {
     "id": "wp-1",

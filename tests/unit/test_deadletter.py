@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 from replicator.errors import BrokerUnavailable
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
-from replicator.stream.deadletter import MAX_DEAD_LETTER_BYTES, DeadLetters
+from replicator.stream.apply.deadletter import MAX_DEAD_LETTER_BYTES, DeadLetters
 
 
 class Msg:

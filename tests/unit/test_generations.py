@@ -3,7 +3,7 @@ Connect's committed offsets say the snapshot is wholly written."""
 
 from __future__ import annotations
 
-from replicator.stream.generations import Generation, Generations
+from replicator.stream.apply.generations import Generation, Generations
 from replicator.stream.resnapshot import snapshot_done
 
 

@@ -14,12 +14,12 @@ import pytest
 from replicator.errors import EventError
 from replicator.events import ChangeEvent, KafkaPosition, Op, PartitionPosition, RowChange
 from replicator.settings import Settings
-from replicator.stream.ends import PartitionEnd
-from replicator.stream.lanes import Lanes
-from replicator.stream.origin import TopicView
+from replicator.stream.apply.lanes import Lanes
+from replicator.stream.apply.truncation import Truncation
+from replicator.stream.apply.worker import Finished
 from replicator.stream.replicator import Replicator
-from replicator.stream.truncation import Truncation
-from replicator.stream.worker import Finished
+from replicator.stream.source.ends import PartitionEnd
+from replicator.stream.source.origin import TopicView
 from tests.unit.test_replicator_loop import Message, RecordingDeadLetters, RecordingSink
 
 

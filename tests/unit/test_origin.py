@@ -6,8 +6,8 @@ import pytest
 
 from replicator.errors import PositionGap
 from replicator.events import PartitionPosition
-from replicator.stream.ends import PartitionEnd
-from replicator.stream.origin import TopicView, starts
+from replicator.stream.source.ends import PartitionEnd
+from replicator.stream.source.origin import TopicView, starts
 
 T = "legacy.public.workflow_processes"
 

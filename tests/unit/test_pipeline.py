@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from replicator.stream.worker import ApplyWorker
+from replicator.stream.apply.worker import ApplyWorker
 
 
 def test_items_are_applied_in_order_and_collected() -> None:

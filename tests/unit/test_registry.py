@@ -12,7 +12,7 @@ import pytest
 
 from replicator.errors import ConfigurationError, TransientError
 from replicator.local.processes import free_port
-from replicator.stream.decode_avro import registry_lookup
+from replicator.stream.source.decode_avro import registry_lookup
 
 SCHEMA = {"type": "record", "name": "Key", "fields": [{"name": "id", "type": "string"}]}
 ANSWERS: dict[str, tuple[int, dict]] = {

@@ -24,8 +24,8 @@ from replicator.replay.swap import (
     renamed,
 )
 from replicator.settings import Settings
-from replicator.stream.checkpoint import PositionFence
-from replicator.stream.ends import PartitionEnd, caught_up, describe_lag, lagging
+from replicator.stream.apply.checkpoint import PositionFence
+from replicator.stream.source.ends import PartitionEnd, caught_up, describe_lag, lagging
 
 ENDS = {0: PartitionEnd(0, 0, 10), 1: PartitionEnd(1, 0, 0), 2: PartitionEnd(2, 5, 5)}
 

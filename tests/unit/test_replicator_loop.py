@@ -24,10 +24,10 @@ from replicator.errors import (
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import PLAN_COST, CostColumn
 from replicator.settings import Settings
-from replicator.stream.ends import PartitionEnd
-from replicator.stream.generations import Generation
-from replicator.stream.origin import TopicView
+from replicator.stream.apply.generations import Generation
 from replicator.stream.replicator import Replicator
+from replicator.stream.source.ends import PartitionEnd
+from replicator.stream.source.origin import TopicView
 
 TOPIC = "legacy.public.workflow_processes"
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from replicator.errors import DecodeError, TransientError
 from replicator.events import UNAVAILABLE, ChangeEvent, KafkaPosition, Op
 from replicator.mapping.rows import map_to_tuple
-from replicator.stream import decode as serde
-from replicator.stream.decode import decode_json
-from replicator.stream.decode_avro import AvroDecoder
+from replicator.stream.source import decode as serde
+from replicator.stream.source.decode import decode_json
+from replicator.stream.source.decode_avro import AvroDecoder
 from tests.unit.helpers import map_row
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

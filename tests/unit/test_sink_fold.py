@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from replicator.events import RowChange
 from replicator.mapping.columns import TARGET_COLUMNS
-from replicator.stream.batch import fold
+from replicator.stream.apply.batch import fold
 
 RESULT = TARGET_COLUMNS.index("result_data")
 STATUS = TARGET_COLUMNS.index("status")

@@ -12,7 +12,7 @@ import pytest
 
 from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
 from replicator.mapping.rows import map_to_tuple
-from replicator.stream.ends import NotCaughtUp
+from replicator.stream.source.ends import NotCaughtUp
 from replicator.verify import sql as vs
 from replicator.verify.report import (
     KeyDiff,

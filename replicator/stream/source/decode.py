@@ -6,7 +6,7 @@ Two wire formats of Debezium's PostgreSQL connector are understood:
   (``{"schema": ..., "payload": ...}``), for key and value independently:
   :func:`decode_json`;
 * Avro in the Confluent wire format (byte 0, 4-byte big-endian schema id, Avro
-  binary): :class:`~replicator.stream.decode_avro.AvroDecoder`.
+  binary): :class:`~replicator.stream.source.decode_avro.AvroDecoder`.
 
 Both give the same event: row images as plain values with every TIMESTAMP column in
 integer microseconds since the epoch (what ``io.debezium.time.MicroTimestamp``
@@ -39,8 +39,8 @@ from typing import Any
 from replicator.errors import DecodeError
 from replicator.events import ChangeEvent, KafkaPosition
 from replicator.settings import Settings
-from replicator.stream.decode_avro import AvroDecoder, registry_lookup
-from replicator.stream.envelope import (
+from replicator.stream.source.decode_avro import AvroDecoder, registry_lookup
+from replicator.stream.source.envelope import (
     TIME_SCALE,
     Scales,
     envelope_event,

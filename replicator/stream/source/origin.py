@@ -25,13 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from replicator.errors import PositionGap
 from replicator.events import PartitionPosition
-
-if TYPE_CHECKING:
-    from replicator.stream.ends import PartitionEnd
+from replicator.stream.source.ends import PartitionEnd
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ The order-guard version of each change is decided here:
   changes of one row are ordered by their change LSN (row locks serialise them); a
   snapshot read only fills a row that no streamed change of its generation has
   touched, and never overrides one.  A snapshot taken again is a new generation, which
-  wins over every change of the older ones (:mod:`replicator.stream.generations`);
+  wins over every change of the older ones (:mod:`replicator.stream.apply.generations`);
 * an incremental snapshot read (``verify --repair``) carries no LSN: Debezium's
   watermarks already de-duplicate it against the stream, so it applies unconditionally.
 """
@@ -27,7 +27,8 @@ def to_row_change(
 ) -> RowChange | None:
     """The sink's view of one event; None for ops that change no row.  ``cost``: the
     target's ``total_cost`` type (:func:`~replicator.mapping.rows.map_to_tuple`);
-    ``generation``: the event's snapshot generation (:mod:`~replicator.stream.generations`)."""
+    ``generation``: the event's snapshot generation
+    (:mod:`~replicator.stream.apply.generations`)."""
     if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
         if event.after is None:  # decode guarantees an image; guard for other decoders
             raise EventError(f"{event.op.value} event without an 'after' image")

@@ -1,4 +1,4 @@
-"""The source stage: the Kafka consumer, and the one builder of Kafka client configs.
+"""The source stage: the Kafka consumer (its config comes from clients/kafka.py).
 
 :class:`KafkaSource` returns messages and takes callbacks for the partitions it is given
 or loses; it never calls into the loop otherwise, so the loop composes it without a
@@ -10,9 +10,8 @@ monitoring only (:meth:`KafkaSource.commit`).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -24,64 +23,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable, PositionOutOfRange
-from replicator.observe.logs import kafka_logger
 from replicator.settings import Settings
-from replicator.stream.origin import TopicView
+from replicator.stream.source.origin import TopicView
 
 log = logging.getLogger("replicator.consumer")
-
-Kind = Literal["group", "reader", "producer", "admin"]
-
-#: Tuning per kind of client, which ``REPLICATOR_KAFKA_CONFIG`` may override.
-_TUNING: dict[Kind, dict[str, Any]] = {
-    "group": {
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        # Kafka answers a fetch as soon as data arrives; this bounds how long an idle
-        # fetch waits, which is the whole wait on brokers that answer only then (the local
-        # stack's).  Not lower: such a broker also stops filling a fetch at this bound,
-        # and with 1 M events stored 20 ms returned about 15 events per fetch (run read
-        # 90 events/s where 100 ms reads 20 k; README "Performance")
-        "fetch.wait.max.ms": 100,
-        "topic.metadata.refresh.interval.ms": 5000,
-        "queued.max.messages.kbytes": 64 * 1024,
-    },
-    "reader": {
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "queued.max.messages.kbytes": 128 * 1024,
-        "auto.offset.reset": "earliest",
-    },
-    "producer": {"acks": "all", "linger.ms": 5, "message.timeout.ms": 30_000},
-    "admin": {},
-}
-
-
-def _log_kafka_error(err: KafkaError) -> None:
-    kafka_logger().warning("kafka: %s", err.str(), extra={"code": err.name()})
-
-
-def client_config(
-    kind: Kind, bootstrap: str, extra: Mapping[str, Any], **fixed: Any
-) -> dict[str, Any]:
-    """The librdkafka config of one client: tuning, then ``extra`` (the user's
-    ``REPLICATOR_KAFKA_CONFIG``: SASL, SSL, tuning), then what the guarantees rest on,
-    which nothing overrides: no automatic commits or offset stores, and for a
-    ``reader`` a throw-away group id that never joins a group or commits."""
-    guarantees: dict[str, Any] = {}
-    if kind in ("group", "reader"):
-        guarantees = {"enable.auto.commit": False, "enable.auto.offset.store": False}
-    if kind == "reader":
-        guarantees["group.id"] = f"replicator-reader-{uuid.uuid4().hex[:12]}"
-    return {
-        **_TUNING[kind],
-        "bootstrap.servers": bootstrap,
-        "error_cb": _log_kafka_error,
-        "logger": kafka_logger(),
-        **extra,
-        **guarantees,
-        **fixed,
-    }
-
 
 #: ``on_assign(partitions)`` answers where each partition starts (None: the beginning),
 #: or None when it cannot tell yet: then the partitions are assigned paused.
@@ -179,7 +126,7 @@ class KafkaSource:
 
     def describe(self, timeout: float = 15.0) -> TopicView:
         """The topic's id and the exact ends of its partitions, now."""
-        from replicator.stream.ends import probe_ends
+        from replicator.stream.source.ends import probe_ends
 
         return TopicView(
             self.topic_id(timeout), probe_ends(self._bootstrap, self.topic, self._extra, timeout)

@@ -1,8 +1,8 @@
 """The Debezium envelope, whatever its wire format: ``op``, the row images, the key's id
 and ``source`` (LSN, commit time, snapshot) -> :class:`~replicator.events.ChangeEvent`.
-Shared by the JSON (:mod:`replicator.stream.decode`) and Avro
-(:mod:`replicator.stream.decode_avro`) decoders; the reasons it refuses an event are
-listed in :mod:`replicator.stream.decode`."""
+Shared by the JSON (:mod:`replicator.stream.source.decode`) and Avro
+(:mod:`replicator.stream.source.decode_avro`) decoders; the reasons it refuses an event are
+listed in :mod:`replicator.stream.source.decode`."""
 
 from __future__ import annotations
 

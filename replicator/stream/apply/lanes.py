@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from replicator.stream.worker import ApplyWorker, Finished
+from replicator.stream.apply.worker import ApplyWorker, Finished
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

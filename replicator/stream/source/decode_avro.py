@@ -1,6 +1,6 @@
 """The decode stage for Avro in the Confluent wire format (byte 0, a 4-byte big-endian
 schema id, Avro binary): the same :class:`~replicator.events.ChangeEvent` as JSON, with
-the same reasons for what it refuses (:mod:`replicator.stream.decode`)."""
+the same reasons for what it refuses (:mod:`replicator.stream.source.decode`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastavro import parse_schema, schemaless_reader
 from replicator.errors import ConfigurationError, DecodeError, TransientError
 from replicator.events import ChangeEvent, KafkaPosition
 from replicator.mapping.rows import real_value
-from replicator.stream.envelope import (
+from replicator.stream.source.envelope import (
     TIME_SCALE,
     Scales,
     envelope_event,

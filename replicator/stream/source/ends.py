@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable, TransientError
-from replicator.stream.checkpoint import read_positions
-from replicator.stream.source import client_config
+from replicator.stream.apply.checkpoint import read_positions
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,13 +19,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable, EventError
 from replicator.events import NOTHING_APPLIED, ApplyResult
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
-from replicator.stream.batch import Batch
-from replicator.stream.sink import PostgresSink
-from replicator.stream.source import client_config
+from replicator.stream.apply.batch import Batch
+from replicator.stream.apply.sink import PostgresSink
 
 log = logging.getLogger("replicator.consumer")
 

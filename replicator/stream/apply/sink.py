@@ -11,7 +11,7 @@ Invariants (the rest of the package relies on them):
    :class:`~replicator.errors.ConfigurationError`.  Retrying a batch after any failure is
    safe: applying the same change twice is harmless.
 2. Order guard: the versions table holds, per ``run_id``, the version of the newest
-   applied change, ``(generation, lsn)`` (:mod:`~replicator.stream.generations`), and
+   applied change, ``(generation, lsn)`` (:mod:`~replicator.stream.apply.generations`), and
    whether it was a delete.  A change older than that is stale and skipped; an equal
    version is a redelivery and is applied again.  A change without an LSN (incremental
    snapshot read) is applied unconditionally and leaves the stored version as it was
@@ -25,10 +25,10 @@ Invariants (the rest of the package relies on them):
    written.  Such a change updates an existing row only; when the row is absent it is
    not inserted (it could not be complete), not versioned, and reported in
    ``ApplyResult.unresolved``.
-4. Speed: changes are folded to one per ``run_id`` (:func:`~replicator.stream.batch.fold`),
+4. Speed: changes are folded to one per ``run_id`` (:func:`~replicator.stream.apply.batch.fold`),
    staged with one binary COPY and applied with the set-based statements of
-   :mod:`replicator.stream.sink_sql`.  No per-batch DDL.
-5. Positions are stored through :class:`~replicator.stream.checkpoint.Checkpoint`, fenced
+   :mod:`replicator.stream.apply.sink_sql`.  No per-batch DDL.
+5. Positions are stored through :class:`~replicator.stream.apply.checkpoint.Checkpoint`, fenced
    when it has a fence (compare-and-set: ``PositionsFenced`` rolls the batch back).
 """
 
@@ -46,10 +46,10 @@ from replicator.errors import EventError, GenerationChanged, TargetUnavailable
 from replicator.events import ApplyResult, PartitionPosition, RowChange
 from replicator.mapping.columns import TARGET_COLUMNS, TARGET_INDEX, CostColumn
 from replicator.settings import Settings
-from replicator.stream import generations
-from replicator.stream.batch import fold
-from replicator.stream.checkpoint import Checkpoint, PositionFence
-from replicator.stream.sink_sql import COPY_TYPES, STAGE_BUFFERS, SinkStatements
+from replicator.stream.apply import generations
+from replicator.stream.apply.batch import fold
+from replicator.stream.apply.checkpoint import Checkpoint, PositionFence
+from replicator.stream.apply.sink_sql import COPY_TYPES, STAGE_BUFFERS, SinkStatements
 
 _NULLS = (None,) * (len(TARGET_COLUMNS) - 1)
 
@@ -123,7 +123,7 @@ class PostgresSink:
 
     def sweep(self, topic: str) -> tuple[int, int] | None:
         """Remove the rows a completed re-snapshot of ``topic`` did not have, once this
-        table's positions reach its marks (:func:`~replicator.stream.generations.sweep`)."""
+        table's positions reach its marks (:func:`~replicator.stream.apply.generations.sweep`)."""
         with self._transaction("sweep after a snapshot") as conn:
             generation = generations.due(conn, self.table, topic)
             if generation is None or not self.checkpoint.reached(

@@ -1,4 +1,8 @@
-"""A small client for Kafka Connect's REST API (the calls the replicator needs)."""
+"""Kafka Connect: a small client for its REST API (the calls the replicator needs), and
+the connector configuration (``connectors/workflow-processes.json``, the one source of it).
+
+Production commands (cutover, rollback, resnapshot, ``connector``) talk to the team's own
+Connect cluster through this module; the local stack uses it too."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from replicator.errors import ConnectError
+from replicator.errors import ConfigurationError, ConnectError
+from replicator.resources import connector_file
 
 #: Keys of a connector config whose values are never printed.
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "ssl.key")
@@ -144,3 +150,15 @@ class ConnectClient:
                 return last
             time.sleep(0.5)
         raise ConnectError(f"connector {name} not RUNNING after {timeout:.0f}s: {last}")
+
+
+def load_connector_file(path: Path | None = None) -> dict:
+    """The connector config (default: the bundled ``connectors/workflow-processes.json``)."""
+    path = path or connector_file()
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the connector config {path}: {exc}") from exc
+    if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
+        raise ConfigurationError(f"{path} must be an object with 'name' and 'config'")
+    return spec

@@ -1,5 +1,5 @@
 """Where each partition of the running consumer starts, and noticing that the topic under
-it was re-created: the stored positions, checked by :mod:`replicator.stream.origin`
+it was re-created: the stored positions, checked by :mod:`replicator.stream.source.origin`
 against the topic as the broker shows it now."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from replicator.errors import CutOver, PositionOutOfRange
 from replicator.events import PartitionPosition
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
-from replicator.stream import origin
-from replicator.stream.checkpoint import CLOSED
-from replicator.stream.generations import Generation, Generations
+from replicator.stream.apply.checkpoint import CLOSED
+from replicator.stream.apply.generations import Generation, Generations
+from replicator.stream.source import origin
 
 
 class Described(Protocol):
@@ -81,7 +81,7 @@ class Positioning:
 
     def sweep(self) -> None:
         """Once the table has read a completed re-snapshot whole, remove the rows it did
-        not have (:func:`~replicator.stream.generations.sweep`)."""
+        not have (:func:`~replicator.stream.apply.generations.sweep`)."""
         done = self._stored.sweep(self.topic)
         if done is not None:
             generation, rows = done
