@@ -168,6 +168,15 @@ def test_batch_with_several_changes_per_row_keeps_the_last(target: Target) -> No
     assert target.rows() == {"b": row("b", 4)}
 
 
+def test_a_batch_keeps_the_newest_version_whatever_the_arrival_order(target: Target) -> None:
+    # a key's events in two partitions of one lane, and Connect re-sending v1 after v2
+    changes = [up("a", 10, 1), up("a", 20, 2), up("a", 10, 1), delete("b", 30), up("b", 5, 5)]
+    result = target.sink.apply(changes, [pos(0, 3, 10), pos(1, 2, 30)])
+    assert result == ApplyResult(upserted=1, deleted=1, stale=0, unresolved=())
+    assert target.rows() == {"a": row("a", 2)}
+    assert target.versions() == {"a": (20, False), "b": (30, True)}
+
+
 def test_reapplying_the_same_batch_is_harmless(target: Target) -> None:
     batch = [up("a", 10, 1), up("b", 11, 2), delete("c", 12)]
     first = target.sink.apply(batch, [pos(0, 3, 12)])
@@ -388,8 +397,15 @@ def test_unreachable_target_is_unavailable() -> None:
     sink.close()
 
 
-def test_ping(target: Target) -> None:
+def test_ping_reports_a_lost_connection_and_reconnects(target: Target) -> None:
     target.sink.ping()
+    pid = target.sink._conn.info.backend_pid  # type: ignore[union-attr]
+    target.execute(sql.SQL("SELECT pg_terminate_backend({})").format(sql.Literal(pid)))
+    with pytest.raises(TargetUnavailable):
+        target.sink.ping()
+    target.sink.ping()  # a new connection
+    assert target.sink._conn is not None
+    assert target.sink._conn.info.backend_pid != pid
 
 
 def test_ignored_deletes_keep_rows_but_record_versions(

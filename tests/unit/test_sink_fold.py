@@ -1,4 +1,4 @@
-"""``sink.fold``: one change per run_id, last wins, unavailable columns filled in-batch."""
+"""``fold``: one change per run_id, the newest by version, unavailable columns filled in-batch."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ def values(run_id: str, tag: str) -> tuple[Any, ...]:
     return (run_id, *(f"{tag}:{name}" for name in TARGET_COLUMNS[1:]))
 
 
-def up(run_id: str, lsn: int | None, tag: str, *unavailable: str) -> RowChange:
-    return RowChange(run_id, lsn, False, values(run_id, tag), frozenset(unavailable))
+def up(run_id: str, lsn: int | None, tag: str, *unavailable: str, gen: int = 0) -> RowChange:
+    return RowChange(run_id, lsn, False, values(run_id, tag), frozenset(unavailable), gen)
 
 
-def delete(run_id: str, lsn: int | None) -> RowChange:
-    return RowChange(run_id, lsn, True, None)
+def delete(run_id: str, lsn: int | None, gen: int = 0) -> RowChange:
+    return RowChange(run_id, lsn, True, None, frozenset(), gen)
 
 
 def patched(base: RowChange, **columns: Any) -> tuple[Any, ...]:
@@ -89,6 +89,27 @@ CASES = [
         id="lsn-none-winner-keeps-none",
     ),
     pytest.param([delete("a", 1), delete("a", 2)], [delete("a", 2)], id="delete-twice"),
+    # arrival order is not version order: the newest change wins, whatever came after it
+    pytest.param(
+        [up("a", 1, "x"), up("a", 2, "y"), up("a", 1, "x")], [up("a", 2, "y")], id="v1-v2-v1"
+    ),
+    pytest.param([up("a", 7, "x"), delete("a", 3)], [up("a", 7, "x")], id="older-delete-late"),
+    pytest.param([delete("a", 7), up("a", 3, "x")], [delete("a", 7)], id="older-upsert-late"),
+    pytest.param(
+        [up("a", 9, "x", gen=1), up("a", 100, "y")],
+        [up("a", 9, "x", gen=1)],
+        id="newer-generation-wins",
+    ),
+    pytest.param(
+        [up("a", 5, "x"), up("a", None, "y"), up("a", 3, "z")],
+        [up("a", None, "y")],
+        id="no-lsn-replaces-but-the-guard-remembers",
+    ),
+    pytest.param(
+        [up("a", 2, "y", "tags"), up("a", 1, "x")],
+        [up("a", 2, "y", "tags")],
+        id="older-full-image-never-fills-a-newer-partial",
+    ),
 ]
 
 
@@ -104,42 +125,37 @@ def test_fold_does_not_mutate_input() -> None:
     assert changes == before
 
 
-# -- property: fold equals applying the changes one by one to a dict model -------------
+# -- property: fold equals applying the changes one by one through the order guard ----
 
 UNKNOWN = object()
 NAMES = ("result_data", "tags", "status")
 
 
 def model(changes: list[RowChange]) -> dict[str, Any]:
-    """run_id -> ("delete", lsn) | ("upsert", lsn, {column: value or UNKNOWN})."""
+    """The sink's order guard applied change by change (versions.py): run_id ->
+    ("delete",) | ("upsert", {column: value or UNKNOWN}).  A change older than the
+    row's version is skipped; one without an LSN applies and leaves the version; a
+    delete keeps the version; a partial upsert keeps the row's values of the columns it
+    lacks (UNKNOWN when there is no row)."""
     rows: dict[str, Any] = {}
+    versions: dict[str, tuple[int, int]] = {}
     for ch in changes:
+        if ch.lsn is not None:
+            stored = versions.get(ch.run_id)
+            if stored is not None and (ch.generation, ch.lsn) < stored:
+                continue
+            versions[ch.run_id] = (ch.generation, ch.lsn)
         if ch.delete:
-            rows[ch.run_id] = ("delete", ch.lsn)
+            rows[ch.run_id] = ("delete",)
             continue
         assert ch.values is not None
         prior = rows.get(ch.run_id)
-        known = prior[2] if prior is not None and prior[0] == "upsert" else {}
+        known = prior[1] if prior is not None and prior[0] == "upsert" else {}
         image = {
             name: known.get(name, UNKNOWN) if name in ch.unavailable else ch.values[i]
             for i, name in enumerate(TARGET_COLUMNS)
         }
-        rows[ch.run_id] = ("upsert", ch.lsn, image)
-    return rows
-
-
-def as_model(folded: list[RowChange]) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for ch in folded:
-        if ch.delete:
-            rows[ch.run_id] = ("delete", ch.lsn)
-        else:
-            assert ch.values is not None
-            image = {
-                name: UNKNOWN if name in ch.unavailable else ch.values[i]
-                for i, name in enumerate(TARGET_COLUMNS)
-            }
-            rows[ch.run_id] = ("upsert", ch.lsn, image)
+        rows[ch.run_id] = ("upsert", image)
     return rows
 
 
@@ -151,17 +167,18 @@ def change_lists(draw: st.DrawFn) -> list[RowChange]:
                 st.sampled_from("abc"),
                 st.booleans(),
                 st.frozensets(st.sampled_from(NAMES)),
-                st.one_of(st.none(), st.integers(0, 10**12)),
+                st.one_of(st.none(), st.integers(0, 10)),
+                st.integers(0, 2),
             ),
             max_size=25,
         )
     )
     out = []
-    for n, (run_id, is_delete, unavailable, lsn) in enumerate(steps):
+    for n, (run_id, is_delete, unavailable, lsn, gen) in enumerate(steps):
         if is_delete:
-            out.append(delete(run_id, lsn))
+            out.append(delete(run_id, lsn, gen))
         else:
-            out.append(up(run_id, lsn, f"v{n}", *unavailable))
+            out.append(up(run_id, lsn, f"v{n}", *unavailable, gen=gen))
     return out
 
 
@@ -169,7 +186,7 @@ def change_lists(draw: st.DrawFn) -> list[RowChange]:
 def test_fold_matches_sequential_model(changes: list[RowChange]) -> None:
     folded = fold(changes)
     assert len({ch.run_id for ch in folded}) == len(folded)
-    assert as_model(folded) == model(changes)
+    assert model(folded) == model(changes)
 
 
 @given(change_lists())
