@@ -137,6 +137,27 @@ class Settings(BaseSettings):
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
+    @field_validator("kafka_config")
+    @classmethod
+    def _eager_rebalance(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The consumer positions every partition it is given from the target and gives up
+        all of them at a rebalance (eager assignment): incremental assignment (the
+        cooperative-sticky strategy, the KIP-848 ``consumer`` protocol) would hand over
+        partitions without those callbacks, so it is refused here, at start."""
+        strategy = str(value.get("partition.assignment.strategy", ""))
+        if "cooperative" in strategy.lower():
+            raise ValueError(
+                f"partition.assignment.strategy={strategy!r} is not supported: the replicator"
+                " needs eager assignment (range or roundrobin; leave it unset)"
+            )
+        protocol = str(value.get("group.protocol", "classic"))
+        if protocol.lower() != "classic":
+            raise ValueError(
+                f"group.protocol={protocol!r} is not supported: the replicator needs the classic"
+                " group protocol with eager assignment (leave it unset)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.value_format == "avro" and not self.schema_registry_url:

@@ -97,6 +97,31 @@ def test_kafka_config_passes_through(monkeypatch) -> None:
     assert load_settings(None).kafka_config == {"security.protocol": "SASL_SSL"}
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        '{"partition.assignment.strategy": "cooperative-sticky"}',
+        '{"partition.assignment.strategy": "range,cooperative-sticky"}',
+        '{"group.protocol": "consumer"}',
+    ],
+)
+def test_incremental_rebalancing_is_refused_at_start(monkeypatch, config: str) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("REPLICATOR_KAFKA_CONFIG", config)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(None)
+    assert "kafka_config" in str(err.value) and "eager assignment" in str(err.value)
+
+
+def test_eager_assignment_strategies_are_accepted(monkeypatch) -> None:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    config = '{"partition.assignment.strategy": "roundrobin", "group.protocol": "classic"}'
+    monkeypatch.setenv("REPLICATOR_KAFKA_CONFIG", config)
+    assert load_settings(None).kafka_config["partition.assignment.strategy"] == "roundrobin"
+
+
 def test_secrets_are_masked_in_repr(monkeypatch) -> None:
     for k, v in BASE.items():
         monkeypatch.setenv(k, v)
