@@ -64,7 +64,7 @@ from replicator.mapping.columns import TARGET_COLUMNS  # noqa: E402
 from replicator.observe.metrics import Metrics  # noqa: E402
 from replicator.settings import Settings, read_env_file  # noqa: E402
 from replicator.stream.apply.batch import Batch  # noqa: E402
-from replicator.stream.apply.lanes import Lanes  # noqa: E402
+from replicator.stream.apply.lanes import Lanes, lane_of  # noqa: E402
 from replicator.stream.apply.sink import PostgresSink  # noqa: E402
 from replicator.stream.apply.transform import to_row_change  # noqa: E402
 from replicator.stream.replicator import Replicator  # noqa: E402
@@ -286,7 +286,7 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     started = time.perf_counter()
     batches = [Batch(topic) for _ in sinks]
     for key, value, partition, offset in events:
-        lane = lanes.lane(partition)
+        lane = lane_of(partition, len(sinks))
         batch = batches[lane]
         event = decode_json(key, value, KafkaPosition(topic, partition, offset))
         change = to_row_change(event) if event else None

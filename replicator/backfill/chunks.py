@@ -14,6 +14,7 @@ from psycopg import sql
 
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, problem, upsert_tail
+from replicator.stream.apply import versions
 
 CHUNKS_TABLE = "replicator_backfill_chunks"
 REJECTS_TABLE = "replicator_backfill_rejects"
@@ -86,26 +87,15 @@ class Names:
 
 
 def load_chunk_in_database(names: Names, chunk: Chunk) -> sql.Composed:
-    """One statement: claim version 0 for the chunk's mappable rows, write the claimed
-    rows, store the refused ones; returns (rows read, claimed, refused).
-
-    The claim is the sink's rule for LSN 0: insert, or take over an entry whose
-    version is 0 or -1 (never a streamed one, never a deleted one).  The claimed
-    versions rows stay locked until commit, so a streamed change of the same row waits
-    and then wins.
-    """
-    t, v = sql.Identifier(names.table), sql.Identifier(names.versions)
+    """One statement: claim version 0 for the chunk's mappable rows
+    (:func:`~replicator.stream.apply.versions.claim_snapshot_reads`), write the claimed
+    rows, store the refused ones; returns (rows read, claimed, refused)."""
+    t = sql.Identifier(names.table)
     cols = q(", ").join(map(sql.Identifier, TARGET_COLUMNS))
     rng = in_chunk(chunk)
     bad = problem()
     return q(
-        "WITH claimed AS ("
-        " INSERT INTO {v} AS v (run_id, source_lsn, deleted)"
-        " SELECT p.id, 0, false FROM {src} p WHERE {rng} AND ({bad}) IS NULL"
-        " ON CONFLICT (run_id) DO UPDATE"
-        " SET source_lsn = GREATEST(v.source_lsn, EXCLUDED.source_lsn), deleted = EXCLUDED.deleted"
-        " WHERE EXCLUDED.source_lsn >= v.source_lsn"
-        " RETURNING v.run_id),"
+        "WITH claimed AS ({claim}),"
         " written AS ("
         " INSERT INTO {t} AS t ({cols})"
         " SELECT {mapped} FROM {src} p JOIN claimed c ON c.run_id = p.id WHERE {rng}"
@@ -120,7 +110,11 @@ def load_chunk_in_database(names: Names, chunk: Chunk) -> sql.Composed:
         " SELECT (SELECT count(*) FROM {src} p WHERE {rng}),"
         " (SELECT count(*) FROM claimed), (SELECT count(*) FROM refused)"
     ).format(
-        v=v,
+        claim=versions.claim_snapshot_reads(
+            names.versions, q("SELECT p.id FROM {} p WHERE {} AND ({}) IS NULL").format(
+                names.source, rng, bad
+            )
+        ),
         t=t,
         src=names.source,
         rng=rng,

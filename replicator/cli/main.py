@@ -21,7 +21,6 @@ from replicator.cli import (
     dlq,
     replay,
     run,
-    sample,
     schema,
     stack,
     verify,
@@ -30,20 +29,20 @@ from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED
 from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
-#: In the order ``replicator --help`` lists them.
+#: Each command's parser, in the order ``replicator --help`` lists them.
 COMMANDS = (
-    stack,
-    schema,
-    connector,
-    run,
-    config,
-    backfill,
-    verify,
-    replay,
-    dlq,
-    assess,
-    cutover,
-    sample,
+    stack.add_parser,
+    schema.add_parser,
+    connector.add_parser,
+    run.add_parser,
+    config.add_parser,
+    backfill.add_parser,
+    verify.add_parser,
+    replay.add_parser,
+    dlq.add_parser,
+    assess.add_parser,
+    cutover.add_parser,
+    stack.add_sample_parser,
 )
 
 
@@ -54,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for add_parser in COMMANDS:
+        add_parser(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``replicator stack up|down|status|destroy``: the local stack."""
+"""``replicator stack up|down|status|destroy`` and ``replicator sample``: the local stack
+and its sample rows, the only commands that use ``replicator/local/``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import os
 import sys
 from pathlib import Path
 
-from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers
+from replicator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    non_negative_int,
+    positive_int,
+    settings_from,
+    with_env,
+)
+from replicator.errors import ConfigurationError
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -36,6 +46,7 @@ def _stack_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
+    # imported here: no production command loads the development stack's modules
     from replicator.local.stack import LocalStack
 
     stack = LocalStack(_stack_dir(args), separate_target=args.separate_target)
@@ -63,3 +74,31 @@ def cmd_stack(args: argparse.Namespace) -> int:
             detail = ", ".join(f"{k}={v}" for k, v in part.items() if k != "healthy")
             print(f"{mark} {name:<14} {detail}")
     return EXIT_OK if healthy else EXIT_FAILED
+
+
+def add_sample_parser(sub: Subparsers) -> None:
+    """``replicator sample``: insert sample legacy rows into the source, as the application
+    would (a tool of the local stack)."""
+    p = with_env(sub.add_parser("sample", help="insert sample legacy rows into the source"))
+    p.add_argument("--rows", type=positive_int, default=1000, help="rows to insert (default 1000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the values (default 7)")
+    p.add_argument(
+        "--start",
+        type=non_negative_int,
+        default=0,
+        help="first row number: ids wp-<start>... (default 0; past existing sample rows)",
+    )
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from replicator.local.sample import insert_rows
+
+    settings = settings_from(args).as_admin()  # it writes legacy rows, as the application would
+    if settings.source_dsn is None:
+        raise ConfigurationError("source_dsn is not set; set REPLICATOR_SOURCE_DSN")
+    count = insert_rows(
+        settings.source_dsn.get_secret_value(), args.rows, seed=args.seed, start=args.start
+    )
+    print(f"inserted {count} sample rows into workflow_processes")
+    return EXIT_OK

@@ -4,8 +4,8 @@ runs nothing.
 
 The compatibility view shows every ``workflow_runs`` row as a ``workflow_processes`` row:
 the sixteen legacy columns, with their names and types, in the legacy table's order.
-:func:`legacy_row` states the same inverse in Python; tests/integration/test_cutover.py
-checks the view against it.  Per column:
+:func:`legacy_row` states the same inverse in Python, and the view is tested equal to it.
+Per column:
 
 * renamed columns are copied (``run_id`` -> ``id``, ``workflow_type`` ->
   ``workflow_name``, ...), cast to the legacy type;

@@ -16,7 +16,7 @@ the switch on is in it.  Then, in one transaction:
    (the view's inverse mapping), those gone are deleted.  Every other row stays exactly
    as the cutover archived it (a NULL ``status``, a REAL ``total_cost``).
 4. Those rows of ``workflow_runs`` are written again from the legacy rows through the
-   forward mapping, and their versions set to the current LSN: the target equals the
+   forward mapping, and their versions recorded as of now (versions.py): the target equals the
    mapped source at once, and the stream's copies of step 3's changes (older LSNs) are
    skipped by the order guard.
 5. The change log is dropped, the stream's positions handed back (the closed markers
@@ -38,12 +38,14 @@ from psycopg import sql
 from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, objects
 from replicator.cutover.legacy import legacy_items
-from replicator.cutover.switch import Say, lock
+from replicator.cutover.switch import Say
 from replicator.db.connect import connect, mapped_errors
+from replicator.db.locks import lock
 from replicator.errors import ConfigurationError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, problem, upsert_tail
 from replicator.settings import Settings
+from replicator.stream.apply import generations, versions
 from replicator.stream.apply.checkpoint import Checkpoint
 
 q = sql.SQL
@@ -96,9 +98,9 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
             conn, q("{s}.{v}, {s}.{a}").format(s=s, v=wp, a=archive), lock_timeout_s, attempts
         )
         blocked_from = time.monotonic()
-        versions = sql.Identifier(f"{target}_versions")
+        ver = sql.Identifier(f"{target}_versions")
         conn.execute(
-            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=versions, t=wr)
+            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr)
         )
         legacy = catalog.columns(conn, record.archive_table)
         conn.execute(q("DROP VIEW {s}.{v}").format(s=s, v=wp))
@@ -108,7 +110,7 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
         objects.thaw(conn, schema, record.archive_table)
         conn.execute(q("ALTER TABLE {s}.{a} RENAME TO {v}").format(s=s, a=archive, v=wp))
         log = q("{}.{}").format(s, sql.Identifier(objects.CHANGES))
-        _restore(conn, s, target, legacy, log)
+        _restore(conn, schema, target, legacy, log, settings.topic)
         (restored,) = conn.execute(q("SELECT count(*) FROM {}").format(log)).fetchone()  # type: ignore[misc]
         objects.drop_change_log(conn, schema, target)
         checkpoint.reopen(conn, settings.topic, record.positions)
@@ -122,14 +124,14 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
 
 def _restore(
     conn: psycopg.Connection[Any],
-    s: sql.Identifier,
+    schema: str,
     target: str,
     legacy: list[catalog.Column],
     log: sql.Composed,
+    topic: str,
 ) -> None:
     """Steps 3 and 4: the rows of the change log, in the legacy table and back."""
-    wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
-    versions = sql.Identifier(f"{target}_versions")
+    s, wp, wr = sql.Identifier(schema), sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
     conn.execute(
         q(
             "DELETE FROM {s}.{v} AS p USING {log} AS l WHERE p.id = l.run_id"
@@ -169,15 +171,15 @@ def _restore(
             tail=upsert_tail(),
         )
     )
-    conn.execute(
+    versions.as_of_now(
+        conn,
+        schema,
+        f"{target}_versions",
         q(
-            "INSERT INTO {s}.{ver} (run_id, generation, source_lsn, deleted)"
-            " SELECT l.run_id, (SELECT coalesce(max(generation), 0) FROM {s}.{ver}),"
-            " (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,"
-            " NOT EXISTS (SELECT FROM {s}.{v} AS p WHERE p.id = l.run_id) FROM {log} AS l"
-            " ON CONFLICT (run_id) DO UPDATE SET generation = EXCLUDED.generation,"
-            " source_lsn = EXCLUDED.source_lsn, deleted = EXCLUDED.deleted"
-        ).format(s=s, ver=versions, v=wp, log=log)
+            "SELECT l.run_id, NOT EXISTS (SELECT FROM {s}.{v} AS p WHERE p.id = l.run_id)"
+            " FROM {log} AS l"
+        ).format(s=s, v=wp, log=log),
+        generations.latest(conn, topic),
     )
 
 

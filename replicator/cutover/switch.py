@@ -49,12 +49,14 @@ from replicator.cutover import catalog, objects
 from replicator.cutover.legacy import view_select, write_function
 from replicator.cutover.readiness import ARCHIVE, unmappable
 from replicator.db.connect import connect, mapped_errors
+from replicator.db.locks import lock
 from replicator.db.names import plain_identifier
 from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, comparable, upsert_tail
 from replicator.settings import Settings
+from replicator.stream.apply import generations, versions
 from replicator.stream.apply.checkpoint import Checkpoint
 from replicator.stream.source.ends import probe_ends
 
@@ -101,29 +103,6 @@ def differing(schema: str, target: str) -> sql.Composed:
     )
 
 
-def lock(
-    conn: psycopg.Connection[Any], tables: sql.Composable, timeout_s: float, attempts: int
-) -> int:
-    """``LOCK tables IN ACCESS EXCLUSIVE MODE`` in a new transaction, each try bounded by
-    ``timeout_s`` so that writers never queue behind the switch for longer; the tries."""
-    for attempt in range(1, attempts + 1):
-        try:
-            conn.execute(
-                q("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
-            )
-            conn.execute(q("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
-            conn.execute("SET LOCAL lock_timeout = '30s'")
-            return attempt
-        except psycopg.errors.LockNotAvailable:
-            conn.rollback()
-            log.warning("lock not granted in time; trying again", extra={"attempt": attempt})
-            time.sleep(min(0.2 * attempt, 2.0))
-    raise TerminalError(
-        f"could not lock {tables.as_string(None)} in {attempts} tries of {timeout_s:g} s:"
-        " a long transaction holds it; nothing was changed, try again"
-    )
-
-
 def cut_over(
     settings: Settings,
     *,
@@ -145,7 +124,7 @@ def cut_over(
         schema = catalog.schema_of(conn, SOURCE_TABLE)
         s = sql.Identifier(schema)
         wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
-        versions = sql.Identifier(f"{target}_versions")
+        ver = sql.Identifier(f"{target}_versions")
         tries = lock(conn, q("{}.{}").format(s, wp), lock_timeout_s, attempts)
         blocked_from = time.monotonic()
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
@@ -163,10 +142,10 @@ def cut_over(
                 break
             time.sleep(0.05)
         conn.execute(
-            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=versions, t=wr)
+            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr)
         )
         held = checkpoint.close(conn, settings.topic, partitions)
-        repaired = _repair(conn, schema, target)
+        repaired = _repair(conn, schema, target, settings.topic)
         (source_rows,) = conn.execute(
             q("SELECT count(*) FROM {s}.{t}").format(s=s, t=wp)
         ).fetchone()  # type: ignore[misc]
@@ -195,7 +174,7 @@ def cut_over(
     return Switched(lsn, source_rows, target_rows, blocked_ms, drained, repaired, tries, grants)
 
 
-def _repair(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
+def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str) -> int:
     """Step 4: make the still target equal to the still source; the rows written."""
     s, wr = sql.Identifier(schema), sql.Identifier(target)
     conn.execute(
@@ -222,13 +201,12 @@ def _repair(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
             " WHERE d.run_id = t.run_id AND d.gone"
         ).format(s=s, t=wr)
     )
-    conn.execute(
-        q(
-            "INSERT INTO {s}.{v} (run_id, source_lsn, deleted)"
-            " SELECT run_id, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, gone"
-            " FROM replicator_cutover_diff ON CONFLICT (run_id) DO UPDATE"
-            " SET source_lsn = EXCLUDED.source_lsn, deleted = EXCLUDED.deleted"
-        ).format(s=s, v=sql.Identifier(f"{target}_versions"))
+    versions.as_of_now(
+        conn,
+        schema,
+        f"{target}_versions",
+        q("SELECT run_id, gone FROM replicator_cutover_diff"),
+        generations.latest(conn, topic),
     )
     (n,) = conn.execute("SELECT count(*) FROM replicator_cutover_diff").fetchone()  # type: ignore[misc]
     return int(n)

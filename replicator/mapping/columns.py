@@ -139,7 +139,6 @@ class CostColumn:
 #: The plan's ``total_cost DECIMAL(10,4)``: at most 6 digits before the point.
 PLAN_COST = CostColumn()
 COST_LIMIT = PLAN_COST.limit
-COST_QUANTUM = PLAN_COST.quantum
 
 if set(SOURCE_TO_TARGET.values()) | set(NEW_COLUMN_DEFAULTS) != set(TARGET_COLUMNS):
     raise ImportError("the column facts disagree: every target column needs one source")

@@ -8,8 +8,8 @@ One transaction, under ``ACCESS EXCLUSIVE`` locks on both tables and both versio
    ``idx_<old>_status``...), or dropped with ``drop_old``;
 2. the shadow table and everything of it are renamed to the live names, so the live
    table keeps the plan's index names ``idx_<live>_*``; it gets the live table's grants;
-3. positions: the live table's stored positions move to the old name (or are deleted),
-   and the shadow's become the live table's.
+3. positions (through checkpoint.py): the live table's stored positions move to the old
+   name (or are deleted), and the shadow's become the live table's.
 
 A concurrent reader sees the old table or the new one, never neither: it waits for the
 lock, and PostgreSQL looks the name up again once it has it.  A running ``replicator run``
@@ -24,7 +24,6 @@ pointing at the old one: views, foreign keys into it, publications, triggers, po
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,17 +32,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.db.connect import connect
+from replicator.db.connect import connect, mapped_errors
+from replicator.db.locks import lock
 from replicator.db.names import MAX_IDENTIFIER_BYTES, too_long
-from replicator.errors import ConfigurationError, TargetUnavailable
+from replicator.errors import ConfigurationError
+from replicator.stream.apply.checkpoint import Checkpoint
 
 log = logging.getLogger("replicator.swap")
 
 PRIVILEGES = frozenset(
     ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN")
 )
-#: SQLSTATEs worth another attempt: lock timeout, deadlock, serialization failure.
-RETRY_STATES = ("55P03", "40P01", "40001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,38 +170,30 @@ def swap_tables(
 ) -> None:
     """Swap ``shadow`` in for ``live`` in one transaction (module docstring)."""
     plan = plan_swap(live, shadow, old)
-    for attempt in range(1, attempts + 1):
-        try:
-            with connect(conninfo, "the target database", autocommit=False) as conn:
-                _swap(conn, plan, offsets_table, drop_old, lock_timeout_s)
-            log.info("swapped", extra={"live": live, "shadow": shadow, "old": old})
-            return
-        except psycopg.OperationalError as exc:
-            if exc.sqlstate not in RETRY_STATES or attempt == attempts:
-                raise TargetUnavailable(f"cannot swap {shadow} in for {live}: {exc}") from exc
-            log.warning("swap retried", extra={"attempt": attempt, "error": str(exc).strip()})
-            time.sleep(min(5.0, 0.5 * attempt))
-        except psycopg.errors.UndefinedTable as exc:
-            raise ConfigurationError(f"cannot swap {shadow} in for {live}: {exc}") from exc
+    with (
+        connect(conninfo, "the target database", autocommit=False) as conn,
+        mapped_errors(f"swap {shadow} in for {live}"),
+    ):
+        _swap(conn, plan, offsets_table, drop_old, (lock_timeout_s, attempts))
+        conn.commit()
+    log.info("swapped", extra={"live": live, "shadow": shadow, "old": old})
 
 
 def _swap(
-    conn: psycopg.Connection[Any], plan: SwapPlan, offsets: str, drop_old: bool, lock_s: float
+    conn: psycopg.Connection[Any],
+    plan: SwapPlan,
+    offsets: str,
+    drop_old: bool,
+    locking: tuple[float, int],
 ) -> None:
     def exists(name: str) -> bool:
         return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_regclass(name)]).fetchone()[0]  # type: ignore[index]
 
-    conn.execute(
-        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_s * 1000)}ms"))
-    )
     have_live = exists(plan.live)
+    conn.rollback()
     names = [n for live, shadow, _ in reversed(plan.tables) for n in (live, shadow)]
     present = [n for n in names if n not in (plan.live, f"{plan.live}_versions") or have_live]
-    conn.execute(
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(map(sql.Identifier, present))
-        )
-    )
+    lock(conn, sql.SQL(", ").join(map(sql.Identifier, present)), *locking)
     if have_live:
         blocking = [r[0] for r in conn.execute(_DEPENDENTS, {"t": _regclass(plan.live)})]
         if blocking:
@@ -217,8 +208,6 @@ def _swap(
             statements += grant_statements(grants, shadow)
             statements += rename_statements(_objects(conn, live), live, old)
         statements += rename_statements(_objects(conn, shadow), shadow, live)
-    o = sql.Identifier(offsets)
-    move = sql.SQL("UPDATE {} SET target_table = %s WHERE target_table = %s").format(o)
     if have_live and drop_old:
         old_tables = (sql.Identifier(plan.old), sql.Identifier(f"{plan.old}_versions"))
         statements.append(sql.SQL("DROP TABLE {}, {}").format(*old_tables))
@@ -226,10 +215,10 @@ def _swap(
         conn.execute(statement)
     if have_live:
         if drop_old:
-            conn.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(o), [plan.live])
+            Checkpoint(offsets, plan.live).forget(conn)
         else:
-            conn.execute(move, [plan.old, plan.live])
-    conn.execute(move, [plan.live, plan.shadow])
+            Checkpoint(offsets, plan.live).move(conn, plan.old)
+    Checkpoint(offsets, plan.shadow).move(conn, plan.live)
 
 
 def _objects(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:

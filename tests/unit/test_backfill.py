@@ -105,13 +105,13 @@ def names() -> bsql.Names:
 def test_chunk_statement_claims_version_zero_with_the_sinks_rule() -> None:
     text = bsql.load_chunk_in_database(names(), bsql.Chunk(7, "a", "b", 10)).as_string(None)
     assert (
-        """INSERT INTO "wr_versions" AS v (run_id, source_lsn, deleted) SELECT p.id, 0, false"""
-        in text
+        """INSERT INTO "wr_versions" AS v (run_id, source_lsn, deleted) SELECT i, 0, false"""
+        """ FROM (SELECT p.id FROM""" in text
     )
     assert "WHERE EXCLUDED.source_lsn >= v.source_lsn RETURNING v.run_id" in text
     # only claimed rows are written, and only mappable rows are claimed
     assert "JOIN claimed c ON c.run_id = p.id" in text
-    assert ") IS NULL ON CONFLICT (run_id)" in text
+    assert ") IS NULL) AS c(i) ON CONFLICT (run_id)" in text
     assert "SELECT 'wr', p.id, 7, (" in text  # refused rows go to the rejects table
     # every read of the source is the same chunk
     assert text.count(bsql.in_chunk(bsql.Chunk(7, "a", "b", 10)).as_string(None)) == 4

@@ -14,7 +14,7 @@ import pytest
 from replicator.errors import EventError
 from replicator.events import ChangeEvent, KafkaPosition, Op, PartitionPosition, RowChange
 from replicator.settings import Settings
-from replicator.stream.apply.lanes import Lanes
+from replicator.stream.apply.lanes import Lanes, lane_of
 from replicator.stream.apply.truncation import Truncation
 from replicator.stream.apply.worker import Finished
 from replicator.stream.replicator import Replicator
@@ -39,7 +39,7 @@ def test_an_item_goes_to_the_lane_of_its_partition_and_each_lane_keeps_its_order
     lanes: Lanes[tuple[int, int], str] = Lanes([lane("a"), lane("b")])
     items = [(p, n) for n in range(5) for p in range(4)]  # (partition, sequence)
     for item in items:
-        lanes.submit(lanes.lane(item[0]), item)
+        lanes.submit(lane_of(item[0], 2), item)
     done = lanes.finished(wait=True)
     lanes.close()
     assert len(done) == len(items) and lanes.idle

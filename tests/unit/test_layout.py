@@ -48,17 +48,134 @@ def users_of(pattern: str) -> set[str]:
     return {name(p) for p in MODULES if regex.search(source(p))}
 
 
-def test_one_module_owns_the_positions_table() -> None:
-    assert users_of(r"kafka_partition") == {"replicator/stream/checkpoint.py"}  # its column
-    assert users_of(r"INSERT INTO \{o\}|UPDATE \{o\}|DELETE FROM \{o\}") == {
-        "replicator/stream/checkpoint.py"
+def statements_of(path: Path) -> list[str]:
+    """The module's string constants (implicit concatenations joined, f-string parts
+    included): where its SQL is."""
+    return [
+        node.value
+        for node in ast.walk(ast.parse(source(path)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+DML = re.compile(r"\b(INSERT INTO|UPDATE|DELETE FROM|TRUNCATE)\s")
+
+
+def writers_of(*markers: str) -> set[str]:
+    """Modules with a data-changing statement that names one of ``markers`` (columns only
+    that table has, or the placeholders a statement on it is composed with)."""
+    return {
+        name(p)
+        for p in MODULES
+        if any(DML.search(s) and any(m in s for m in markers) for s in statements_of(p))
     }
 
 
+def imports_of(path: Path) -> set[str]:
+    """Every module of the package ``path`` imports, at any depth of the code (a
+    function-level import counts: it still makes a circle)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("replicator")}
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("replicator")
+        ):
+            found.add(str(node.module))
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m in MODULE_NAMES}
+
+
+def dotted(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULE_NAMES = {dotted(p) for p in MODULES}
+
+
+def test_one_module_owns_the_positions_table() -> None:
+    owner = {"replicator/stream/apply/checkpoint.py"}
+    assert users_of(r"kafka_partition") == owner  # its column
+    assert writers_of("next_offset", "SET target_table", "replicator_offsets") == owner
+    assert users_of(r"Identifier\(\s*[\w.]*offsets") == owner
+
+
+def test_one_module_writes_the_versions_table() -> None:
+    assert writers_of("source_lsn", "_versions") == {"replicator/stream/apply/versions.py"}
+
+
+def test_one_module_takes_exclusive_locks_with_retry() -> None:
+    assert users_of(r"ACCESS EXCLUSIVE MODE\"") == {"replicator/db/locks.py"}
+    assert users_of(r"LockNotAvailable") == {"replicator/db/locks.py"}
+
+
 def test_one_module_builds_kafka_client_configs() -> None:
-    assert users_of(r"\"bootstrap\.servers\":") == {"replicator/stream/source.py"}
+    assert users_of(r"\"bootstrap\.servers\":") == {"replicator/clients/kafka.py"}
+
+
+def test_one_module_talks_to_kafka_connect() -> None:
+    assert users_of(r"class ConnectClient\b") == {"replicator/clients/connect.py"}
+    assert users_of(r"def load_connector_file\b") == {"replicator/clients/connect.py"}
 
 
 def test_one_module_opens_postgresql_connections() -> None:
     assert users_of(r"psycopg\.connect\(") == {"replicator/db/connect.py"}
-    assert users_of(r"\.sqlstate\b") <= {"replicator/db/connect.py", "replicator/replay/swap.py"}
+    assert users_of(r"\.sqlstate\b") == {"replicator/db/connect.py"}
+
+
+def test_nothing_at_runtime_imports_the_local_stack() -> None:
+    """``replicator/local/`` is the development stack: only it and the commands that
+    drive it (``stack``, ``sample``) import it, so no production command loads it."""
+    users = {
+        name(p)
+        for p in MODULES
+        if any(m.startswith("replicator.local") for m in imports_of(p))
+    }
+    assert {u for u in users if not u.startswith("replicator/local/")} == {
+        "replicator/cli/stack.py"
+    }
+
+
+def test_no_import_circle_between_modules() -> None:
+    graph = {dotted(p): imports_of(p) - {dotted(p)} for p in MODULES}
+    # a package imports its own modules only through its children: edges into a parent
+    # package (``replicator`` itself, a folder's ``__init__``) are not circles of code
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == 1:
+                circles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles
+
+
+def test_the_stream_is_two_rooms() -> None:
+    """``stream/``: the source side (poll, positions at the broker, ends, topic identity,
+    decode) and the apply side (batch, fold, sink, lanes, versions, truncation, dead
+    letters) in two folders, composed by ``replicator.py``; the apply side never reaches
+    back into the source side."""
+    stream = PACKAGE / "stream"
+    assert {p.name for p in stream.iterdir() if p.suffix == ".py"} == {
+        "__init__.py",
+        "replicator.py",
+        "resnapshot.py",
+    }
+    assert {p.name for p in stream.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        "source",
+        "apply",
+    }
+    for path in (stream / "apply").glob("*.py"):
+        assert not {m for m in imports_of(path) if m.startswith("replicator.stream.source")}

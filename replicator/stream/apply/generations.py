@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
+
+from replicator.stream.apply import versions as versions_sql
 
 TABLE = "replicator_generations"
 SWEPT = "replicator_swept"
@@ -152,16 +153,6 @@ _DUE = f"""
                       AND w.topic = g.topic AND w.generation >= g.generation)
     ORDER BY g.generation DESC LIMIT 1"""
 
-_SWEEP = """
-    WITH gone AS (
-        UPDATE {versions} v SET generation = %(number)s, source_lsn = 0, deleted = true
-        WHERE v.generation < %(number)s AND NOT v.deleted RETURNING v.run_id),
-    removed AS (
-        DELETE FROM {table} t USING gone WHERE %(apply_deletes)s AND t.run_id = gone.run_id
-        RETURNING t.run_id)
-    SELECT count(*) FROM removed"""
-
-
 def due(conn: psycopg.Connection[Any], table: str, topic: str) -> Generation | None:
     """The newest completed generation of ``topic`` not swept on ``table`` yet."""
     row = conn.execute(_DUE, {"topic": topic, "table": table}).fetchone()
@@ -192,7 +183,7 @@ def sweep(
     if claimed is None:
         return None
     row = conn.execute(
-        sql.SQL(_SWEEP).format(versions=sql.Identifier(versions), table=sql.Identifier(table)),
+        versions_sql.sweep(versions, table),
         {"number": generation.number, "apply_deletes": apply_deletes},
     ).fetchone()
     removed = int(row[0]) if row else 0

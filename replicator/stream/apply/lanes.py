@@ -6,7 +6,7 @@ then the pipeline's bound; a second lane lets the target work on two batches at 
 
 Invariants (the consumer, stream/replicator.py, relies on them):
 
-1. A partition always goes to the same lane (:meth:`Lanes.lane`), and a lane applies
+1. A partition always goes to the same lane (:func:`lane_of`), and a lane applies
    its batches strictly in submission order (:class:`ApplyWorker`): a partition's
    batches commit in log order, so its stored position only moves forward.
 2. Lanes share no row of the target they write, as long as each row's events are in
@@ -44,9 +44,6 @@ class Lanes(Generic[Item, Result]):
         if not applies:
             raise ValueError("at least one apply lane")
         self._workers = [ApplyWorker(apply) for apply in applies]
-
-    def lane(self, partition: int) -> int:
-        return lane_of(partition, len(self._workers))
 
     @property
     def idle(self) -> bool:

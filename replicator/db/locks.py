@@ -1,0 +1,47 @@
+"""Taking ``ACCESS EXCLUSIVE`` locks on tables an application is using, without making
+every writer queue behind us: the one lock-with-retry of the product (the cutover, the
+rollback and the replay's swap use it).
+
+A ``LOCK`` that waits makes every later statement on the table wait behind it, so each
+try is bounded by a short ``lock_timeout`` and given up (rolled back), then tried again
+after a short pause; a long transaction in the application makes us wait, never the
+application for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.errors import TerminalError
+
+log = logging.getLogger("replicator.locks")
+q = sql.SQL
+
+
+def lock(
+    conn: psycopg.Connection[Any], tables: sql.Composable, timeout_s: float, attempts: int
+) -> int:
+    """``LOCK tables IN ACCESS EXCLUSIVE MODE`` in a new transaction of ``conn``, each try
+    bounded by ``timeout_s``; the tries it took.  Raises :class:`TerminalError` after
+    ``attempts`` (nothing was changed: every try rolled back)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            conn.execute(
+                q("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
+            )
+            conn.execute(q("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
+            conn.execute("SET LOCAL lock_timeout = '30s'")
+            return attempt
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            conn.rollback()
+            log.warning("lock not granted in time; trying again", extra={"attempt": attempt})
+            time.sleep(min(0.2 * attempt, 2.0))
+    raise TerminalError(
+        f"could not lock {tables.as_string(None)} in {attempts} tries of {timeout_s:g} s:"
+        " a long transaction holds it; nothing was changed, try again"
+    )
