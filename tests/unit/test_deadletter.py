@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -111,3 +113,53 @@ def test_a_failed_delivery_fails_the_confirmation() -> None:
             dlq.confirm()
     dlq.forget()  # every batch was abandoned; their events are read and sent again
     dlq.confirm()
+
+
+class RacyProducer(Producer):
+    """Like librdkafka's queue seen from Python: a read-modify-write that loses messages
+    when two threads produce at once without a lock (the sleep widens the window)."""
+
+    created = 0
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        time.sleep(0.01)
+        super().__init__()
+        type(self).created += 1
+
+    def produce(self, topic: str, key: Any, value: Any, headers: Any, on_delivery: Any) -> None:
+        queued = list(self.queued)
+        time.sleep(0.0005)
+        msg = Msg(value, key)
+        msg._headers = list(headers)
+        self.queued = [*queued, (on_delivery, msg)]
+
+
+def test_dead_letters_from_two_lanes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main thread and the lanes' threads send and confirm at the same time: one
+    producer is created, every dead letter is delivered and counted once."""
+    monkeypatch.setattr("replicator.stream.apply.deadletter.Producer", RacyProducer)
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    metrics = Metrics()
+    dlq = DeadLetters(settings, metrics)
+    per_thread = 200
+    start = threading.Barrier(3)
+
+    def lane(name: str) -> None:
+        start.wait()
+        for n in range(per_thread):
+            dlq.send(Msg(f"{name}-{n}".encode(), offset=n), "mapping_error", "bad")
+            if n % 50 == 0:
+                dlq.confirm()
+
+    threads = [threading.Thread(target=lane, args=(name,)) for name in ("main", "l0", "l1")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    dlq.confirm()
+    producer = dlq._producer
+    assert RacyProducer.created == 1
+    assert isinstance(producer, RacyProducer)
+    values = sorted(m.value() for m in producer.delivered)  # type: ignore[type-var]
+    assert len(values) == 3 * per_thread == len(set(values))
+    assert metrics.tally.dead_lettered == 3 * per_thread

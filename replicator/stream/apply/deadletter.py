@@ -57,7 +57,10 @@ class DeadLetters:
         self._producer = producer
         self._errors: list[str] = []
         self._too_large: list[tuple[Any, bytes, list[tuple[str, bytes]]]] = []
-        self._confirming = threading.Lock()
+        # The main thread sends (undecodable events), lane threads send (rejected rows)
+        # and confirm: the producer's creation, its queue, the delivery callbacks' lists
+        # and the tally change under this one lock.
+        self._lock = threading.RLock()
 
     def ensure_topic(self) -> None:
         """Create the topic when missing (a broker that refuses is only warned about)."""
@@ -84,22 +87,25 @@ class DeadLetters:
                 )
 
     def send(self, msg: Any, reason: str, error: str) -> None:
-        """Produce ``msg`` with the dead-letter headers (delivery confirmed by :meth:`confirm`)."""
-        if self._producer is None:
-            s = self.settings
-            self._producer = Producer(client_config("producer", s.kafka_bootstrap, s.kafka_config))
+        """Produce ``msg`` with the dead-letter headers (delivery confirmed by :meth:`confirm`).
+        Thread-safe."""
         key, value = msg.key(), msg.value()
         headers = dead_letter_headers(reason, error, msg)
         for name, data in (("key", key), ("value", value)):
             if data is not None and len(data) > MAX_DEAD_LETTER_BYTES:
                 headers.append((f"dlq.{name}_bytes", str(len(data)).encode()))
-        self._produce(
-            key[:MAX_DEAD_LETTER_BYTES] if key else key,
-            value[:MAX_DEAD_LETTER_BYTES] if value else value,
-            headers,
-        )
+        with self._lock:
+            if self._producer is None:
+                s = self.settings
+                config = client_config("producer", s.kafka_bootstrap, s.kafka_config)
+                self._producer = Producer(config)
+            self._produce(
+                key[:MAX_DEAD_LETTER_BYTES] if key else key,
+                value[:MAX_DEAD_LETTER_BYTES] if value else value,
+                headers,
+            )
+            self.metrics.tally.dead_lettered += 1
         self.metrics.dead_letters.labels(reason).inc()
-        self.metrics.tally.dead_lettered += 1
         log.warning(
             "event dead-lettered",
             extra={
@@ -131,9 +137,9 @@ class DeadLetters:
         the one that looks first.  A dead letter the broker refuses as too large is sent
         again without its value (the headers keep the reason, the origin and
         ``dlq.value_omitted``)."""
-        if self._producer is None:
-            return
-        with self._confirming:
+        with self._lock:
+            if self._producer is None:
+                return
             left = self._producer.flush(timeout)
             while self._too_large and not left:
                 for key, size, headers in self._too_large:
@@ -148,15 +154,17 @@ class DeadLetters:
 
     def forget(self) -> None:
         """A batch was abandoned: its events are read again, failed deliveries with them."""
-        self._errors.clear()
-        self._too_large.clear()
+        with self._lock:
+            self._errors.clear()
+            self._too_large.clear()
 
     def close(self) -> None:
-        if self._producer is not None:
-            left = self._producer.flush(10)
-            if left:
-                log.error("dead-letter messages not delivered at exit", extra={"count": left})
-            self._producer = None
+        with self._lock:
+            if self._producer is not None:
+                left = self._producer.flush(10)
+                if left:
+                    log.error("dead-letter messages not delivered at exit", extra={"count": left})
+                self._producer = None
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is None:
