@@ -41,13 +41,28 @@ def _log_kafka_error(err: KafkaError) -> None:
     kafka_logger().warning("kafka: %s", err.str(), extra={"code": err.name()})
 
 
+#: Settings of a group member only: a reader never joins a group, and librdkafka refuses
+#: some of them without the others (``max.poll.interval.ms`` below ``session.timeout.ms``).
+GROUP_ONLY = (
+    "max.poll.interval.ms",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol",
+    "group.instance.id",
+)
+
+
 def client_config(
     kind: Kind, bootstrap: str, extra: Mapping[str, Any], **fixed: Any
 ) -> dict[str, Any]:
     """The librdkafka config of one client: tuning, then ``extra`` (the user's
-    ``REPLICATOR_KAFKA_CONFIG``: SASL, SSL, tuning), then what the guarantees rest on,
-    which nothing overrides: no automatic commits or offset stores, and for a
-    ``reader`` a throw-away group id that never joins a group or commits."""
+    ``REPLICATOR_KAFKA_CONFIG``: SASL, SSL, tuning; its group settings only for a group
+    member), then what the guarantees rest on, which nothing overrides: no automatic
+    commits or offset stores, and for a ``reader`` a throw-away group id that never
+    joins a group or commits."""
+    if kind != "group":
+        extra = {k: v for k, v in extra.items() if k not in GROUP_ONLY}
     guarantees: dict[str, Any] = {}
     if kind in ("group", "reader"):
         guarantees = {"enable.auto.commit": False, "enable.auto.offset.store": False}

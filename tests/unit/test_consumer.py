@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import Consumer
 
 from replicator.clients.kafka import client_config
 from replicator.events import SNAPSHOT_VERSION, ChangeEvent, KafkaPosition, Op
@@ -122,3 +123,15 @@ def test_kafka_config_tunes_the_consumer_but_cannot_undo_the_guarantees() -> Non
     reader = client_config("reader", "k1:9092", extra)
     assert reader["group.id"].startswith("replicator-reader-")
     assert reader["enable.auto.commit"] is False
+
+
+def test_group_settings_reach_the_group_member_only() -> None:
+    """A reader never joins a group: the user's group tuning would make librdkafka refuse
+    to create it (max.poll.interval.ms below the default session timeout)."""
+    extra = {"max.poll.interval.ms": 7000, "session.timeout.ms": 6000, "client.rack": "r1"}
+    assert client_config("group", "k1:9092", extra)["max.poll.interval.ms"] == 7000
+    for kind in ("reader", "producer", "admin"):
+        config = client_config(kind, "k1:9092", extra)  # type: ignore[arg-type]
+        assert "max.poll.interval.ms" not in config and "session.timeout.ms" not in config
+        assert config["client.rack"] == "r1"
+    Consumer(client_config("reader", "k1:9092", extra)).close()  # librdkafka accepts it
