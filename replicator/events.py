@@ -107,13 +107,15 @@ class ApplyResult:
     ``upserted``: upserts applied (an identical image is applied without a write);
     ``deleted``: deletes applied to the target (0 when deletes are ignored); ``stale``:
     changes older than the stored version, skipped; ``unresolved``: run_ids of changes
-    with unavailable columns whose target row does not exist, not applied.
+    with unavailable columns whose target row does not exist, not applied;
+    ``behind_floor``: changes older than the table's truncate floor, skipped.
     """
 
     upserted: int
     deleted: int
     stale: int
     unresolved: tuple[str, ...]
+    behind_floor: int = 0
 
     def __add__(self, other: ApplyResult) -> ApplyResult:
         return ApplyResult(
@@ -121,6 +123,7 @@ class ApplyResult:
             self.deleted + other.deleted,
             self.stale + other.stale,
             self.unresolved + other.unresolved,
+            self.behind_floor + other.behind_floor,
         )
 
 

@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     batch_max_ms: int = Field(
         100, ge=1, le=60_000, description="max time an event waits in a batch (ms)"
     )
+    apply_lock_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="an apply waiting this long for a lock on the target gives up and retries",
+    )
+    apply_statement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="an apply statement running this long is cancelled and retried",
+    )
     apply_lanes: int = Field(
         2,
         ge=1,

@@ -59,6 +59,17 @@ CREATE TABLE IF NOT EXISTS replicator_swept (
     PRIMARY KEY (target_table, topic, generation)
 );
 
+-- replicator_truncated: the floor of every target table a source TRUNCATE was applied to
+-- (stream/apply/truncation.py): the truncate's version.  A change older than it is never
+-- applied to that table, by any writer (the versions claim checks it); written in the
+-- truncate's own transaction.
+CREATE TABLE IF NOT EXISTS replicator_truncated (
+    target_table TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    source_lsn BIGINT NOT NULL,
+    truncated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- replicator_redriven: the last outcome of each dead letter `replicator dlq redrive`
 -- tried for a target table.  'applied' and 'stale' (a newer change was there) are written
 -- in the same transaction as the row and are final: a second redrive applies nothing

@@ -61,3 +61,4 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON workflow_runs, workflow_runs_versions, r
     TO replicator_app;
 GRANT SELECT, INSERT, UPDATE ON replicator_redriven TO replicator_app;
 GRANT SELECT, INSERT, UPDATE ON replicator_generations, replicator_swept TO replicator_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON replicator_truncated TO replicator_app;

@@ -31,6 +31,8 @@ SOURCE_TABLES = (
 )
 #: The dead letters ``replicator dlq redrive`` applied, per target table.
 REDRIVEN_TABLE = "replicator_redriven"
+#: The truncate floors of the target tables (stream/apply/truncation.py).
+TRUNCATED_TABLE = "replicator_truncated"
 #: The snapshot generations of each topic, and the sweeps that ended them per target table.
 GENERATION_TABLES = ("replicator_generations", "replicator_swept")
 _PLACEHOLDER = re.compile(r"\{(table|offsets|versions|index_prefix)\}(\w*)")
@@ -106,6 +108,7 @@ def ensure_target(
         ("table", offsets_table),
         ("table", versions_table),
         ("table", REDRIVEN_TABLE),
+        ("table", TRUNCATED_TABLE),
         *(("table", name) for name in GENERATION_TABLES),
     ]
     names = [name for _, name in objects]
@@ -199,7 +202,7 @@ def grant_to_service_role(
     table, its versions table and the positions table; reading the snapshot generations
     and recording their sweeps; nothing else.  schemas/roles.sql does the same for the
     default names; this is for other target tables."""
-    tables = [table, f"{table}_versions", offsets_table]
+    tables = [table, f"{table}_versions", offsets_table, TRUNCATED_TABLE]
     dml = sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
         sql.SQL(", ").join(map(sql.Identifier, tables)), sql.Identifier(role)
     )

@@ -150,7 +150,8 @@ def _timestamp(value: Any) -> Any:
         except OverflowError:
             raise _Problem(
                 f"{value} microseconds since 1970-01-01 is outside the datetime range "
-                "(years 1 to 9999)"
+                "(years 1 to 9999): a BC date or 'infinity' in the source, which this"
+                " mapping does not carry over"
             ) from None
     if isinstance(value, datetime):
         if value.tzinfo is not None:

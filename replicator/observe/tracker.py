@@ -79,12 +79,9 @@ class Tracker:
         t.deleted += result.deleted
         t.stale += result.stale
         t.batches += 1
-        for run_id in result.unresolved:
-            log.error(
-                "update with unchanged TOASTed columns for a row missing from the target; "
-                "resync it (replicator verify --repair)",
-                extra={"run_id": run_id},
-            )
+        if result.behind_floor:
+            m.skipped.labels("before_truncate").inc(result.behind_floor)
+            t.skipped += result.behind_floor
 
     def consumed(self, op: str) -> None:
         """One event of ``op`` consumed.  Per event, so it only counts: the counters

@@ -8,8 +8,8 @@ One transaction, under ``ACCESS EXCLUSIVE`` locks on both tables and both versio
    ``idx_<old>_status``...), or dropped with ``drop_old``;
 2. the shadow table and everything of it are renamed to the live names, so the live
    table keeps the plan's index names ``idx_<live>_*``; it gets the live table's grants;
-3. positions (through checkpoint.py): the live table's stored positions move to the old
-   name (or are deleted), and the shadow's become the live table's.
+3. positions (through checkpoint.py) and truncate floors (versions.py): the live table's
+   move to the old name (or are deleted), and the shadow's become the live table's.
 
 A concurrent reader sees the old table or the new one, never neither: it waits for the
 lock, and PostgreSQL looks the name up again once it has it.  A running ``replicator run``
@@ -36,6 +36,7 @@ from replicator.db.connect import connect, mapped_errors
 from replicator.db.locks import lock
 from replicator.db.names import MAX_IDENTIFIER_BYTES, too_long
 from replicator.errors import ConfigurationError
+from replicator.stream.apply import versions
 from replicator.stream.apply.checkpoint import Checkpoint
 
 log = logging.getLogger("replicator.swap")
@@ -218,7 +219,9 @@ def _swap(
             Checkpoint(offsets, plan.live).forget(conn)
         else:
             Checkpoint(offsets, plan.live).move(conn, plan.old)
+        versions.move_floor(conn, plan.live, None if drop_old else plan.old)
     Checkpoint(offsets, plan.shadow).move(conn, plan.live)
+    versions.move_floor(conn, plan.shadow, plan.live)
 
 
 def _objects(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:

@@ -23,8 +23,11 @@ It only composes the stages of ``stream/``.  Invariants (the correctness argumen
    are re-positioned from the database exactly as after an outage.
 6. ``replicator cutover`` closes the stored positions (checkpoint.py invariant 3): the
    next batch is fenced, and re-positioning (or the 10 s watch) ends the run with exit 0.
-7. An applied source TRUNCATE waits for every lane, deletes what is older than it and
-   stores its position; later changes older than it are dropped (truncation.py).
+7. An applied source TRUNCATE waits for every lane, deletes what is older than it, stores
+   its position and raises the table's truncate floor, which every later claim honours
+   (truncation.py).
+8. The loop never blocks on a busy lane: its batch is held, its partitions paused, polling
+   goes on (``_submit``); the sink's timeouts bound every apply, the drain and shutdown.
 """
 
 from __future__ import annotations
@@ -34,12 +37,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from replicator import errors
-from replicator.errors import EventError, ReplicatorError, TargetUnavailable, TransientError
-from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op
-from replicator.mapping.columns import PLAN_COST
+from replicator.errors import ReplicatorError, TargetUnavailable, TransientError
+from replicator.events import ApplyResult, ChangeEvent
 from replicator.observe.metrics import Health, Metrics, served
 from replicator.observe.tracker import Tracker
 from replicator.settings import Settings
@@ -47,10 +48,11 @@ from replicator.stream.apply.batch import Batch
 from replicator.stream.apply.checkpoint import PositionFence
 from replicator.stream.apply.deadletter import DeadLetteringSink, DeadLetters
 from replicator.stream.apply.lanes import Lanes, lane_of
+from replicator.stream.apply.prepare import prepare
 from replicator.stream.apply.sink import PostgresSink
-from replicator.stream.apply.transform import to_row_change
-from replicator.stream.apply.truncation import Truncation
+from replicator.stream.apply.truncation import apply_truncate
 from replicator.stream.apply.worker import Finished
+from replicator.stream.intake import Intake
 from replicator.stream.source.consumer import KafkaSource
 from replicator.stream.source.decode import Decoder, decoder_for
 from replicator.stream.source.positioning import Positioning
@@ -89,19 +91,25 @@ class Replicator:
         self.control = control or PostgresSink.of(settings, self.sink.fence)
         self.dead_letters = dead_letters or DeadLetters(settings, self.metrics)
         self.appliers = [DeadLetteringSink(s, self.dead_letters) for s in self.sinks]
-        self.decode: Decoder = decoder or decoder_for(settings)
         self.stop_event = threading.Event()
-        self.cost = PLAN_COST  # the target's total_cost type, read at start
         self._make_source = source
         self.source: KafkaSource | None = None
         self._lanes: Lanes[Batch, ApplyResult] | None = None
         self._assigned: set[int] = set()
         self._applied: dict[int, int | None] = {}  # next offset in the target, by partition
         self._unpositioned: set[int] = set()
+        self._held: set[int] = set()  # lanes whose full batch waits for their busy worker
+        self._limits = (settings.batch_max_rows, settings.batch_max_bytes)
         self._batches = self._new_batches()
         self._last_message = time.monotonic()
         self.positioning = Positioning(settings, self.control, self.metrics)
-        self.truncation = Truncation(self.sink)
+        self.intake = Intake(
+            decoder or decoder_for(settings),
+            self.tracker,
+            self.dead_letters,
+            self.positioning,
+            self._truncated,
+        )
 
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
         """Replicate until :attr:`stop_event` is set; return an exit code.
@@ -110,32 +118,19 @@ class Replicator:
         that long no partition could be assigned (the target, broker or topic is missing)."""
         s = self.settings
         with served(s.metrics_port, self.metrics, self.health, s.metrics_host):
-            if not self._start(exit_when_idle_s):
+            cost = prepare(
+                self.sink,
+                self.control,
+                self.dead_letters,
+                self.health,
+                self.stop_event,
+                backoff_max_s=s.retry_backoff_max_s,
+                give_up_after_s=exit_when_idle_s,
+            )
+            if cost is None:
                 return 0 if self.stop_event.is_set() else 1
+            self.intake.cost = cost
             return self._run(exit_when_idle_s)
-
-    def _start(self, give_up_after_s: float | None) -> bool:
-        """Schema and dead-letter topic, retried while the target or broker is down.
-
-        False when asked to stop, or after ``give_up_after_s``, before they were ready."""
-        backoff, started = 0.5, time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                self.sink.ensure_schema()
-                self.cost = self.control.cost_column()
-                self.health.target_ok = True
-                self.dead_letters.ensure_topic()
-                return True
-            except TransientError as exc:
-                if self.stop_event.is_set():
-                    break
-                if give_up_after_s is not None and time.monotonic() - started > give_up_after_s:
-                    log.error("not ready; giving up", extra={"error": str(exc)})
-                    break
-                log.warning("not ready; retrying", extra={"error": str(exc), "backoff_s": backoff})
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
-        return False
 
     def _run(self, exit_when_idle_s: float | None) -> int:
         self._lanes = Lanes([self._applying(a) for a in self.appliers])
@@ -186,11 +181,8 @@ class Replicator:
             if partition in self._unpositioned or partition not in self._assigned:
                 continue
             lane = lane_of(partition, len(self._batches))
-            self._handle(msg, self._batches[lane])
-            batch = self._batches[lane]
-            if batch.events >= self.settings.batch_max_rows or (
-                batch.bytes >= self.settings.batch_max_bytes
-            ):
+            self.intake.handle(msg, self._batches[lane])
+            if self._batches[lane].full(*self._limits):
                 self._submit(lane)
         for lane in range(len(self._batches)):
             if self._batch_due(lane):
@@ -198,11 +190,10 @@ class Replicator:
         self._collect()
 
     @property
-    def _pending(self) -> bool:
-        """Events consumed and not handed to a lane yet."""
+    def _pending(self) -> bool:  # events consumed and not handed to a lane yet
         return any(b.events for b in self._batches)
 
-    def _new_batches(self) -> list[Batch]:
+    def _new_batches(self) -> list[Batch]:  # one per lane
         return [Batch(self.settings.topic) for _ in self.sinks]
 
     def _unavailable(self, exc: TransientError, backoff: float) -> None:
@@ -236,35 +227,6 @@ class Replicator:
             with contextlib.suppress(TransientError):
                 self.source.poll(0.2)  # type: ignore[union-attr]
 
-    def _handle(self, msg: Any, batch: Batch) -> None:
-        partition, offset = msg.partition(), msg.offset()
-        value = msg.value()
-        batch.bytes += len(value) if value else 0
-        try:
-            event = self.decode(msg.key(), value, KafkaPosition(msg.topic(), partition, offset))
-            if event is None:
-                self.tracker.skipped("tombstone")
-                batch.advance(partition, offset, None)
-                return
-            self.tracker.consumed(event.op.value)
-            if event.op is Op.TRUNCATE and self._truncated(event):
-                return
-            self.tracker.columns(event.after)
-            generations = self.positioning.generations
-            change = to_row_change(event, self.cost, generations.at(partition, offset))
-        except EventError as exc:
-            self.dead_letters.send(msg, exc.reason, str(exc))
-            batch.dead_letters += 1
-            batch.advance(partition, offset, None)
-            return
-        if change is None:
-            self.tracker.skipped(event.op.name.lower())
-        elif self.truncation.drops(change):
-            self.tracker.skipped("before_truncate")
-        else:
-            batch.add(change, msg, event.source_ts_ms, generations.latest)
-        batch.advance(partition, offset, event.lsn)
-
     def _truncated(self, event: ChangeEvent) -> bool:
         """Invariant 7 (False: not applied, ``on_truncate=ignore``)."""
         p = event.position
@@ -274,7 +236,7 @@ class Replicator:
             return False
         self._drain()  # everything read before the truncate first, in every lane
         generation = self.positioning.generations.at(p.partition, p.offset)
-        deleted = self.truncation.apply(event, generation, self.positioning.topic_id)
+        deleted = apply_truncate(self.sink, event, generation, self.positioning.topic_id)
         log.warning("source TRUNCATE applied", extra={**where, "older_rows_deleted": deleted})
         return True
 
@@ -282,21 +244,36 @@ class Replicator:
         """Apply at once when the lane is free (latency); while it is busy the batch
         grows (throughput) until a limit is reached."""
         batch = self._batches[lane]
-        if not batch.events:
+        if not batch.events or self._lanes is None:
             return False
-        if self._lanes is not None and self._lanes.lane_idle(lane):
-            return True
-        return (time.monotonic() - batch.started) * 1000 >= self.settings.batch_max_ms
+        started_ms = (time.monotonic() - batch.started) * 1000
+        return self._lanes.lane_idle(lane) or started_ms >= self.settings.batch_max_ms
 
-    def _submit(self, lane: int) -> None:
-        """Hand a lane's batch to its worker; a lane applies its batches strictly in order."""
+    def _submit(self, lane: int, *, wait: bool = False) -> None:
+        """Hand a lane's batch to its worker; a lane applies its batches strictly in order.
+
+        Invariant 8: while the worker cannot take it (still applying, another batch
+        queued) the batch is held and its lane's partitions paused, and the loop goes on
+        polling: a slow or blocked target never keeps the consumer from the group.  With
+        ``wait``, block until the worker takes it (bounded: the sink's timeouts)."""
         batch = self._batches[lane]
         if not batch.events:
             return
+        assert self._lanes is not None
+        if not wait and not self._lanes.accepts(lane):
+            if lane not in self._held and self.source is not None:
+                self.source.pause(self._lane_partitions(lane))
+            self._held.add(lane)
+            return
         self._batches[lane] = Batch(self.settings.topic)
         batch.topic_id = self.positioning.topic_id
-        assert self._lanes is not None
         self._lanes.submit(lane, batch)
+        if lane in self._held and self.source is not None:
+            self._held.discard(lane)
+            self.source.resume(set(self._lane_partitions(lane)) - self._unpositioned)
+
+    def _lane_partitions(self, lane: int) -> list[int]:
+        return sorted(p for p in self._assigned if lane_of(p, len(self._batches)) == lane)
 
     def _applying(self, applier: DeadLetteringSink) -> Callable[[Batch], ApplyResult]:
         def apply(batch: Batch) -> ApplyResult:
@@ -323,7 +300,7 @@ class Replicator:
     def _drain(self) -> None:
         """Apply everything consumed so far and wait for it."""
         for lane in range(len(self._batches)):
-            self._submit(lane)
+            self._submit(lane, wait=True)
         self._collect(wait=True)
 
     def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None] | None:
@@ -364,6 +341,7 @@ class Replicator:
     def _abandon(self) -> None:
         """Drop the batch in flight; its partitions re-read from the stored positions."""
         self._batches = self._new_batches()
+        self._held.clear()  # their partitions are paused below, resumed when re-positioned
         if self._lanes is not None:
             self._lanes.finished(wait=True)  # whatever was queued: applied or discarded
             self._lanes.reset()

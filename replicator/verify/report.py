@@ -79,6 +79,9 @@ class RepairSummary:
     kept_extra: int = 0  # extra rows that exist in the source after all (not deleted)
     converged: bool = False  # the repaired rows matched the source before the final verify
     seconds: float = 0.0
+    # re-read rows still differing once the replicator applied everything the topic held:
+    # their re-read events were dead-lettered or rejected, re-reading cannot repair them
+    unrepaired: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Report:
                 "kept_extra": self.repair.kept_extra,
                 "converged": self.repair.converged,
                 "seconds": round(self.repair.seconds, 3),
+                "unrepaired": self.repair.unrepaired,
             }
         return out
 
@@ -202,6 +206,13 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
             f" {r.deleted} extra rows deleted, {r.kept_extra} kept (present in the source),"
             f" {'converged' if r.converged else 'NOT converged'} in {r.seconds:.1f}s"
         )
+        if r.unrepaired:
+            lines.append(
+                f"cannot be repaired by re-reading ({len(r.unrepaired)}): the replicator applied"
+                " all the topic holds and they still differ; their re-read events were"
+                " dead-lettered (`replicator dlq list` says why): "
+                + _join(r.unrepaired[:20])
+            )
     return lines
 
 

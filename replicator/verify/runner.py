@@ -47,6 +47,7 @@ verifies everything again; the exit code is the final result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -213,7 +214,9 @@ def compare(
 # --------------------------------------------------------------------------- repair
 
 
-def repair(tables: Tables, settings: Settings, report: Report, options: Options) -> RepairSummary:
+def repair(
+    tables: Tables, settings: Settings, report: Report, options: Options, catch_up: CatchUp
+) -> RepairSummary:
     """Re-sync the drifted keys through the normal path (module docstring)."""
     started = time.monotonic()
     summary = RepairSummary()
@@ -249,7 +252,8 @@ def repair(tables: Tables, settings: Settings, report: Report, options: Options)
         summary.deleted = len(deleted)
     pending = set(resync) | set(deleted)
     if pending:
-        pending = _await_resync(tables, pending, options)
+        pending = _await_resync(tables, pending, options, catch_up)
+        summary.unrepaired = sorted(pending)
     summary.converged = not pending
     summary.seconds = time.monotonic() - started
     return summary
@@ -259,9 +263,13 @@ def repair(tables: Tables, settings: Settings, report: Report, options: Options)
 MIN_REPAIR_PATIENCE_S = 5.0
 
 
-def _await_resync(tables: Tables, pending: set[str], options: Options) -> set[str]:
-    """Wait until the re-read rows agree; a running ``replicator run`` applies them.  Gives
-    up with a transient error (verify: exit 2) when none agrees for ``catch_up_timeout_s``."""
+def _await_resync(
+    tables: Tables, pending: set[str], options: Options, catch_up: CatchUp
+) -> set[str]:
+    """Wait until the re-read rows agree; a running ``replicator run`` applies them.  When
+    none agrees for ``catch_up_timeout_s``: if the replicator has applied everything the
+    topic holds, the rows left cannot be repaired by re-reading (returned, and reported as
+    such); else it gives up with a transient error (verify: exit 2)."""
     patience = max(options.catch_up_timeout_s, MIN_REPAIR_PATIENCE_S)
     log.warning(
         "waiting for `replicator run` to apply %d re-read rows to %s (giving up after %.0f s"
@@ -274,6 +282,9 @@ def _await_resync(tables: Tables, pending: set[str], options: Options) -> set[st
     started = progressed = time.monotonic()
     while pending and time.monotonic() - started < options.repair_timeout_s:
         if time.monotonic() - progressed > patience:
+            with contextlib.suppress(NotCaughtUp):
+                catch_up(MIN_REPAIR_PATIENCE_S)
+                return pending  # applied or dead-lettered: re-reading did what it could
             raise NotCaughtUp(
                 f"repair: {len(pending)} re-read rows did not reach {tables.target.table} within"
                 f" {patience:.0f} s; is `replicator run` running for it? Start it and run"
@@ -361,7 +372,7 @@ def verify(
     report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
     if not repair_drift or report.status != "drift":
         return report
-    summary = repair(tables, settings, report, options)
+    summary = repair(tables, settings, report, options, catch_up)
     final = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
     final.repair = summary
     final.seconds += report.seconds

@@ -363,3 +363,12 @@ def own_stack() -> Iterator[object]:
 
     with started_own_stack() as own:
         yield own
+
+
+def remove_slot(dsn: str, slot: str, timeout: float = 30.0) -> None:
+    """Drop a test's replication slot once its connector's task released it; a slot still
+    in use after ``timeout`` fails the test (a leaked slot holds WAL for the whole run)."""
+    from replicator.db.slot import drop_slot
+
+    if not drop_slot(dsn, slot, lambda _: None, wait_s=timeout):
+        pytest.fail(f"replication slot {slot} still in use {timeout:g} s after its connector went")

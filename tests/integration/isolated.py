@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -20,7 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.db.schema import apply_source_schema, roles_script
 from replicator.local.stack import SERVICE_ROLE
-from tests.integration.conftest import StackInfo, execute, new_database, unique
+from tests.integration.conftest import StackInfo, execute, new_database, remove_slot, unique
 
 
 @contextlib.contextmanager
@@ -50,17 +49,4 @@ def isolated_source(stack: StackInfo, tag: str) -> Iterator[StackInfo]:
         yield dataclasses.replace(stack, source_dsn=source, service_source_dsn=service, topic=topic)
     finally:
         client.delete(name)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the slot is released once the task stopped
-            with psycopg.connect(source, autocommit=True) as conn:
-                dropped = conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                    " WHERE slot_name = %s AND NOT active",
-                    (name,),
-                ).fetchall()
-                left = conn.execute(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (name,)
-                ).fetchone()
-            if dropped or not left or not left[0]:
-                break
-            time.sleep(0.5)
+        remove_slot(source, name)

@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     execute,
     mapped_source,
     new_database,
+    remove_slot,
     target_rows,
     unique,
     wait_converged,
@@ -509,15 +510,7 @@ def test_no_data_connector_then_backfill(
         assert backfilled > 0 and streamed > 0  # both writers did part of the job
     finally:
         ConnectClient(stack.connect_url).delete(name)
-        time.sleep(2)
-        execute(
-            stack.source_dsn,
-            (
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                " WHERE slot_name = %s AND NOT active",
-                (name,),
-            ),
-        )
+        remove_slot(stack.source_dsn, name)
 
 
 # --------------------------------------------------------------------------- resume

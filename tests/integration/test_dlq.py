@@ -127,3 +127,41 @@ def test_list_fix_redrive(stack: StackInfo, cli_env: dict[str, str]) -> None:
         shown = json.loads(cli(env, "show", "--key", ids["c"]).stdout)
         assert shown[0]["headers"]["dlq.reason"] == "mapping_error"
         assert shown[0]["redriven"] == "applied"
+
+
+def test_a_partial_update_of_a_row_the_target_lacks_is_dead_lettered(
+    stack: StackInfo, cli_env: dict[str, str]
+) -> None:
+    """An UPDATE leaving a TOASTed column unchanged arrives without it; when the target
+    has no row to complete, the event is dead-lettered with its reason, never dropped."""
+    with isolated_source(stack, "part") as iso:
+        table = unique("wr")
+        env = cli_env | {"REPLICATOR_TOPIC": iso.topic, "REPLICATOR_TARGET_TABLE": table}
+        rid = unique("toast")
+        settings = iso.settings(target_table=table, group_id=unique("g"))
+        with RunningReplicator(settings) as running:
+            tally = running.replicator.metrics.tally
+            execute(
+                iso.source_dsn,
+                (
+                    "INSERT INTO workflow_processes (id, workflow_name, message, result)"
+                    " SELECT %s, 'w', 'm', string_agg(md5(random()::text), '')"
+                    " FROM generate_series(1, 3000)",  # 96 KB, incompressible: TOASTed
+                    (rid,),
+                ),
+            )
+            wait_for(lambda: rid in target_rows(stack.target_dsn, table, "run_id = %s", (rid,)))
+            execute(stack.target_dsn, (f'DELETE FROM "{table}" WHERE run_id = %s', (rid,)))
+            execute(
+                iso.source_dsn,
+                ("UPDATE workflow_processes SET status = 'done' WHERE id = %s", (rid,)),
+            )
+            wait_for(lambda: tally.dead_lettered >= 1)
+            counted = running.replicator.metrics.dead_letters.labels(
+                "partial_update_missing_row"
+            )._value.get()
+        assert counted == 1
+        listed = json.loads(cli(env, "list", "--json").stdout)
+        (group,) = listed["groups"]
+        assert group["reason"] == "partial_update_missing_row" and group["count"] == 1
+        assert json.loads(listed["events"][0]["key"])["id"] == rid

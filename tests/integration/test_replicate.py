@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     mapped_source,
     new_database,
     read_topic,
+    remove_slot,
     spawn_replicator,
     target_rows,
     unique,
@@ -178,15 +179,7 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
         assert len(rows) == 519
     finally:
         client.delete(name)
-        time.sleep(2)
-        execute(
-            stack.source_dsn,
-            (
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                " WHERE slot_name = %s AND NOT active",
-                (name,),
-            ),
-        )
+        remove_slot(stack.source_dsn, name)
 
 
 def test_target_in_separate_database(stack: StackInfo) -> None:
@@ -274,8 +267,10 @@ def test_stale_redelivery_never_overwrites_newer_rows(stack: StackInfo, table: s
 def test_malformed_messages_go_to_the_dead_letter_topic(stack: StackInfo, table: str) -> None:
     p = unique("dlq")
     insert_rows(stack.source_dsn, 6, prefix=f"{p}-")
-    time.sleep(3)
-    valid = [(k, v) for k, v in _events_for(stack, p) if v is not None]
+    deadline = time.monotonic() + 60
+    while len(valid := [(k, v) for k, v in _events_for(stack, p) if v is not None]) < 6:
+        assert time.monotonic() < deadline, f"only {len(valid)} of 6 events arrived"
+        time.sleep(0.5)
     assert len(valid) == 6
     topic = unique("dlqsrc")
     admin = AdminClient({"bootstrap.servers": stack.bootstrap})
@@ -408,3 +403,124 @@ def test_cli_reports_bad_settings(cli_env: dict[str, str]) -> None:
     assert res.returncode == 2
     assert "batch_max_rows" in res.stderr and "target_table" in res.stderr
     assert "postgresql://" not in res.stderr  # settings errors never echo DSNs
+
+
+def test_a_lock_held_on_the_target_longer_than_the_poll_interval(
+    stack: StackInfo, table: str
+) -> None:
+    """A lane waiting on a lock (a migration, a long transaction on workflow_runs) must not
+    take the consumer out of its group: the loop keeps polling with that lane's partitions
+    paused, the apply gives up at the lock timeout and retries, and once the lock is gone
+    everything converges; stopping meanwhile is bounded too."""
+    p = unique("lock")
+    insert_rows(stack.source_dsn, 20, prefix=f"{p}-")
+    settings = stack.settings(
+        target_table=table,
+        group_id=unique("g"),
+        kafka_config={"max.poll.interval.ms": 7000},
+        apply_lock_timeout_s=12.0,  # longer than the poll interval
+        batch_max_rows=5,
+    )
+    running = RunningReplicator(settings)
+    lost: list[list[int]] = []
+    running.replicator._on_lost = lambda parts: lost.append(parts)  # type: ignore[method-assign]
+    revoked: list[list[int]] = []
+    on_revoke = running.replicator._on_revoke
+
+    def revoke(parts: list[int]) -> None:
+        revoked.append(parts)
+        on_revoke(parts)
+
+    running.replicator._on_revoke = revoke  # type: ignore[method-assign]
+    with running:
+        wait_converged(stack, table, p)
+        with psycopg.connect(stack.target_dsn) as locker:
+            locker.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+            insert_rows(stack.source_dsn, 200, prefix=f"{p}-", start=20, seed=5)
+            time.sleep(20)  # past the poll interval and a lock timeout, the lock still held
+            assert running.replicator._assigned  # still a member
+            locker.rollback()
+        rows = wait_converged(stack, table, p)
+        assert lost == [] and revoked == []  # never out of the group (leaving revokes)
+        stopped = time.monotonic()
+    assert time.monotonic() - stopped < 15
+    assert len(rows) == 220
+
+
+def test_a_snapshot_reads_old_timestamps_exactly(stack: StackInfo, table: str) -> None:
+    """Debezium's snapshot reads timestamps through JDBC's Julian calendar before
+    1582-10-15; the replicator gives back the source's values, and dead-letters (with their
+    reason) the ones it cannot tell apart (1582-10-05 .. 1582-10-24), never a shifted
+    value."""
+    p = unique("old")
+    rows = {
+        f"{p}-1500": ("1500-06-01 12:00:00.123456", "1000-03-01 00:00:00"),
+        f"{p}-0001": ("0001-01-01 00:00:00", "1582-10-04 23:59:59.999999"),
+        f"{p}-late": ("1582-10-25 00:00:00", "2024-02-29 23:59:59.999999"),
+        f"{p}-gap": ("2020-01-01 00:00:00", "1582-10-14 08:00:00"),
+        f"{p}-reform": ("1582-10-15 00:00:00", None),
+    }
+    execute(
+        stack.source_dsn,
+        *[
+            (
+                "INSERT INTO workflow_processes (id, workflow_name, message, created_at,"
+                " started_at) VALUES (%s, 'w', 'm', %s, %s)",
+                (rid, created, started),
+            )
+            for rid, (created, started) in rows.items()
+        ],
+    )
+    spec = load_connector_file()
+    name, prefix = unique("oldconn"), unique("oldtopic")
+    config = {
+        **spec["config"],
+        "topic.prefix": prefix,
+        "slot.name": name,
+        "snapshot.select.statement.overrides": "public.workflow_processes",
+        "snapshot.select.statement.overrides.public.workflow_processes": (
+            f"SELECT * FROM public.workflow_processes WHERE id LIKE '{p}-%'"
+        ),
+    }
+    client = ConnectClient(stack.connect_url)
+    client.put_config(name, config)
+    try:
+        client.wait_running(name, timeout=60)
+        topic = f"{prefix}.public.workflow_processes"
+        settings = stack.settings(target_table=table, group_id=unique("g"), topic=topic)
+        with RunningReplicator(settings) as running:
+            tally = running.replicator.metrics.tally
+            deadline = time.monotonic() + 60
+            while len(target_rows(stack.target_dsn, table, "run_id LIKE %s", (p + "%",))) < 3:
+                assert time.monotonic() < deadline, "the snapshot did not arrive"
+                time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while tally.dead_lettered < 2:
+                assert time.monotonic() < deadline, "the ambiguous reads were not dead-lettered"
+                time.sleep(0.3)
+            counted = running.replicator.metrics.dead_letters.labels(
+                "snapshot_timestamp"
+            )._value.get()
+    finally:
+        client.delete(name)
+        remove_slot(stack.source_dsn, name)
+    assert counted == 2
+    with psycopg.connect(stack.target_dsn) as conn:
+        got = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                f'SELECT run_id, created_at::text, started_at::text FROM "{table}"'
+                " WHERE run_id LIKE %s",
+                (p + "%",),
+            )
+        }
+    with psycopg.connect(stack.source_dsn) as conn:
+        want = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                "SELECT id, created_at::text, started_at::text FROM workflow_processes"
+                " WHERE id LIKE %s AND id NOT IN (%s, %s)",
+                (p + "%", f"{p}-gap", f"{p}-reform"),
+            )
+        }
+    assert got == want and len(got) == 3

@@ -21,10 +21,18 @@ from replicator.errors import (
     GenerationChanged,
     TargetUnavailable,
 )
-from replicator.events import ApplyResult, PartitionPosition, RowChange
+from replicator.events import (
+    ApplyResult,
+    ChangeEvent,
+    KafkaPosition,
+    Op,
+    PartitionPosition,
+    RowChange,
+)
 from replicator.mapping.columns import TARGET_COLUMNS
 from replicator.stream.apply import generations
 from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.apply.transform import held_back
 
 pytestmark = pytest.mark.integration
 
@@ -264,6 +272,28 @@ def test_a_newer_snapshot_generation_wins_and_sweeps_what_it_lacked(target: Targ
     assert target.rows()["b"] == row("b", 6)
 
 
+def test_a_held_row_whose_new_snapshot_read_was_dead_lettered_survives_the_sweep(
+    target: Target,
+) -> None:
+    """A re-snapshot's read that could not be used leaves a hold: the row stays as it
+    was, versioned in the new generation, and the sweep keeps it."""
+    topic, sink = f"t-{uuid.uuid4().hex[:8]}", target.sink
+    at = [PartitionPosition(topic, 0, 2, None)]
+    sink.apply([up("a", 100, 1), up("b", 100, 1)], at)
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        generations.record(conn, topic, None, {0: 2})
+    event = ChangeEvent(Op.READ, "a", None, {}, 1, None, "true", KafkaPosition(topic, 0, 2))
+    hold = held_back(event, 1)
+    assert hold is not None and held_back(event, 0) is None  # no sweep in generation 0
+    result = sink.apply([hold], [PartitionPosition(topic, 0, 3, None)], stamped=(topic, 1))
+    assert result.unresolved == ()
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        generations.complete(conn, topic, 1, {0: 3})
+    assert sink.sweep(topic) == (1, 1)  # b, which the new snapshot did not have
+    assert target.rows() == {"a": row("a", 1)}  # every column as it was
+    assert target.versions()["a"] == (0, False)  # (generation 1, lsn 0)
+
+
 def test_unavailable_columns_are_kept(target: Target) -> None:
     big = '{"result": "' + "x" * 100_000 + '"}'
     tags = '["one", "two"]'
@@ -430,10 +460,20 @@ def test_a_truncate_deletes_what_is_older_and_keeps_what_came_after(target: Targ
     assert target.versions() == {"a": (20, True), "b": (20, True), "c": (30, False)}
     stored = target.sink.load_positions(TOPIC)
     assert stored == {0: pos(0, 6, 20), 1: pos(1, 7, 30)}  # the other partition's is kept
-    # a change made before the truncate, delivered after it, stays stale; a later one applies
-    assert target.sink.apply([up("a", 15, 1), up("b", 19, 1)], []).stale == 2
+    # a change made before the truncate, delivered after it, is refused by the floor, even
+    # for a row no change had versioned (an insert still unread in another partition), and
+    # by any sink of the table (a restart, another member of the group); a later one applies
+    assert target.sink.apply([up("a", 15, 1), up("b", 19, 1)], []).behind_floor == 2
+    other = PostgresSink(target.dsn, table=target.table, offsets_table=target.offsets)
+    result = other.apply([up("z", 19, 1), up("y", None, 4)], [])
+    other.close()
+    assert (result.behind_floor, result.upserted) == (1, 1)  # no LSN: read as it is now
     assert target.sink.apply([up("a", 21, 2)], []).upserted == 1
-    assert target.rows() == {"a": row("a", 2), "c": row("c", 3)}
+    assert target.rows() == {"a": row("a", 2), "c": row("c", 3), "y": row("y", 4)}
+    # a newer truncate raises the floor; an older one read later never lowers it
+    target.sink.truncate(0, 40, [pos(1, 8, 40)])
+    target.sink.truncate(0, 25, [pos(0, 7, 25)])
+    assert target.sink.apply([up("x", 30, 1)], []).behind_floor == 1
 
 
 def test_a_truncate_deletes_rows_no_change_versioned(target: Target) -> None:
@@ -454,12 +494,13 @@ def test_ensure_schema_is_idempotent(target: Target) -> None:
     created = target.created
     assert created[1] == f"created table {target.table}"
     assert sum(line.startswith("created index ") for line in created) == 9
-    assert created[-5:-3] == [
+    assert created[-6:-4] == [
         f"created table {target.offsets}",
         f"created table {target.table}_versions",
     ]
-    shared = ["replicator_redriven", "replicator_generations", "replicator_swept"]
-    assert [line.split()[2 if line.startswith("created") else 1] for line in created[-3:]] == shared
+    shared = ["replicator_redriven", "replicator_truncated", "replicator_generations"]
+    shared.append("replicator_swept")
+    assert [line.split()[2 if line.startswith("created") else 1] for line in created[-4:]] == shared
     again = target.sink.ensure_schema()
     assert len(again) == len(created)
     assert all(line.endswith("already present") for line in again)

@@ -11,6 +11,7 @@ import pytest
 from replicator.cli.main import build_parser, main
 from replicator.clients.connect import ConnectClient
 from replicator.errors import ConnectError, TransientError
+from replicator.stream.source.ends import NotCaughtUp
 from replicator.verify import runner
 from replicator.verify.tables import Observed
 
@@ -138,7 +139,10 @@ def test_repair_gives_up_when_nothing_applies_the_re_read_rows(
         def by_key(self, keys: set[str]) -> Observed:  # the target never gets them
             return Observed({k: ("x",) for k in keys}, {}, {})  # type: ignore[misc]
 
+    def not_running(timeout: float) -> None:  # no consumer moves the positions
+        raise NotCaughtUp("behind", {})
+
     monkeypatch.setattr(runner, "MIN_REPAIR_PATIENCE_S", 0.5)
     options = runner.Options(catch_up_timeout_s=0)
     with pytest.raises(TransientError, match="is `replicator run` running"):
-        runner._await_resync(Tables(), {"wp-1", "wp-2"}, options)  # type: ignore[arg-type]
+        runner._await_resync(Tables(), {"wp-1", "wp-2"}, options, not_running)  # type: ignore[arg-type]

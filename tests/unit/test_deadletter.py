@@ -10,9 +10,16 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from replicator.errors import BrokerUnavailable
+from replicator.events import ApplyResult, RowChange
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
-from replicator.stream.apply.deadletter import MAX_DEAD_LETTER_BYTES, DeadLetters
+from replicator.stream.apply.batch import Batch
+from replicator.stream.apply.deadletter import (
+    MAX_DEAD_LETTER_BYTES,
+    UNRESOLVED,
+    DeadLetteringSink,
+    DeadLetters,
+)
 
 
 class Msg:
@@ -163,3 +170,45 @@ def test_dead_letters_from_two_lanes_at_once(monkeypatch: pytest.MonkeyPatch) ->
     values = sorted(m.value() for m in producer.delivered)  # type: ignore[type-var]
     assert len(values) == 3 * per_thread == len(set(values))
     assert metrics.tally.dead_lettered == 3 * per_thread
+
+
+class PartialSink:
+    """A sink whose target lacks the rows of ``missing``: their partial changes come back
+    unresolved, as PostgresSink reports them; ``then`` runs inside the "transaction"."""
+
+    table = "workflow_runs"
+
+    def __init__(self, missing: set[str], events: list[str]) -> None:
+        self.missing, self.events = missing, events
+
+    def apply(self, changes: Any, positions: Any, *, then: Any = None, stamped: Any = None) -> Any:
+        unresolved = tuple(c.run_id for c in changes if c.unavailable and c.run_id in self.missing)
+        result = ApplyResult(len(changes) - len(unresolved), 0, 0, unresolved)
+        if then is not None:
+            then(None, result)
+        self.events.append(f"commit {[p.next_offset for p in positions]}")
+        return result
+
+
+def test_a_partial_update_for_a_missing_row_is_dead_lettered_before_its_position_commits() -> None:
+    events: list[str] = []
+
+    class Letters(DeadLetters):
+        def send(self, msg: Any, reason: str, error: str) -> None:
+            events.append(f"send {msg.offset()} {reason}")
+            assert "REPLICA IDENTITY FULL" in error and "result_data" in error
+
+        def confirm(self, timeout: float = 30) -> None:
+            events.append("confirm")
+
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    sink = DeadLetteringSink(PartialSink({"gone"}, events), Letters(settings, Metrics()))  # type: ignore[arg-type]
+    batch = Batch("src")
+    full = RowChange("kept", 10, False, ("kept",), frozenset())
+    partial = RowChange("gone", 11, False, ("gone",), frozenset({"result_data"}))
+    for offset, change in enumerate([full, partial]):
+        batch.add(change, Msg(b"{}", offset=offset), None)
+        batch.advance(0, offset, change.lsn)
+    result = sink.apply(batch)
+    assert result.unresolved == ("gone",)
+    assert events == [f"send 1 {UNRESOLVED}", "confirm", "commit [2]"]

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from replicator.errors import EventError
-from replicator.events import ChangeEvent, KafkaPosition, Op, PartitionPosition, RowChange
+from replicator.events import ApplyResult, ChangeEvent, KafkaPosition, Op, PartitionPosition
 from replicator.settings import Settings
 from replicator.stream.apply.lanes import Lanes, lane_of
-from replicator.stream.apply.truncation import Truncation
+from replicator.stream.apply.truncation import apply_truncate
 from replicator.stream.apply.worker import Finished
 from replicator.stream.replicator import Replicator
 from replicator.stream.source.ends import PartitionEnd
@@ -149,6 +149,7 @@ def lanes_of(shared: RecordingSink) -> list[RecordingSink]:
     sinks = [RecordingSink(), RecordingSink()]
     for sink in sinks:
         sink.rows, sink.positions, sink.topic_ids = shared.rows, shared.positions, shared.topic_ids
+        sink.floor = shared.floor
     return sinks
 
 
@@ -220,7 +221,7 @@ class MadeAt(PartitionMessage):
 
 def truncating(shared: RecordingSink, calls: list[tuple[Any, ...]]) -> Any:
     """A sink's truncate over ``shared``: the rows older than the truncate go, the
-    positions given are stored beside the others."""
+    positions given are stored beside the others, the floor rises to it."""
 
     def truncate(generation: int, lsn: int, positions: list[PartitionPosition]) -> int:
         calls.append((sorted(shared.rows), generation, lsn, positions))
@@ -228,6 +229,7 @@ def truncating(shared: RecordingSink, calls: list[tuple[Any, ...]]) -> Any:
         for run_id in older:
             del shared.rows[run_id]
         shared.positions.update({p.partition: p.next_offset for p in positions})
+        shared.floor["table"] = max(shared.floor.get("table", (0, 0)), (generation, lsn))
         return len(older)
 
     return truncate
@@ -254,34 +256,24 @@ def test_an_applied_truncate_waits_for_every_lane_then_drops_what_is_older() -> 
     assert shared.positions == {0: 4, 1: 5}  # partition 1's position was kept and moved on
 
 
-def test_the_floor_is_the_newest_truncate_and_a_newer_generation_passes_it() -> None:
-    applied: list[tuple[int, int]] = []
+def test_a_truncate_takes_its_place_by_its_lsn_and_stores_only_its_own_position() -> None:
+    applied: list[tuple[int, int, list[PartitionPosition]]] = []
 
     class Sink:
         def truncate(self, generation: int, lsn: int, positions: list[PartitionPosition]) -> int:
-            applied.append((generation, lsn))
-            return 0
-
-    def change(lsn: int | None, generation: int = 0) -> RowChange:
-        return RowChange("r", lsn, False, None, frozenset(), generation)
+            applied.append((generation, lsn, positions))
+            return 3
 
     def truncate(lsn: int | None, offset: int = 7) -> ChangeEvent:
         return ChangeEvent(
             Op.TRUNCATE, None, None, None, lsn, 1, "false", KafkaPosition("t", 2, offset)
         )
 
-    truncation = Truncation(Sink())
-    assert not truncation.drops(change(1))  # no truncate yet
     with pytest.raises(EventError, match="without a source LSN"):
-        truncation.apply(truncate(None), 0, "topic-A")
-    assert applied == [] and truncation.version is None
-    assert truncation.apply(truncate(5000), 0, "topic-A") == 0
-    truncation.apply(truncate(4000, offset=3), 0, "topic-A")  # an older one, read later
-    assert applied == [(0, 5000), (0, 4000)]
-    assert truncation.version == (0, 5000)
-    assert truncation.drops(change(4999)) and not truncation.drops(change(5001))
-    assert not truncation.drops(change(None))  # an incremental snapshot read: as it is now
-    assert not truncation.drops(change(0, generation=1))  # a snapshot taken again, later
+        apply_truncate(Sink(), truncate(None), 0, "topic-A")
+    assert applied == []
+    assert apply_truncate(Sink(), truncate(5000), 1, "topic-A") == 3
+    assert applied == [(1, 5000, [PartitionPosition("t", 2, 8, 5000, "topic-A")])]
 
 
 def test_an_ignored_truncate_keeps_every_row_and_is_read_past() -> None:
@@ -294,3 +286,45 @@ def test_an_ignored_truncate_keeps_every_row_and_is_read_past() -> None:
     replicate_in_lanes(source, shared, sinks)  # on_truncate: ignore, the default
     assert sorted(shared.rows) == ["wp-0-0", "wp-0-1", "wp-1-0", "wp-1-1", "wp-1-before"]
     assert shared.positions == {0: 3, 1: 3}
+
+
+class RecordedPolls(TwoPartitions):
+    """Records when each poll happened and which partitions were paused then."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(rows)
+        self.polls: list[tuple[float, frozenset[int]]] = []
+
+    def poll(self, timeout: float) -> list[PartitionMessage]:
+        self.polls.append((time.monotonic(), frozenset(self.paused)))
+        return super().poll(timeout)
+
+
+def test_a_stuck_lane_pauses_its_partitions_while_the_loop_keeps_polling() -> None:
+    """A lane waiting on a lock must not stop the main thread: it keeps polling (the group
+    keeps the consumer) with the stuck lane's partitions paused, then goes on."""
+    shared = RecordingSink()
+    sinks = lanes_of(shared)
+    stuck, released = threading.Event(), []
+    original = sinks[1].apply
+
+    def blocked(*args: Any, **kwargs: Any) -> ApplyResult:
+        stuck.wait(10)
+        return original(*args, **kwargs)
+
+    def release() -> None:
+        released.append(time.monotonic())
+        stuck.set()
+
+    sinks[1].apply = blocked  # type: ignore[method-assign]
+    source = RecordedPolls(20)
+    timer = threading.Timer(1.5, release)
+    timer.start()
+    replicate_in_lanes(source, shared, sinks)
+    timer.join()
+    while_stuck = [paused for at, paused in source.polls if at < released[0]]
+    assert len(while_stuck) >= 10  # polled on and on, never blocked in a hand-over
+    assert any(paused == {1} for paused in while_stuck)  # only the stuck lane's partition
+    assert not source.paused  # resumed once its lane took the batch
+    assert sorted(shared.rows) == sorted(f"wp-{p}-{n}" for p in (0, 1) for n in range(20))
+    assert shared.positions == {0: 20, 1: 20}

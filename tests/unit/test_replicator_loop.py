@@ -153,6 +153,7 @@ class RecordingSink:
         self.rejects: set[str] = set()
         self.generations: list[Generation] = []
         self.sweeps = 0
+        self.floor: dict[str, tuple[int, int]] = {}  # the table's truncate floor, if any
 
     def load_generations(self, topic: str) -> list[Generation]:
         return list(self.generations)
@@ -184,6 +185,7 @@ class RecordingSink:
         changes: list[RowChange],
         positions: list[PartitionPosition],
         stamped: tuple[str, int] | None = None,
+        then: Callable[[Any, ApplyResult], None] | None = None,
     ) -> ApplyResult:
         if self.stream_closed("t"):  # the compare-and-set of a closed position fails
             raise PositionsFenced("closed by a cutover")
@@ -196,13 +198,23 @@ class RecordingSink:
         bad = [c.run_id for c in changes if c.run_id in self.rejects]
         if bad:
             raise EventError(f"{bad[0]} rejected", reason="target_rejected")
+        floor = self.floor.get("table")
+        kept = [
+            c
+            for c in changes
+            if floor is None or c.lsn is None or (c.generation, c.lsn) >= floor
+        ]
+        result = ApplyResult(len(kept), 0, 0, (), len(changes) - len(kept))
+        changes = kept
+        if then is not None:
+            then(None, result)
         self.applies.append(([c.run_id for c in changes], list(positions)))
         for change in changes:
             self.rows[change.run_id] = change
         for p in positions:
             self.positions[p.partition] = p.next_offset
             self.topic_ids[p.partition] = p.topic_id
-        return ApplyResult(len(changes), 0, 0, ())
+        return result
 
     def ping(self) -> None:
         pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
 from replicator.mapping.rows import map_to_tuple
 from replicator.stream.source.ends import NotCaughtUp
+from replicator.verify import runner
 from replicator.verify import sql as vs
 from replicator.verify.report import (
     KeyDiff,
@@ -369,3 +371,28 @@ def test_no_catch_up_means_could_not_verify() -> None:
     recheck(tables, suspects, seen({"a": mapped("a")}, {}), late, OPTIONS, report, 0.0)  # type: ignore[arg-type]
     assert report.status == "unverified" and "did not catch up" in (report.error or "")
     assert set(report.drift) == {"a"} and not tables.asked
+
+
+def test_a_re_read_row_that_never_arrives_is_reported_as_not_repairable_once_caught_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replicator applied all the topic holds and the row still differs (its re-read
+    was dead-lettered): re-reading cannot repair it, and that is what the report says, not
+    "is replicator run running?"."""
+    monkeypatch.setattr(runner, "MIN_REPAIR_PATIENCE_S", 0.0)
+    monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
+    a = mapped("a")
+    tables = FakeTables([({"a": a}, {})] * 5)
+    tables.target = SimpleNamespace(table="t")  # type: ignore[attr-defined]  # its name, shown
+    options = Options(settle_s=0, rounds=3, catch_up_timeout_s=0.0, repair_timeout_s=30)
+    left = runner._await_resync(tables, {"a"}, options, lambda _t: None)  # type: ignore[arg-type]
+    assert left == {"a"}
+    report = Report("s", "t", repair=RepairSummary(snapshot_ids=1, unrepaired=["a"]))
+    assert any("cannot be repaired by re-reading (1)" in line for line in summary_lines(report))
+
+    def behind(_timeout: float) -> None:
+        raise NotCaughtUp("behind", {})
+
+    tables.rounds = [({"a": a}, {})] * 5
+    with pytest.raises(NotCaughtUp, match="is `replicator run` running"):
+        runner._await_resync(tables, {"a"}, options, behind)  # type: ignore[arg-type]

@@ -38,6 +38,10 @@ class Batch:
     def __len__(self) -> int:
         return self.events
 
+    def full(self, max_rows: int, max_bytes: int) -> bool:
+        """A limit is reached: apply it now."""
+        return self.events >= max_rows or self.bytes >= max_bytes
+
     def advance(self, partition: int, offset: int, lsn: int | None) -> None:
         """One more event consumed, at ``offset`` of ``partition``."""
         if not self.events:

@@ -26,6 +26,7 @@ from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
 from replicator.stream.apply.batch import Batch
 from replicator.stream.apply.sink import PostgresSink
+from replicator.stream.apply.transform import is_hold
 
 log = logging.getLogger("replicator.consumer")
 
@@ -176,9 +177,16 @@ class DeadLetters:
             self._errors.append(err.str())
 
 
+#: The reason of a partial update (unchanged TOASTed columns not sent) for a row the
+#: target does not have: it cannot be completed, so it is not applied.
+UNRESOLVED = "partial_update_missing_row"
+
+
 class DeadLetteringSink:
     """The sink, wrapped: a batch is applied with its positions; dead letters of the
-    batch are confirmed first; changes the target rejects are dead-lettered."""
+    batch are confirmed first; changes the target rejects, and partial updates of rows
+    the target lacks (:data:`UNRESOLVED`), are dead-lettered, confirmed before the
+    batch's positions commit."""
 
     def __init__(self, sink: PostgresSink, dead_letters: DeadLetters) -> None:
         self.sink = sink
@@ -187,8 +195,16 @@ class DeadLetteringSink:
     def apply(self, batch: Batch) -> ApplyResult:
         if batch.dead_letters:
             self.dead_letters.confirm()
+
+        def unresolved(conn: Any, result: ApplyResult) -> None:
+            """Inside the batch's transaction, before its positions commit."""
+            if self._unresolved(batch, 0, len(batch.changes), result):
+                self.dead_letters.confirm()
+
         try:
-            return self.sink.apply(batch.changes, batch.positions(), stamped=_stamped(batch))
+            return self.sink.apply(
+                batch.changes, batch.positions(), stamped=_stamped(batch), then=unresolved
+            )
         except EventError:
             return self._isolating(batch)
 
@@ -196,21 +212,43 @@ class DeadLetteringSink:
         """Find the rejected changes by halving and dead-letter them.
 
         Sub-batches commit without positions (applying a change twice is harmless), and
-        the positions commit last, after the dead letters are confirmed."""
+        the positions commit last, after the dead letters are confirmed, through the
+        same position fence as any batch."""
         result = self._halves(batch, 0, len(batch.changes))
         self.dead_letters.confirm()
-        self.sink.apply([], batch.positions())
+        self.sink.apply([], batch.positions(), stamped=_stamped(batch))
         return result
 
     def _halves(self, batch: Batch, lo: int, hi: int) -> ApplyResult:
         try:
-            return self.sink.apply(batch.changes[lo:hi], [], stamped=_stamped(batch))
+            result = self.sink.apply(batch.changes[lo:hi], [], stamped=_stamped(batch))
         except EventError as exc:
             if hi - lo == 1:
                 self.dead_letters.send(batch.messages[lo], exc.reason, str(exc))
                 return NOTHING_APPLIED
             mid = (lo + hi) // 2
             return self._halves(batch, lo, mid) + self._halves(batch, mid, hi)
+        self._unresolved(batch, lo, hi, result)
+        return result
+
+    def _unresolved(self, batch: Batch, lo: int, hi: int, result: ApplyResult) -> int:
+        """Dead-letter the partial changes of ``batch.changes[lo:hi]`` whose rows the sink
+        could not complete; how many were sent."""
+        missing = set(result.unresolved)
+        sent = 0
+        for change, msg in zip(batch.changes[lo:hi], batch.messages[lo:hi], strict=True):
+            if change.run_id in missing and change.unavailable and not is_hold(change):
+                columns = ", ".join(sorted(change.unavailable))
+                self.dead_letters.send(
+                    msg,
+                    UNRESOLVED,
+                    f"run_id {change.run_id!r}: an update whose unchanged TOASTed columns"
+                    f" ({columns}) were not sent, for a row {self.sink.table} does not have;"
+                    " set REPLICA IDENTITY FULL on the source, or repair the row"
+                    " (replicator verify --repair), then dismiss or re-drive this letter",
+                )
+                sent += 1
+        return sent
 
 
 def _stamped(batch: Batch) -> tuple[str, int] | None:

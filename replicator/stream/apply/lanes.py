@@ -53,6 +53,10 @@ class Lanes(Generic[Item, Result]):
     def lane_idle(self, lane: int) -> bool:
         return self._workers[lane].idle
 
+    def accepts(self, lane: int) -> bool:
+        """:meth:`submit` on ``lane`` would not block now."""
+        return self._workers[lane].accepts
+
     def submit(self, lane: int, item: Item) -> None:
         """Queue ``item`` on ``lane`` (blocks while that lane's queue is full)."""
         self._workers[lane].submit(item)

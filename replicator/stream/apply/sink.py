@@ -30,6 +30,9 @@ Invariants (the rest of the package relies on them):
    :mod:`replicator.stream.apply.sink_sql`.  No per-batch DDL.
 5. Positions are stored through :class:`~replicator.stream.apply.checkpoint.Checkpoint`, fenced
    when it has a fence (compare-and-set: ``PositionsFenced`` rolls the batch back).
+6. Bounded (``timeouts``, the settings' ``apply_lock_timeout_s`` and
+   ``apply_statement_timeout_s`` for ``run``): a lock held on the target or a statement
+   that does not end fails the batch as transient; nothing waits for ever.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class PostgresSink:
         apply_deletes: bool = True,
         connect_timeout: float = 5.0,
         fence: PositionFence | None = None,
+        timeouts: tuple[float, float] | None = None,
     ) -> None:
         self.table = table
         self.offsets_table = offsets_table
@@ -76,6 +80,7 @@ class PostgresSink:
         self.checkpoint = Checkpoint(offsets_table, table, fence)
         self._conninfo = with_application_name(conninfo)  # a bad DSN is reported here
         self._connect_timeout = connect_timeout
+        self._timeouts = timeouts  # (lock, statement) seconds of the session, if bounded
         self._conn: psycopg.Connection[Any] | None = None
         self._sql = SinkStatements(table, self.versions_table)
 
@@ -87,6 +92,7 @@ class PostgresSink:
             table=settings.target_table,
             offsets_table=settings.offsets_table,
             fence=fence,
+            timeouts=(settings.apply_lock_timeout_s, settings.apply_statement_timeout_s),
             **options,
         )
 
@@ -172,13 +178,15 @@ class PostgresSink:
 
     def truncate(self, generation: int, lsn: int, positions: Sequence[PartitionPosition]) -> int:
         """Apply a source TRUNCATE at version ``(generation, lsn)`` and store
-        ``positions``, in one transaction: delete the rows no later change wrote and
-        mark their versions deleted at the truncate's (argument: truncation.py).  Plain
-        DELETE and UPDATE, the service role's privileges.  Returns the rows deleted."""
+        ``positions``, in one transaction: delete the rows no later change wrote, mark
+        their versions deleted at the truncate's and raise the table's truncate floor to
+        it (argument: truncation.py).  Plain DELETE, UPDATE and INSERT, the service role's
+        privileges.  Returns the rows deleted."""
         at = {"g": generation, "l": lsn}
         with self._transaction("apply a source TRUNCATE") as conn:
             deleted = conn.execute(self._sql.truncate_rows, at).rowcount
             conn.execute(self._sql.truncate_versions, at)
+            conn.execute(self._sql.truncate_floor, at)
             stored = self.checkpoint.store(conn, positions)
         self.checkpoint.committed(stored)
         return deleted
@@ -187,7 +195,8 @@ class PostgresSink:
         """Empty the table and its versions and forget its positions (a replay's shadow
         table, before it is rebuilt from the start of the topic)."""
         with self._transaction("empty the table") as conn:
-            conn.execute(self._sql.empty)
+            for statement in self._sql.empty:
+                conn.execute(statement)
             self.checkpoint.forget(conn)
         self.checkpoint.committed([], replace=True)
 
@@ -210,9 +219,10 @@ class PostgresSink:
     def _write(self, conn: psycopg.Connection[Any], folded: list[RowChange]) -> ApplyResult:
         n_deletes, n_partial = self._stage(conn, folded)
         skipped = conn.execute(self._sql.claim_versions).fetchall()
-        unresolved = tuple(run_id for run_id, _, missing in skipped if missing)
-        stale = len(skipped) - len(unresolved)
-        deletes = n_deletes - sum(1 for _, is_delete, _ in skipped if is_delete)
+        unresolved = tuple(run_id for run_id, _, missing, _ in skipped if missing)
+        behind = sum(1 for *_, behind_floor in skipped if behind_floor)
+        stale = len(skipped) - len(unresolved) - behind
+        deletes = n_deletes - sum(1 for _, is_delete, _, _ in skipped if is_delete)
         upserted = len(folded) - n_deletes - (len(skipped) - (n_deletes - deletes))
         deleted = 0
         if deletes and self.apply_deletes:
@@ -222,7 +232,7 @@ class PostgresSink:
             conn.execute(self._sql.upsert_full)
         if n_partial:
             conn.execute(self._sql.update_partial)
-        return ApplyResult(upserted, deleted, stale, unresolved)
+        return ApplyResult(upserted, deleted, stale, unresolved, behind)
 
     def _stage(self, conn: psycopg.Connection[Any], folded: list[RowChange]) -> tuple[int, int]:
         """COPY the folded batch into the staging table; the number of deletes and partials."""
@@ -279,6 +289,12 @@ class PostgresSink:
             # session's first temporary table; memory is taken as the stage grows.
             conn.execute(STAGE_BUFFERS)
             conn.execute(self._sql.create_stage)
+            if self._timeouts is not None:
+                # a lock held on the target (a long transaction, a migration) makes the
+                # batch fail as transient and retry, instead of stalling its lane for ever
+                lock_s, statement_s = self._timeouts
+                conn.execute(f"SET lock_timeout = '{int(lock_s * 1000)}ms'")
+                conn.execute(f"SET statement_timeout = '{int(statement_s * 1000)}ms'")
         except BaseException:
             conn.close()
             raise

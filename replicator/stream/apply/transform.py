@@ -16,9 +16,12 @@ The order-guard version of each change is decided here:
 
 from __future__ import annotations
 
+from typing import Any
+
 from replicator.errors import EventError
 from replicator.events import SNAPSHOT_VERSION, ChangeEvent, Op, RowChange
-from replicator.mapping.columns import PLAN_COST, CostColumn
+from replicator.mapping.calendar import AMBIGUOUS_UNTIL_US, CalendarError, snapshot_micros
+from replicator.mapping.columns import PLAN_COST, SOURCE_TYPES, TARGET_COLUMNS, CostColumn
 from replicator.mapping.rows import map_to_tuple
 
 
@@ -32,7 +35,8 @@ def to_row_change(
     if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
         if event.after is None:  # decode guarantees an image; guard for other decoders
             raise EventError(f"{event.op.value} event without an 'after' image")
-        values, unavailable = map_to_tuple(event.after, cost)
+        after = _snapshot_calendar(event.after) if event.op is Op.READ else event.after
+        values, unavailable = map_to_tuple(after, cost)
         lsn = event.lsn
         if event.op is Op.READ:
             lsn = None if event.snapshot == "incremental" else SNAPSHOT_VERSION
@@ -40,3 +44,41 @@ def to_row_change(
     if event.op is Op.DELETE:
         return RowChange(str(event.key), event.lsn, True, None, frozenset(), generation)
     return None
+
+
+_TIMESTAMPS = tuple(c for c, t in SOURCE_TYPES.items() if t.startswith("timestamp"))
+#: Every column but the key: a hold keeps them all as the target has them.
+_ALL_KEPT = frozenset(TARGET_COLUMNS[1:])
+
+
+def _snapshot_calendar(after: Any) -> Any:
+    """A snapshot read's image with its timestamps in PostgreSQL's calendar
+    (:mod:`~replicator.mapping.calendar`); the image itself when none needs it."""
+    fixed = None
+    for name in _TIMESTAMPS:
+        value = after.get(name)
+        if value.__class__ is int and value < AMBIGUOUS_UNTIL_US:
+            fixed = fixed if fixed is not None else dict(after)
+            try:
+                fixed[name] = snapshot_micros(value)
+            except CalendarError as exc:
+                raise EventError(f"{name}: {exc}", reason="snapshot_timestamp") from None
+    return after if fixed is None else fixed
+
+
+def held_back(event: ChangeEvent, generation: int) -> RowChange | None:
+    """For a snapshot read of a generation taken again whose image could not be used (it
+    was dead-lettered): a change that keeps every column as the target has it and claims
+    the version ``(generation, 0)``, so the generation's sweep keeps the row (the source
+    has it); a streamed change of the generation still wins.  None for anything else."""
+    if event.op is not Op.READ or event.snapshot == "incremental" or generation < 1:
+        return None
+    if not isinstance(event.key, str):
+        return None
+    values = (event.key,) + (None,) * len(_ALL_KEPT)
+    return RowChange(event.key, SNAPSHOT_VERSION, False, values, _ALL_KEPT, generation)
+
+
+def is_hold(change: RowChange) -> bool:
+    """``change`` is a :func:`held_back` one (nothing of it is data to apply)."""
+    return change.unavailable == _ALL_KEPT and not change.delete

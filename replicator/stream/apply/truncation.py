@@ -4,21 +4,23 @@ order of the table's changes.
 A truncate arrives as one event in one partition; the table's other changes are spread
 over every partition, and partitions have no order between them.  When the truncate at
 version ``(generation, lsn)`` is applied, the other partitions may already have
-delivered changes made after it, and may still hold unread changes made before it.  So:
+delivered changes made after it, and may still hold unread changes made before it.  So,
+in one transaction with the truncate's position (``sink.truncate``):
 
-* the sink deletes only the rows whose stored version is older than the truncate (or
-  that have none), and marks those versions deleted at the truncate's version, in one
-  transaction with the truncate's position (``sink.truncate``).  A change made after
-  the truncate keeps its row; an older change of a known row stays stale.  The other
-  partitions keep their stored positions: they were applied up to there.
-* from then on, the consumer drops every change older than the truncate
-  (:class:`TruncateFloor`): a row the source inserted before the truncate, whose insert
-  was still unread in another partition, does not come back.
+* the rows whose stored version is older than the truncate (or that have none) are
+  deleted, and those versions marked deleted at the truncate's version: a change made
+  after the truncate keeps its row; an older change of a known row stays stale;
+* the table's truncate floor (``replicator_truncated``) rises to the truncate's version:
+  from then on the versions claim (versions.py) refuses every change older than it, in
+  whichever process applies it, so a row the source inserted before the truncate, whose
+  insert was still unread in another partition, never comes back: not after a restart,
+  not in another member of the group after a rebalance, not in a replay or a redrive;
+* the other partitions keep their stored positions: they were applied up to there.
 
-The floor lives in the consumer's memory.  A restart after the truncate, before every
-other partition stored a position past what it held unread, or another consumer of the
-group reading those partitions, can apply such an insert, and its row comes back in the
-target: ``replicator verify`` reports it and ``--repair`` removes it.
+The floor is read by each batch's claim, not locked: a batch of another consumer whose
+claim ran before the truncate committed, and that commits after it, can still write a
+row older than the truncate (a window of one batch's transaction, only with several
+consumers); ``replicator verify`` reports such a row and ``--repair`` removes it.
 """
 
 from __future__ import annotations
@@ -26,38 +28,20 @@ from __future__ import annotations
 from typing import Protocol
 
 from replicator.errors import EventError
-from replicator.events import ChangeEvent, PartitionPosition, RowChange
+from replicator.events import ChangeEvent, PartitionPosition
 
 
 class Truncating(Protocol):
     def truncate(self, generation: int, lsn: int, positions: list[PartitionPosition]) -> int: ...
 
 
-class Truncation:
-    """Applies one consumer's source TRUNCATEs, and remembers the newest one's version
-    (the floor: changes older than it are dropped)."""
-
-    def __init__(self, sink: Truncating) -> None:
-        self.sink = sink
-        self.version: tuple[int, int] | None = None
-
-    def apply(self, event: ChangeEvent, generation: int, topic_id: str | None) -> int:
-        """Apply the truncate ``event`` and store its position; return the rows deleted.
-        Everything read before it must have been applied."""
-        if event.lsn is None:
-            raise EventError("a TRUNCATE without a source LSN has no place in the order")
-        p = event.position
-        at = PartitionPosition(p.topic, p.partition, p.offset + 1, event.lsn, topic_id)
-        deleted = self.sink.truncate(generation, event.lsn, [at])
-        if self.version is None or (generation, event.lsn) > self.version:
-            self.version = (generation, event.lsn)
-        return deleted
-
-    def drops(self, change: RowChange) -> bool:
-        """``change`` was made before the truncate (a change without an LSN, an
-        incremental snapshot read, reads the source as it is now and is kept)."""
-        return (
-            self.version is not None
-            and change.lsn is not None
-            and (change.generation, change.lsn) < self.version
-        )
+def apply_truncate(
+    sink: Truncating, event: ChangeEvent, generation: int, topic_id: str | None
+) -> int:
+    """Apply the truncate ``event`` and store its position; return the rows deleted.
+    Everything read before it must have been applied."""
+    if event.lsn is None:
+        raise EventError("a TRUNCATE without a source LSN has no place in the order")
+    p = event.position
+    at = PartitionPosition(p.topic, p.partition, p.offset + 1, event.lsn, topic_id)
+    return sink.truncate(generation, event.lsn, [at])

@@ -15,7 +15,10 @@ What beats what.  Versions compare as ``(generation, source_lsn)``, in that orde
 change is applied when its version is at least the stored one (equal: a redelivery,
 applied again harmlessly) and is stale, skipped, when older.  A delete keeps its entry,
 so an older image can never bring the row back; a source TRUNCATE and a re-snapshot's
-sweep record their deletes the same way.
+sweep record their deletes the same way.  A table's truncate floor
+(``replicator_truncated``, truncation.py) is the version of the newest source TRUNCATE
+applied to it: a change with an LSN older than the floor is never claimed, whoever
+applies it (the stream, a replay, a redrive, another member of the group).
 
 What a tool that is not the stream records.  A tool that writes rows from the source
 as it is, while the source is locked (the cutover's repair, the rollback's restore),
@@ -35,23 +38,35 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.db.schema import TRUNCATED_TABLE
+
 q = sql.SQL
 
 #: ``source_lsn`` of a staged change without an LSN: no version (applied unconditionally).
 NO_VERSION = -1
 
 
+def _behind_floor(table: str) -> sql.Composed:
+    """True for a staged change ``s`` older than ``table``'s truncate floor."""
+    return q(
+        "(s.lsn IS NOT NULL AND EXISTS (SELECT FROM {f} f WHERE f.target_table = {t}"
+        " AND (s.gen, s.lsn) < (f.generation, f.source_lsn)))"
+    ).format(f=sql.Identifier(TRUNCATED_TABLE), t=sql.Literal(table))
+
+
 def claim(versions: str, table: str, stage: sql.Composable) -> str:
     """The sink's claim: a version for every applicable change of ``stage`` (the upsert
     also row-locks it against a concurrent writer), then the unclaimed changes dropped
-    from the stage and returned as ``(run_id, del, unresolved)``: stale changes, and
+    from the stage and returned as ``(run_id, del, unresolved, behind_floor)``: stale
+    changes, changes older than the table's truncate floor (``behind_floor``), and
     partial changes whose target row is missing (``unresolved``)."""
     v, t, s = sql.Identifier(versions), sql.Identifier(table), stage
     return q(
         "WITH won AS ("
         " INSERT INTO {v} AS v (run_id, generation, source_lsn, deleted)"
         " SELECT s.run_id, s.gen, COALESCE(s.lsn, {none}), s.del FROM {s} s"
-        " WHERE s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
+        " WHERE (s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id))"
+        " AND NOT {behind}"
         " ON CONFLICT (run_id) DO UPDATE"
         " SET generation = CASE WHEN EXCLUDED.source_lsn = {none} THEN v.generation"
         " ELSE EXCLUDED.generation END, source_lsn = CASE WHEN EXCLUDED.source_lsn = {none}"
@@ -61,16 +76,19 @@ def claim(versions: str, table: str, stage: sql.Composable) -> str:
         " OR (EXCLUDED.generation, EXCLUDED.source_lsn) >= (v.generation, v.source_lsn)"
         " RETURNING v.run_id)"
         " DELETE FROM {s} s WHERE NOT EXISTS (SELECT FROM won WHERE won.run_id = s.run_id)"
-        " RETURNING s.run_id, s.del, s.unavail IS NOT NULL"
+        " RETURNING s.run_id, s.del, s.unavail IS NOT NULL AND NOT {behind}"
         " AND NOT EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
         " AND NOT EXISTS (SELECT FROM {v} v WHERE v.run_id = s.run_id"
-        " AND (v.generation, v.source_lsn) > (s.gen, s.lsn))"
-    ).format(s=s, t=t, v=v, none=sql.Literal(NO_VERSION)).as_string(None)
+        " AND (v.generation, v.source_lsn) > (s.gen, s.lsn)), {behind}"
+    ).format(
+        s=s, t=t, v=v, none=sql.Literal(NO_VERSION), behind=_behind_floor(table)
+    ).as_string(None)
 
 
-def truncate(versions: str, table: str) -> tuple[str, str]:
+def truncate(versions: str, table: str) -> tuple[str, str, str]:
     """A source TRUNCATE at version ``(%(g)s, %(l)s)`` (truncation.py): the rows no later
-    change wrote are deleted, and their versions become deletes at the truncate's."""
+    change wrote are deleted, their versions become deletes at the truncate's, and the
+    table's floor rises to it (never falls)."""
     v, t = sql.Identifier(versions), sql.Identifier(table)
     newer = q(
         "SELECT FROM {v} v WHERE v.run_id = t.run_id"
@@ -81,7 +99,13 @@ def truncate(versions: str, table: str) -> tuple[str, str]:
         "UPDATE {v} SET generation = %(g)s, source_lsn = %(l)s, deleted = true"
         " WHERE (generation, source_lsn) < (%(g)s::integer, %(l)s::bigint)"
     ).format(v=v)
-    return rows.as_string(None), marked.as_string(None)
+    floor = q(
+        "INSERT INTO {f} AS f (target_table, generation, source_lsn) VALUES ({t}, %(g)s, %(l)s)"
+        " ON CONFLICT (target_table) DO UPDATE SET generation = EXCLUDED.generation,"
+        " source_lsn = EXCLUDED.source_lsn, truncated_at = now()"
+        " WHERE (EXCLUDED.generation, EXCLUDED.source_lsn) > (f.generation, f.source_lsn)"
+    ).format(f=sql.Identifier(TRUNCATED_TABLE), t=sql.Literal(table))
+    return rows.as_string(None), marked.as_string(None), floor.as_string(None)
 
 
 def sweep(versions: str, table: str) -> sql.Composed:
@@ -138,9 +162,25 @@ def as_of_now(
     )
 
 
-def empty(versions: str, table: str) -> str:
-    """Forget every version of ``table`` with its rows (a replay's shadow table, rebuilt
-    from the start of the topic)."""
-    return q("TRUNCATE {t}, {v}").format(
-        t=sql.Identifier(table), v=sql.Identifier(versions)
-    ).as_string(None)
+def empty(versions: str, table: str) -> list[str]:
+    """Forget every version of ``table``, its truncate floor with them, and its rows (a
+    replay's shadow table, rebuilt from the start of the topic)."""
+    return [
+        q("TRUNCATE {t}, {v}").format(t=sql.Identifier(table), v=sql.Identifier(versions)),
+        q("DELETE FROM {f} WHERE target_table = {t}").format(
+            f=sql.Identifier(TRUNCATED_TABLE), t=sql.Literal(table)
+        ),
+    ]
+
+
+def move_floor(conn: psycopg.Connection[Any], from_table: str, to_table: str | None) -> None:
+    """Hand ``from_table``'s truncate floor to ``to_table`` (None: drop it), in the caller's
+    transaction (a swap renaming tables moves their floors with them)."""
+    f = sql.Identifier(TRUNCATED_TABLE)
+    if to_table is None:
+        conn.execute(q("DELETE FROM {} WHERE target_table = %s").format(f), [from_table])
+    else:
+        conn.execute(
+            q("UPDATE {} SET target_table = %s WHERE target_table = %s").format(f),
+            [to_table, from_table],
+        )

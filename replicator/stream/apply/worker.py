@@ -7,6 +7,7 @@ overlap and use two cores instead of one.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -54,6 +55,11 @@ class ApplyWorker(Generic[Item, Result]):
         """Nothing submitted is still waiting to be collected."""
         return self._pending == 0
 
+    @property
+    def accepts(self) -> bool:
+        """:meth:`submit` would not block now."""
+        return not self._queue.full()
+
     def submit(self, item: Item) -> None:
         self._pending += 1
         self._queue.put(item)
@@ -75,8 +81,12 @@ class ApplyWorker(Generic[Item, Result]):
         self._failed.clear()
 
     def close(self, timeout: float = 30.0) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        """Stop the thread once it finished what it was given, waiting at most about
+        ``timeout`` (a daemon thread still stuck then is left behind: the process ends)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:

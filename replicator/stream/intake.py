@@ -1,0 +1,80 @@
+"""One consumed message into its lane's batch: decode -> transform -> batch, or the
+dead-letter topic.
+
+Every message moves its partition's position in the batch (``Batch.advance``), whatever
+became of it: a tombstone or an op that changes no row is counted and read past; an
+event that cannot be decoded or mapped is dead-lettered (replicator.py invariant 3); a
+source TRUNCATE is handed to the loop, which applies it in its place (invariant 7).
+
+A snapshot read of a generation taken again (``--resnapshot``) that is dead-lettered
+leaves a *hold* in the batch (:func:`~replicator.stream.apply.transform.held_back`):
+the row stays as the target has it, versioned in the new generation, so the
+generation's sweep does not delete a row the source still has because its new image
+could not be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from replicator.errors import EventError
+from replicator.events import ChangeEvent, KafkaPosition, Op
+from replicator.mapping.columns import PLAN_COST
+from replicator.observe.tracker import Tracker
+from replicator.stream.apply.batch import Batch
+from replicator.stream.apply.deadletter import DeadLetters
+from replicator.stream.apply.transform import held_back, to_row_change
+from replicator.stream.source.decode import Decoder
+from replicator.stream.source.positioning import Positioning
+
+
+class Intake:
+    """Turns the messages of the loop into batch entries (module docstring)."""
+
+    def __init__(
+        self,
+        decode: Decoder,
+        tracker: Tracker,
+        dead_letters: DeadLetters,
+        positioning: Positioning,
+        truncated: Callable[[ChangeEvent], bool],
+    ) -> None:
+        self.decode = decode
+        self.tracker = tracker
+        self.dead_letters = dead_letters
+        self.positioning = positioning
+        self.truncated = truncated  # True: the loop applied the truncate
+        self.cost = PLAN_COST  # the target's total_cost type, read at start
+
+    def handle(self, msg: Any, batch: Batch) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        value = msg.value()
+        batch.bytes += len(value) if value else 0
+        event: ChangeEvent | None = None
+        generations = self.positioning.generations
+        generation = generations.at(partition, offset)
+        try:
+            event = self.decode(msg.key(), value, KafkaPosition(msg.topic(), partition, offset))
+            if event is None:
+                self.tracker.skipped("tombstone")
+                batch.advance(partition, offset, None)
+                return
+            self.tracker.consumed(event.op.value)
+            if event.op is Op.TRUNCATE and self.truncated(event):
+                return
+            self.tracker.columns(event.after)
+            change = to_row_change(event, self.cost, generation)
+        except EventError as exc:
+            self.dead_letters.send(msg, exc.reason, str(exc))
+            batch.dead_letters += 1
+            hold = held_back(event, generation) if event is not None else None
+            if hold is not None:
+                batch.add(hold, msg, None, generations.latest)
+            batch.advance(partition, offset, None)
+            return
+        if change is None:
+            self.tracker.skipped(event.op.name.lower())
+        else:
+            batch.add(change, msg, event.source_ts_ms, generations.latest)
+        batch.advance(partition, offset, event.lsn)
