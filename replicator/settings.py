@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def slot_dsn(self) -> str:
+        """Where the connector's replication slot lives, as the tables' owner: the source
+        database (the target's when it is the same database and no source is set)."""
+        admin = self.as_admin()
+        return (admin.source_dsn or admin.target_dsn).get_secret_value()
+
+    @property
     def versions_table(self) -> str:
         return f"{self.target_table}_versions"
 

@@ -32,3 +32,12 @@ CREATE TABLE IF NOT EXISTS replicator_cutover (
 CREATE TABLE IF NOT EXISTS replicator_cutover_changes (
     run_id TEXT PRIMARY KEY
 );
+
+-- replicator_cutover_pending: while a cutover prepares its switch, every id written in
+-- workflow_processes or workflow_runs since it began, and every row the two tables
+-- disagreed on when it compared them whole (outside any lock).  Inside the switch's lock
+-- only these rows are compared and repaired: every other row was equal and has not been
+-- written since (cutover/switch.py).  Empty outside a cutover.
+CREATE TABLE IF NOT EXISTS replicator_cutover_pending (
+    run_id TEXT PRIMARY KEY
+);

@@ -133,13 +133,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from replicator.cutover import readiness, rollback
 
     settings = settings_from(args)
+    if rollback.unfinished(settings):
+        print("the rollback committed; its last step, registering the connector, did not finish")
+        if args.dry_run:
+            return EXIT_OK
+        rollback.reconnect(settings, print)
+        print("start replicator run again: it resumes from the positions of the cutover")
+        return EXIT_OK
     print("readiness")
     if not _print_checks(readiness.rollback_checks(settings)):
         return EXIT_FAILED
     if args.dry_run:
         return EXIT_OK
-    rollback.create_slot(settings, print)
-    done = rollback.roll_back(settings, lock_timeout_s=args.lock_timeout)
+    done = rollback.roll_back_with_slot(settings, print, lock_timeout_s=args.lock_timeout)
     print(f"rolled back at LSN {done.lsn}: workflow_processes is a table again")
     print(f"  writers of workflow_processes and workflow_runs waited at most {done.blocked_ms} ms")
     print(f"  {done.restored} rows written since the cutover restored in the legacy table")

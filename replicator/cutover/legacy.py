@@ -113,10 +113,71 @@ def _row_of(var: str, columns: list[tuple[str, str]], alias: str) -> sql.Compose
     )
 
 
+#: The view's write function (PL/pgSQL): the argument for each step is in its comments.
+_WRITE_BODY = """
+DECLARE
+    why text;
+    detail text;
+    now_row {view}%ROWTYPE;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        -- The statement chose OLD, and computed NEW, in its own snapshot.  A table would
+        -- wait for a concurrent writer, then re-check and re-compute on the newest row
+        -- (EvalPlanQual); a trigger cannot re-compute the statement's expressions.  So:
+        -- lock the row, and if it changed since the statement read it, fail as
+        -- PostgreSQL does under REPEATABLE READ, never write over the newer row.
+        PERFORM FROM {t} WHERE run_id = OLD.id FOR UPDATE;
+        IF NOT FOUND THEN RETURN NULL; END IF;  -- deleted meanwhile: skipped, as on a table
+        SELECT * INTO now_row FROM {view} AS v WHERE v.id = OLD.id;
+        IF now_row IS DISTINCT FROM OLD THEN
+            RAISE EXCEPTION 'could not serialize access due to concurrent update'
+                USING ERRCODE = 'serialization_failure',
+                DETAIL = format('workflow_processes row %s changed after the statement read'
+                    ' it (workflow_processes is a view of {target} since the cutover)', OLD.id),
+                HINT = 'Retry the transaction.';
+        END IF;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM {t} WHERE run_id = OLD.id;
+        RETURN OLD;
+    END IF;
+    SELECT {problem} INTO why FROM {new};
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION '% (workflow_processes is a view of {target} since the cutover)', why
+            USING ERRCODE = 'check_violation';
+    END IF;
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO {t} ({columns}) SELECT {mapped} FROM {new};
+        ELSE
+            UPDATE {t} AS t SET {sets} FROM {new}, {old} WHERE t.run_id = OLD.id;
+        END IF;
+    EXCEPTION
+        WHEN unique_violation THEN  -- in the legacy table's words
+            RAISE EXCEPTION 'duplicate key value violates unique constraint "{pkey}"'
+                USING ERRCODE = 'unique_violation', TABLE = 'workflow_processes',
+                COLUMN = 'id', CONSTRAINT = '{pkey}',
+                DETAIL = format('Key (id)=(%s) already exists.', NEW.id);
+        WHEN OTHERS THEN  -- the same error, without the statement's text as its context
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            IF detail = '' THEN
+                RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = SQLERRM;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = SQLERRM, DETAIL = detail;
+    END;
+    -- RETURNING shows the row as stored, as the view shows it (a rounded total_cost, the
+    -- 'pending' of a NULL status)
+    SELECT * INTO NEW FROM {view} AS v WHERE v.id = NEW.id;
+    RETURN NEW;
+END
+"""
+
+
 def write_function(
-    function: str, columns: list[tuple[str, str]], schema: str, target: str
+    function: str, columns: list[tuple[str, str]], schema: str, target: str, view: str
 ) -> sql.Composed:
-    """The INSTEAD OF trigger function of the compatibility view (module docstring).
+    """The INSTEAD OF trigger function of the compatibility view ``view`` (module
+    docstring).
 
     SECURITY DEFINER with a fixed search path: a role that may write the view writes
     ``workflow_runs`` through it without privileges of its own on that table."""
@@ -132,36 +193,14 @@ def write_function(
                 c=sql.Identifier(column), s=legacy, m=MAPPED[column]
             )
         )
-    body = q(
-        """
-DECLARE
-    why text;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        DELETE FROM {t} WHERE run_id = OLD.id;
-        IF NOT FOUND THEN RETURN NULL; END IF;
-        RETURN OLD;
-    END IF;
-    SELECT {problem} INTO why FROM {new};
-    IF why IS NOT NULL THEN
-        RAISE EXCEPTION '% (workflow_processes is a view of {target} since the cutover)', why
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO {t} ({columns}) SELECT {mapped} FROM {new};
-        RETURN NEW;
-    END IF;
-    UPDATE {t} AS t SET {sets} FROM {new}, {old} WHERE t.run_id = OLD.id;
-    IF NOT FOUND THEN RETURN NULL; END IF;
-    RETURN NEW;
-END
-"""
-    ).format(
+    body = q(_WRITE_BODY).format(
         t=t,
+        view=q("{}.{}").format(sql.Identifier(schema), sql.Identifier(view)),
         problem=problem(),
         new=new,
         old=old,
         target=q(target.replace("'", "")),
+        pkey=q(f"{view}_pkey".replace("'", "").replace('"', "")),
         columns=q(", ").join(map(sql.Identifier, TARGET_COLUMNS)),
         mapped=q(", ").join(MAPPED[c] for c in TARGET_COLUMNS),
         sets=q(", ").join(sets),

@@ -23,10 +23,18 @@ WRITE_FUNCTION = "replicator_compat_write"
 LOG_FUNCTION = "replicator_log_changes"
 FROZEN_FUNCTION = "replicator_archive_frozen"
 CHANGES = "replicator_cutover_changes"
+PENDING = "replicator_cutover_pending"
+PENDING_FUNCTIONS = {"id": "replicator_pending_source", "run_id": "replicator_pending_target"}
 _LOG_TRIGGERS = {
     "INSERT": ("replicator_log_insert", "REFERENCING NEW TABLE AS new_rows"),
     "UPDATE": ("replicator_log_update", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
     "DELETE": ("replicator_log_delete", "REFERENCING OLD TABLE AS old_rows"),
+    "TRUNCATE": ("replicator_log_truncate", ""),  # BEFORE: every row, while it is there
+}
+#: The pending log's triggers (on both tables, while a cutover prepares).
+_PENDING_TRIGGERS = {
+    event: (name.replace("replicator_log_", "replicator_pending_"), ref)
+    for event, (name, ref) in _LOG_TRIGGERS.items()
 }
 
 
@@ -66,6 +74,19 @@ def latest(conn: psycopg.Connection[Any], source: str) -> Record | None:
     return Record(*row[:8], positions=positions, archive_table=row[9])  # type: ignore[misc]
 
 
+def cut_over_into(conn: psycopg.Connection[Any], target: str) -> datetime | None:
+    """When the stream into ``target`` was closed by a cutover that no rollback reopened
+    (None: it was not, or it was reopened)."""
+    if conn.execute("SELECT to_regclass('replicator_cutover')").fetchone() == (None,):
+        return None
+    row = conn.execute(
+        "SELECT state, cut_at FROM replicator_cutover WHERE target_table = %s"
+        " ORDER BY id DESC LIMIT 1",
+        [target],
+    ).fetchone()
+    return None if row is None or row[0] == "rolled_back" else row[1]
+
+
 def record_cutover(
     conn: psycopg.Connection[Any],
     names: tuple[str, str, str],
@@ -99,6 +120,18 @@ def record_rollback(
     )
 
 
+def record_counts(
+    conn: psycopg.Connection[Any], source: str, source_rows: int, target_rows: int
+) -> None:
+    """The latest cutover's row counts, taken right after its switch committed (the archive
+    is frozen: its count is the source's at the switch)."""
+    conn.execute(
+        "UPDATE replicator_cutover SET source_rows = %s, target_rows = %s WHERE id ="
+        " (SELECT max(id) FROM replicator_cutover WHERE source_table = %s)",
+        [source_rows, target_rows, source],
+    )
+
+
 def record_finalized(conn: psycopg.Connection[Any], record: Record) -> None:
     conn.execute(
         "UPDATE replicator_cutover SET state = 'finalized', finalized_at = now() WHERE id = %s",
@@ -112,56 +145,90 @@ def record_finalized(conn: psycopg.Connection[Any], record: Record) -> None:
 def log_changes(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
     """Statement triggers on ``target`` that record every run_id written after the cutover
     (view writes and direct writes alike; TRUNCATE records every row first)."""
-    s, t, log = sql.Identifier(schema), sql.Identifier(target), sql.Identifier(CHANGES)
-    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=log))
+    s = sql.Identifier(schema)
+    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(CHANGES)))
+    _logging(conn, schema, target, "run_id", CHANGES, LOG_FUNCTION, _LOG_TRIGGERS)
+
+
+def watch_pending(conn: psycopg.Connection[Any], schema: str, source: str, target: str) -> None:
+    """From now on, every id written in ``source`` or ``target`` goes to the pending log
+    (the caller's transaction; the caller holds a lock that makes writers wait, briefly)."""
+    unwatch_pending(conn, schema, source, target)
+    for table, key in ((source, "id"), (target, "run_id")):
+        _logging(conn, schema, table, key, PENDING, PENDING_FUNCTIONS[key], _PENDING_TRIGGERS)
+
+
+def unwatch_pending(conn: psycopg.Connection[Any], schema: str, source: str, target: str) -> None:
+    """The pending log's triggers gone from both tables, the log emptied."""
+    s = sql.Identifier(schema)
+    for table in (source, target):
+        for name, _ in _PENDING_TRIGGERS.values():
+            conn.execute(
+                q("DROP TRIGGER IF EXISTS {n} ON {s}.{t}").format(
+                    n=sql.Identifier(name), s=s, t=sql.Identifier(table)
+                )
+            )
+    for fn in PENDING_FUNCTIONS.values():
+        conn.execute(q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(fn)))
+    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(PENDING)))
+
+
+def _logging(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    table: str,
+    key: str,
+    log_table: str,
+    function: str,
+    triggers: dict[str, tuple[str, str]],
+) -> None:
+    """Statement triggers on ``table`` writing the ``key`` of every row a statement
+    inserted, updated (old and new) or deleted into ``log_table``; TRUNCATE every row."""
+    s, t, log = sql.Identifier(schema), sql.Identifier(table), sql.Identifier(log_table)
+    k = sql.Identifier(key)
     body = q(
         """
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO {s}.{log} SELECT run_id FROM {s}.{t} ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM {s}.{t} ON CONFLICT DO NOTHING;
         RETURN NULL;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO {s}.{log} SELECT run_id FROM new_rows ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM new_rows ON CONFLICT DO NOTHING;
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        INSERT INTO {s}.{log} SELECT run_id FROM old_rows ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM old_rows ON CONFLICT DO NOTHING;
     END IF;
     RETURN NULL;
 END
 """
-    ).format(s=s, t=t, log=log)
+    ).format(s=s, t=t, log=log, k=k)
     conn.execute(
         q(
             "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql"
             " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
-        ).format(s=s, fn=sql.Identifier(LOG_FUNCTION), body=sql.Literal(body.as_string(None)))
+        ).format(s=s, fn=sql.Identifier(function), body=sql.Literal(body.as_string(None)))
     )
-    for event, (name, referencing) in _LOG_TRIGGERS.items():
+    for event, (name, referencing) in triggers.items():
         conn.execute(
             q(
-                "CREATE TRIGGER {name} AFTER {event} ON {s}.{t} {ref}"
+                "CREATE TRIGGER {name} {when} {event} ON {s}.{t} {ref}"
                 " FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
             ).format(
                 name=sql.Identifier(name),
+                when=q("BEFORE" if event == "TRUNCATE" else "AFTER"),  # the rows still there
                 event=q(event),
                 s=s,
                 t=t,
                 ref=q(referencing),
-                fn=sql.Identifier(LOG_FUNCTION),
+                fn=sql.Identifier(function),
             )
         )
-    conn.execute(
-        q(
-            "CREATE TRIGGER replicator_log_truncate BEFORE TRUNCATE ON {s}.{t}"
-            " FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
-        ).format(s=s, t=t, fn=sql.Identifier(LOG_FUNCTION))
-    )
 
 
 def drop_change_log(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
     s, t = sql.Identifier(schema), sql.Identifier(target)
-    for name in [n for n, _ in _LOG_TRIGGERS.values()] + ["replicator_log_truncate"]:
+    for name in [n for n, _ in _LOG_TRIGGERS.values()]:
         conn.execute(
             q("DROP TRIGGER IF EXISTS {n} ON {s}.{t}").format(n=sql.Identifier(name), s=s, t=t)
         )

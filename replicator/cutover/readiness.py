@@ -11,11 +11,10 @@ from typing import Any
 import psycopg
 
 from replicator.clients.connect import ConnectClient, load_connector_file
-from replicator.cutover import catalog, objects
+from replicator.cutover import catalog, compare, objects
 from replicator.db.connect import connect
 from replicator.errors import ReplicatorError
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TABLE
-from replicator.mapping.sql import problem
 from replicator.settings import Settings
 from replicator.stream.source.ends import probe_ends, wait_for_positions
 
@@ -123,10 +122,8 @@ def _catalog_checks(conn: psycopg.Connection[Any], settings: Settings) -> list[C
 
 def unmappable(conn: psycopg.Connection[Any]) -> list[str]:
     """Ids of source rows the mapping refuses (they would not exist after the cutover)."""
-    query = psycopg.sql.SQL("SELECT p.id FROM {t} p WHERE {why} IS NOT NULL ORDER BY 1").format(
-        t=psycopg.sql.Identifier(SOURCE_TABLE), why=problem()
-    )
-    return [r[0] for r in conn.execute(query)]
+    schema = catalog.schema_of(conn, SOURCE_TABLE)
+    return [r[0] for r in conn.execute(compare.unmappable(schema))]
 
 
 def _caught_up(settings: Settings) -> Check:

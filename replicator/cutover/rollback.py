@@ -40,7 +40,8 @@ from replicator.cutover import catalog, objects
 from replicator.cutover.legacy import legacy_items
 from replicator.cutover.switch import Say
 from replicator.db.connect import connect, mapped_errors
-from replicator.db.locks import lock
+from replicator.db.locks import holder_session, lock
+from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, problem, upsert_tail
@@ -59,12 +60,11 @@ class RolledBack:
     lock_attempts: int
 
 
-def create_slot(settings: Settings, say: Say) -> None:
-    """The connector's slot, unless it exists (a rollback run again)."""
-    admin = settings.as_admin()
-    dsn = (admin.source_dsn or admin.target_dsn).get_secret_value()
+def create_slot(settings: Settings, say: Say) -> bool:
+    """The connector's slot, unless it exists (a rollback run again); True when it was
+    created here."""
     with (
-        connect(dsn, "the source database", autocommit=True) as conn,
+        connect(settings.slot_dsn, "the source database", autocommit=True) as conn,
         mapped_errors("create the slot"),
     ):
         found = conn.execute(
@@ -75,6 +75,37 @@ def create_slot(settings: Settings, say: Say) -> None:
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [settings.slot_name]
             )
             say(f"replication slot {settings.slot_name} created")
+        return found is None
+
+
+def roll_back_with_slot(
+    settings: Settings, say: Say, *, lock_timeout_s: float = 2.0, attempts: int = 15
+) -> RolledBack:
+    """The slot first (every change after the switch back must be in it: it cannot be
+    created inside the rollback's transaction, which writes), then the rollback; a slot
+    created here is dropped again when the rollback does not commit, so a failed
+    rollback leaves nothing retaining WAL."""
+    created = create_slot(settings, say)
+    try:
+        return roll_back(settings, lock_timeout_s=lock_timeout_s, attempts=attempts)
+    except BaseException:
+        if created:
+            drop_slot(settings.slot_dsn, settings.slot_name, say)
+        raise
+
+
+def unfinished(settings: Settings) -> bool:
+    """A rollback committed but its last step, registering the connector again, did not
+    finish (``rollback`` run again resumes it)."""
+    admin = settings.as_admin()
+    with (
+        connect(admin.target_dsn.get_secret_value(), "the database") as conn,
+        mapped_errors("read the cutover record"),
+    ):
+        record = objects.latest(conn, SOURCE_TABLE)
+    if record is None or record.state != "rolled_back" or not settings.connect_url:
+        return False
+    return load_connector_file(None)["name"] not in ConnectClient(settings.connect_url).names()
 
 
 def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int = 15) -> RolledBack:
@@ -83,7 +114,12 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
     target = settings.target_table
     checkpoint = Checkpoint(settings.offsets_table, target)
     with (
-        connect(admin.target_dsn.get_secret_value(), "the database", autocommit=False) as conn,
+        connect(
+            admin.target_dsn.get_secret_value(),
+            "the database",
+            autocommit=False,
+            **holder_session(300),
+        ) as conn,
         mapped_errors("roll back"),
     ):
         record = objects.latest(conn, SOURCE_TABLE)
@@ -99,9 +135,7 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
         )
         blocked_from = time.monotonic()
         ver = sql.Identifier(f"{target}_versions")
-        conn.execute(
-            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr)
-        )
+        conn.execute(q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr))
         legacy = catalog.columns(conn, record.archive_table)
         conn.execute(q("DROP VIEW {s}.{v}").format(s=s, v=wp))
         conn.execute(

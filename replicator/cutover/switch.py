@@ -1,33 +1,47 @@
 """``replicator cutover``: the plan's phases 3 and 4 in one transaction, while the
-application keeps writing.
+application keeps writing; the time writers wait depends on the last moments' changes,
+not on the size of the table.
 
-The switch, as the tables' owner, on one connection:
+The switch, as the tables' owner, on one connection (a session that cannot outlive its
+client: db/locks.py ``holder_session``):
 
-1. ``LOCK workflow_processes IN ACCESS EXCLUSIVE MODE`` with a short ``lock_timeout``,
-   retried: a long transaction in the application makes the switch wait and try again,
-   never makes every writer queue behind it for long.  From here no write to the legacy
-   table commits, and every write that committed before is in the WAL.
-2. Drain: the replicator keeps applying; the mapped legacy table is compared with
-   ``workflow_runs`` (one set-based query) until they are equal, at most
+0. Outside any long lock.  Under a brief ``SHARE ROW EXCLUSIVE`` lock of both tables
+   (tried with a short timeout, as every lock here), statement triggers start the
+   pending log (``replicator_cutover_pending``): from then on every id written in
+   ``workflow_processes`` or in ``workflow_runs`` is recorded, in the writing
+   transaction.  Then the whole tables are checked (a row the mapping refuses stops the
+   cutover, nothing changed) and compared, in one statement; every row they disagree on
+   joins the log.
+   Why only the logged rows need a look later: take a row r not in the log when the
+   switch locks.  Its source row was not written since the triggers began (else it is
+   logged), nor its target row since the comparison's snapshot (same), and at that
+   snapshot the two were equal (else it is logged).  So they are equal still.
+1. ``LOCK workflow_processes IN ACCESS EXCLUSIVE MODE``, retried: a long transaction in
+   the application makes the switch wait and try again, never makes every writer queue
+   behind it for long.  From here no write to the legacy table commits.
+2. Drain: the replicator keeps applying; the logged rows of the mapped legacy table are
+   compared with ``workflow_runs`` (by primary key) until they are equal, at most
    ``drain_timeout_s``.
 3. ``LOCK workflow_runs_versions, workflow_runs IN EXCLUSIVE MODE`` (the sink's own order:
    versions, rows, positions; so no deadlock with a batch in flight), then the stream is
    closed (every partition's position becomes the closed marker, checkpoint.py invariant
    3): a batch that did not commit before this point never will.
-4. Both tables are now still.  Whatever the stream had not delivered is written from the
-   legacy table by the SQL mapping (counted as ``repaired``), rows the target has and
-   the source has not are deleted, and their versions recorded: every change committed
-   before step 1 is in ``workflow_runs``, whatever the stream's delay.  A row the mapping
-   refuses aborts the switch (it would exist in neither table afterwards).
+4. Both tables are now still.  Whatever logged row the stream had not delivered is
+   written from the legacy table by the SQL mapping (counted as ``repaired``), logged
+   rows the target has and the source has not are deleted, and their versions recorded
+   as of now (versions.py): every change committed before step 1 is in ``workflow_runs``,
+   whatever the stream's delay.  A logged row the mapping refuses aborts the switch.
 5. The legacy table becomes ``workflow_processes_archive`` (frozen: writes are refused),
    the compatibility view takes its name (legacy columns, types, defaults and grants;
-   INSTEAD OF triggers apply the mapping), statement triggers on ``workflow_runs`` start
-   the change log a rollback needs, the cutover is recorded; COMMIT.
+   INSTEAD OF triggers apply the mapping, legacy.py), the pending log ends, statement
+   triggers on ``workflow_runs`` start the change log a rollback needs, the cutover is
+   recorded; COMMIT.  Both tables are counted after the commit (the archive is frozen).
 
 A statement that waited on the lock of step 1 resolves the name again when it gets the
 lock (PostgreSQL re-checks a relation name after waiting, and re-plans a prepared
 statement whose relation changed): it writes the view, so ``workflow_runs``.  Writers
 and readers of ``workflow_processes`` wait from step 1 to the commit: ``blocked_ms``.
+A cutover that fails removes the pending log's triggers again.
 
 After the commit (:func:`finish`, also what a second ``cutover`` does when the first
 could not finish): the connector is deleted and its slot dropped.
@@ -45,16 +59,16 @@ import psycopg
 from psycopg import sql
 
 from replicator.clients.connect import ConnectClient, load_connector_file
-from replicator.cutover import catalog, objects
+from replicator.cutover import catalog, compare, objects
 from replicator.cutover.legacy import view_select, write_function
-from replicator.cutover.readiness import ARCHIVE, unmappable
+from replicator.cutover.readiness import ARCHIVE
 from replicator.db.connect import connect, mapped_errors
-from replicator.db.locks import lock
+from replicator.db.locks import holder_session, lock
 from replicator.db.names import plain_identifier
 from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
-from replicator.mapping.sql import MAPPED, comparable, upsert_tail
+from replicator.mapping.sql import MAPPED, upsert_tail
 from replicator.settings import Settings
 from replicator.stream.apply import generations, versions
 from replicator.stream.apply.checkpoint import Checkpoint
@@ -77,32 +91,6 @@ class Switched:
     grants: int
 
 
-def _mapped_source(schema: str) -> sql.Composed:
-    return q("SELECT {cols} FROM {s}.{t} AS p").format(
-        cols=q(", ").join(
-            q("{} AS {}").format(MAPPED[c], sql.Identifier(c)) for c in TARGET_COLUMNS
-        ),
-        s=sql.Identifier(schema),
-        t=sql.Identifier(SOURCE_TABLE),
-    )
-
-
-def differing(schema: str, target: str) -> sql.Composed:
-    """``(run_id, gone)`` of every row where the mapped legacy table and ``target`` differ
-    (``gone``: the target has a row the source has not)."""
-    return q(
-        "SELECT coalesce(s.run_id, t.run_id) AS run_id, s.run_id IS NULL AS gone"
-        " FROM ({src}) AS s FULL JOIN {s}.{t} AS t ON t.run_id = s.run_id"
-        " WHERE s.run_id IS NULL OR t.run_id IS NULL OR ({a}) IS DISTINCT FROM ({b})"
-    ).format(
-        src=_mapped_source(schema),
-        s=sql.Identifier(schema),
-        t=sql.Identifier(target),
-        a=q(", ").join(comparable("s", c) for c in TARGET_COLUMNS[1:]),
-        b=q(", ").join(comparable("t", c) for c in TARGET_COLUMNS[1:]),
-    )
-
-
 def cut_over(
     settings: Settings,
     *,
@@ -110,76 +98,150 @@ def cut_over(
     lock_timeout_s: float = 2.0,
     attempts: int = 15,
 ) -> Switched:
-    """Steps 1-5 of the module docstring; nothing is changed when it raises."""
+    """Steps 0-5 of the module docstring; nothing is changed when it raises."""
     admin = settings.as_admin()
     target = settings.target_table
     partitions = sorted(probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config))
-    checkpoint = Checkpoint(settings.offsets_table, target)
+    session = holder_session(drain_timeout_s + 300)
+    locking = (lock_timeout_s, attempts)
     with (
-        connect(admin.target_dsn.get_secret_value(), "the database", autocommit=False) as conn,
+        connect(
+            admin.target_dsn.get_secret_value(), "the database", autocommit=False, **session
+        ) as conn,
         mapped_errors("cut over"),
     ):
         objects.ensure_state(conn)
         conn.commit()
         schema = catalog.schema_of(conn, SOURCE_TABLE)
-        s = sql.Identifier(schema)
-        wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
-        ver = sql.Identifier(f"{target}_versions")
-        tries = lock(conn, q("{}.{}").format(s, wp), lock_timeout_s, attempts)
-        blocked_from = time.monotonic()
-        (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
-        bad = unmappable(conn)
-        if bad:
+        _prepare(conn, schema, target, locking)
+        try:
+            switched = _switch(conn, settings, schema, partitions, drain_timeout_s, locking)
+        except BaseException:
             conn.rollback()
+            _unprepare(conn, schema, target, locking)
+            raise
+        s = sql.Identifier(schema)
+        counts = [
+            conn.execute(
+                q("SELECT count(*) FROM {}.{}").format(s, sql.Identifier(name))
+            ).fetchone()[0]  # type: ignore[index]
+            for name in (ARCHIVE, target)
+        ]
+        objects.record_counts(conn, SOURCE_TABLE, counts[0], counts[1])
+        conn.commit()
+    switched.source_rows, switched.target_rows = counts
+    return switched
+
+
+def _prepare(
+    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
+) -> None:
+    """Step 0, outside the switch's lock: from a brief lock on both tables on, every id
+    written in either joins the pending log; then the whole tables are checked (a row the
+    mapping refuses stops the cutover here) and compared, and every row they disagree on
+    joins the log too."""
+    s = sql.Identifier(schema)
+    both = q("{s}.{a}, {s}.{b}").format(
+        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
+    )
+    lock(conn, both, *locking, mode="SHARE ROW EXCLUSIVE")
+    objects.watch_pending(conn, schema, SOURCE_TABLE, target)
+    conn.commit()
+    try:
+        bad = [r[0] for r in conn.execute(compare.unmappable(schema))]
+        if bad:
             raise TerminalError(
                 f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
             )
-        count = q("SELECT count(*) FROM ({}) AS d").format(differing(schema, target))
-        drained = False
-        while time.monotonic() - blocked_from < drain_timeout_s:
-            if conn.execute(count).fetchone() == (0,):
-                drained = True
-                break
-            time.sleep(0.05)
         conn.execute(
-            q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr)
-        )
-        held = checkpoint.close(conn, settings.topic, partitions)
-        repaired = _repair(conn, schema, target, settings.topic)
-        (source_rows,) = conn.execute(
-            q("SELECT count(*) FROM {s}.{t}").format(s=s, t=wp)
-        ).fetchone()  # type: ignore[misc]
-        (target_rows,) = conn.execute(
-            q("SELECT count(*) FROM {s}.{t}").format(s=s, t=wr)
-        ).fetchone()  # type: ignore[misc]
-        legacy = catalog.columns(conn, SOURCE_TABLE)
-        conn.execute(
-            q("ALTER TABLE {s}.{t} RENAME TO {a}").format(s=s, t=wp, a=sql.Identifier(ARCHIVE))
-        )
-        grants = _create_view(conn, schema, target, legacy)
-        objects.freeze(conn, schema, ARCHIVE, SOURCE_TABLE)
-        objects.log_changes(conn, schema, target)
-        blocked_ms = int((time.monotonic() - blocked_from) * 1000)
-        objects.record_cutover(
-            conn,
-            (SOURCE_TABLE, target, ARCHIVE),
-            lsn,
-            (source_rows, target_rows),
-            blocked_ms,
-            repaired,
-            held,
+            q("INSERT INTO {s}.{k} SELECT run_id FROM ({d}) AS d ON CONFLICT DO NOTHING").format(
+                s=sql.Identifier(schema),
+                k=sql.Identifier(objects.PENDING),
+                d=compare.differing(schema, target),
+            )
         )
         conn.commit()
-        blocked_ms = int((time.monotonic() - blocked_from) * 1000)
-    return Switched(lsn, source_rows, target_rows, blocked_ms, drained, repaired, tries, grants)
+    except BaseException:
+        conn.rollback()
+        _unprepare(conn, schema, target, locking)
+        raise
+
+
+def _both(schema: str, target: str) -> sql.Composed:
+    s = sql.Identifier(schema)
+    return q("{s}.{a}, {s}.{b}").format(
+        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
+    )
+
+
+def _unprepare(
+    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
+) -> None:
+    """The pending log's triggers gone again (a cutover that did not happen)."""
+    s = sql.Identifier(schema)
+    both = q("{s}.{a}, {s}.{b}").format(
+        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
+    )
+    lock(conn, both, *locking, mode="SHARE ROW EXCLUSIVE")
+    objects.unwatch_pending(conn, schema, SOURCE_TABLE, target)
+    conn.commit()
+
+
+def _switch(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    schema: str,
+    partitions: list[int],
+    drain_timeout_s: float,
+    locking: tuple[float, int],
+) -> Switched:
+    """Steps 1-5: everything under the lock costs what the pending log holds, not what
+    the tables hold."""
+    target, pending = settings.target_table, objects.PENDING
+    s = sql.Identifier(schema)
+    wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
+    tries = lock(conn, q("{}.{}").format(s, wp), *locking)
+    blocked_from = time.monotonic()
+    (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+    bad = [r[0] for r in conn.execute(compare.unmappable(schema, pending))]
+    if bad:
+        raise TerminalError(
+            f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
+        )
+    count = q("SELECT count(*) FROM ({}) AS d").format(compare.differing(schema, target, pending))
+    drained = False
+    while time.monotonic() - blocked_from < drain_timeout_s:
+        if conn.execute(count).fetchone() == (0,):
+            drained = True
+            break
+        time.sleep(0.05)
+    ver = sql.Identifier(f"{target}_versions")
+    conn.execute(q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr))
+    held = Checkpoint(settings.offsets_table, target).close(conn, settings.topic, partitions)
+    repaired = _repair(conn, schema, target, settings.topic)
+    legacy = catalog.columns(conn, SOURCE_TABLE)
+    conn.execute(
+        q("ALTER TABLE {s}.{t} RENAME TO {a}").format(s=s, t=wp, a=sql.Identifier(ARCHIVE))
+    )
+    grants = _create_view(conn, schema, target, legacy)
+    objects.freeze(conn, schema, ARCHIVE, SOURCE_TABLE)
+    objects.unwatch_pending(conn, schema, ARCHIVE, target)
+    objects.log_changes(conn, schema, target)
+    blocked_ms = int((time.monotonic() - blocked_from) * 1000)
+    names = (SOURCE_TABLE, target, ARCHIVE)
+    objects.record_cutover(conn, names, lsn, (0, 0), blocked_ms, repaired, held)
+    conn.commit()
+    blocked_ms = int((time.monotonic() - blocked_from) * 1000)
+    return Switched(lsn, 0, 0, blocked_ms, drained, repaired, tries, grants)
 
 
 def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str) -> int:
-    """Step 4: make the still target equal to the still source; the rows written."""
+    """Step 4: make the still target equal to the still source for the pending rows (every
+    other row is equal: step 0); the rows written."""
     s, wr = sql.Identifier(schema), sql.Identifier(target)
     conn.execute(
         q("CREATE TEMP TABLE replicator_cutover_diff ON COMMIT DROP AS {}").format(
-            differing(schema, target)
+            compare.differing(schema, target, objects.PENDING)
         )
     )
     conn.execute(
@@ -230,7 +292,7 @@ def _create_view(
                     s=s, v=v, c=sql.Identifier(column.name), d=q(column.default)
                 )
             )
-    conn.execute(write_function(objects.WRITE_FUNCTION, shape, schema, target))
+    conn.execute(write_function(objects.WRITE_FUNCTION, shape, schema, target, SOURCE_TABLE))
     conn.execute(
         q(
             "CREATE TRIGGER replicator_compat_write INSTEAD OF INSERT OR UPDATE OR DELETE"
@@ -254,9 +316,7 @@ def finish(settings: Settings, say: Say) -> bool:
     else:
         say("REPLICATOR_CONNECT_URL is not set: delete the connector yourself")
         done = False
-    admin = settings.as_admin()
-    dsn = (admin.source_dsn or admin.target_dsn).get_secret_value()
-    if not drop_slot(dsn, settings.slot_name, say):
+    if not drop_slot(settings.slot_dsn, settings.slot_name, say):
         say(f"replication slot {settings.slot_name} is still in use: run cutover again")
         return False
     return done
@@ -311,4 +371,6 @@ def finalize(settings: Settings) -> objects.Record:
         conn.execute(q("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
         objects.record_finalized(conn, record)
         conn.commit()
+    # the cutover's finish drops the slot; if it could not, nothing may keep retaining WAL
+    drop_slot(settings.slot_dsn, settings.slot_name, log.info)
     return record

@@ -23,18 +23,46 @@ log = logging.getLogger("replicator.locks")
 q = sql.SQL
 
 
+def holder_session(statement_timeout_s: float) -> dict[str, Any]:
+    """Connection options of a session that takes such locks: writers queue behind it, so
+    it must not outlive its client.  A client that stops talking mid-transaction (a paused
+    VM, a crashed process) is cut off by ``idle_in_transaction_session_timeout``, one that
+    became unreachable by TCP keepalives, a statement that never ends by
+    ``statement_timeout``: each releases the locks within seconds."""
+    return {
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "options": (
+            "-c idle_in_transaction_session_timeout=10s"
+            f" -c statement_timeout={int(statement_timeout_s * 1000)}"
+        ),
+    }
+
+
+#: The modes a caller may ask for: both make every writer of the tables wait.
+MODES = ("ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE")
+
+
 def lock(
-    conn: psycopg.Connection[Any], tables: sql.Composable, timeout_s: float, attempts: int
+    conn: psycopg.Connection[Any],
+    tables: sql.Composable,
+    timeout_s: float,
+    attempts: int,
+    mode: str = "ACCESS EXCLUSIVE",
 ) -> int:
-    """``LOCK tables IN ACCESS EXCLUSIVE MODE`` in a new transaction of ``conn``, each try
-    bounded by ``timeout_s``; the tries it took.  Raises :class:`TerminalError` after
+    """``LOCK tables IN <mode> MODE`` in a new transaction of ``conn``, each try bounded
+    by ``timeout_s``; the tries it took.  Raises :class:`TerminalError` after
     ``attempts`` (nothing was changed: every try rolled back)."""
+    if mode not in MODES:
+        raise ValueError(f"lock mode {mode!r}")
     for attempt in range(1, attempts + 1):
         try:
             conn.execute(
                 q("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
             )
-            conn.execute(q("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
+            conn.execute(q("LOCK TABLE {} IN {} MODE").format(tables, q(mode)))
             conn.execute("SET LOCAL lock_timeout = '30s'")
             return attempt
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):

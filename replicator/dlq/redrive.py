@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from replicator.cutover.guard import refuse_after_cutover
 from replicator.db.connect import connect, mapped_errors
 from replicator.dlq import state
 from replicator.dlq.letters import DeadLetter, read_dead_letters
@@ -93,6 +94,7 @@ def redrive(
 ) -> RedriveReport:
     """Apply the selected dead letters again (module docstring)."""
     settings = settings.as_admin()
+    refuse_after_cutover(settings, settings.target_table, "dlq redrive")
     progress = progress or Progress(enabled=False)
     letters = selected(read_dead_letters(settings), reason, key)
     report = RedriveReport(settings.dead_letter_topic, len(letters), dry_run=dry_run)

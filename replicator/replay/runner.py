@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
+from replicator.cutover.guard import refuse_after_cutover
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.names import plain_identifier
 from replicator.errors import ConfigurationError
@@ -196,6 +197,8 @@ def replay(
     if swap:
         plan_swap(live, table, old)  # names checked before any work
     _require_table(settings, live)
+    if swap or table == live:
+        refuse_after_cutover(settings, live, f"replay into {live}" if not swap else "--swap")
     ends = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)
     if not ends:
         raise ConfigurationError(

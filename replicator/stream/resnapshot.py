@@ -81,9 +81,8 @@ def resnapshot(
         number = generations.record(conn, settings.topic, view.topic_id, boundaries)
     say(f"snapshot generation {number} begins at {_show(boundaries) or 'the start of the topic'}")
     client.reset_offsets(name)
-    admin = settings.as_admin()
     slot = config.get("slot.name", settings.slot_name)
-    if not drop_slot((admin.source_dsn or admin.target_dsn).get_secret_value(), slot, say):
+    if not drop_slot(settings.slot_dsn, slot, say):
         raise ConnectError(f"replication slot {slot} is still in use by another process")
     client.put_config(name, {**config, "snapshot.mode": "initial"})
     client.resume(name)

@@ -31,11 +31,13 @@ class OwnStack:
     home: Path
     env: dict[str, str]
 
-    def cli(self, *argv: str, timeout: float = 300, ok: bool = True) -> subprocess.CompletedProcess:
+    def cli(
+        self, *argv: str, timeout: float = 300, ok: bool = True, **env: str
+    ) -> subprocess.CompletedProcess:
         res = subprocess.run(
             [sys.executable, "-m", "replicator", *argv],
             cwd=self.home,
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -230,6 +230,177 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
 
 
+class Incrementer:
+    """Several connections incrementing a few rows through ``workflow_processes`` at once
+    (the lost-update pattern); counts what was acknowledged, per row."""
+
+    def __init__(self, dsn: str, ids: list[str], threads: int = 4) -> None:
+        self.dsn, self.ids = dsn, ids
+        self.acked = dict.fromkeys(ids, 0)
+        self.refused: list[str] = []  # SQLSTATEs of failed statements
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)
+        ]
+
+    def __enter__(self) -> Incrementer:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def _run(self, n: int) -> None:
+        rng = random.Random(n)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                rid = rng.choice(self.ids)
+                try:
+                    cur = conn.execute(
+                        "UPDATE workflow_processes SET max_turns = max_turns + 1 WHERE id = %s",
+                        [rid],
+                    )
+                except psycopg.Error as exc:
+                    with self.lock:
+                        self.refused.append(exc.sqlstate or "?")
+                    continue
+                if cur.rowcount == 1:
+                    with self.lock:
+                        self.acked[rid] += 1
+
+
+def claim_all(dsn: str, ids: list[str], workers: int = 4) -> dict[str, list[str]]:
+    """Workers claiming pending runs (``UPDATE ... WHERE status = 'pending'``) at once, each
+    trying every run; the workers whose claim of a run was acknowledged."""
+    won: dict[str, list[str]] = {rid: [] for rid in ids}
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        order = list(ids)
+        random.Random(name).shuffle(order)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for rid in order:
+                try:
+                    cur = conn.execute(
+                        "UPDATE workflow_processes SET status = 'running', session_name = %s"
+                        " WHERE id = %s AND status = 'pending'",
+                        [name, rid],
+                    )
+                except psycopg.errors.SerializationFailure:
+                    continue  # refused, never applied to a newer row
+                if cur.rowcount == 1:
+                    with lock:
+                        won[rid].append(name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{n}",)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return won
+
+
+def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -> None:
+    """Several application connections through the compatibility view, then through the
+    table again after the rollback: every acknowledged increment is counted once, a run
+    is claimed by one worker at most, RETURNING shows what is stored, and errors speak
+    of the legacy table."""
+    cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
+    counters = [f"cc-{n}" for n in range(5)]
+    runs = [f"cl-{n:02d}" for n in range(30)]
+    with psycopg.connect(owner, autocommit=True) as conn:
+        for rid in counters + runs:
+            conn.execute(
+                "INSERT INTO workflow_processes (id, workflow_name, message, max_turns, status)"
+                " VALUES (%s, 'w', 'm', 0, 'pending')",
+                [rid],
+            )
+    run = own_stack.spawn_run(free_port())
+    try:
+        converged(own_stack)
+        cli("cutover")
+        assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+        with Incrementer(owner, counters) as inc:
+            wait_for(lambda: sum(inc.acked.values()) > 300)
+        stored = dict(
+            query(owner, "SELECT id, max_turns FROM workflow_processes WHERE id LIKE 'cc-%'")
+        )
+        assert stored == inc.acked, (stored, inc.acked)  # nothing acknowledged lost or doubled
+        assert set(inc.refused) <= {"40001"}, inc.refused[:5]
+        print(
+            f"increments through the view: {sum(inc.acked.values())} acknowledged,"
+            f" {len(inc.refused)} refused with 40001"
+        )
+        won = claim_all(owner, runs)
+        assert all(len(names) <= 1 for names in won.values()), won
+        holders = dict(
+            query(owner, "SELECT id, session_name FROM workflow_processes WHERE id LIKE 'cl-%'")
+        )
+        assert {rid: names[0] for rid, names in won.items() if names} == {
+            rid: who for rid, who in holders.items() if who is not None
+        }
+        with psycopg.connect(owner, autocommit=True) as conn:
+            (cost,) = conn.execute(
+                "UPDATE workflow_processes SET total_cost = 1.23456 WHERE id = 'cc-0'"
+                " RETURNING total_cost::float8"
+            ).fetchone()
+            (stored_cost,) = conn.execute(
+                "SELECT total_cost::float8 FROM workflow_processes WHERE id = 'cc-0'"
+            ).fetchone()
+            assert cost == stored_cost and abs(cost - 1.2346) < 1e-6
+            (status,) = conn.execute(
+                "INSERT INTO workflow_processes (id, workflow_name, message, status)"
+                " VALUES ('cc-null', 'w', 'm', NULL) RETURNING status"
+            ).fetchone()
+            assert status == "pending"
+            with pytest.raises(psycopg.errors.UniqueViolation) as dup:
+                conn.execute(
+                    "INSERT INTO workflow_processes (id, workflow_name, message)"
+                    " VALUES ('cc-0', 'w', 'm')"
+                )
+            assert dup.value.diag.table_name == "workflow_processes"
+            assert dup.value.diag.constraint_name == "workflow_processes_pkey"
+            assert "workflow_runs" not in str(dup.value)
+            assert len(dup.value.diag.context or "") < 500
+        # nothing applies an old event over the application's writes any more
+        for argv in (("replay", "--into", "workflow_runs"), ("dlq", "redrive")):
+            refused = cli(*argv, ok=False)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert "closed by the cutover" in refused.stderr, refused.stderr
+        # the rollback while the increments go on: through the view, then the table; its
+        # last step (the connector) fails the first time, and a second rollback resumes it
+        dead = f"http://127.0.0.1:{free_port()}"
+        with Incrementer(owner, counters) as inc:
+            wait_for(lambda: sum(inc.acked.values()) > 100)
+            failed = cli("rollback", ok=False, REPLICATOR_CONNECT_URL=dead)
+            assert failed.returncode != 0 and "rolled back at LSN" in failed.stdout, failed.stdout
+            at_rollback = sum(inc.acked.values())
+            wait_for(lambda: sum(inc.acked.values()) > at_rollback + 100)
+            resumed = cli("rollback")
+            assert "registering the connector" in resumed.stdout, resumed.stdout
+        assert query(
+            owner, "SELECT relkind FROM pg_class WHERE relname = 'workflow_processes'"
+        ) == [("r",)]
+        after = dict(
+            query(
+                owner,
+                "SELECT id, max_turns FROM workflow_processes WHERE id = ANY(%s)",
+                [counters],
+            )
+        )
+        assert after == {rid: stored[rid] + inc.acked[rid] for rid in counters}, after
+        run = own_stack.spawn_run(free_port())
+        converged(own_stack)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+
+
 def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
     cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
     run = own_stack.spawn_run(free_port())

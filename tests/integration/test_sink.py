@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -19,6 +20,7 @@ from replicator.errors import (
     ConfigurationError,
     EventError,
     GenerationChanged,
+    PositionsFenced,
     TargetUnavailable,
 )
 from replicator.events import (
@@ -31,6 +33,7 @@ from replicator.events import (
 )
 from replicator.mapping.columns import TARGET_COLUMNS
 from replicator.stream.apply import generations
+from replicator.stream.apply.checkpoint import PositionFence
 from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.apply.transform import held_back
 
@@ -427,6 +430,22 @@ def test_unreachable_target_is_unavailable() -> None:
     sink.close()
 
 
+def test_rows_applied_without_their_positions_are_fenced_too(
+    make_target: Callable[..., Target],
+) -> None:
+    """A dead-letter bisection applies halves of a batch without storing positions: once
+    someone else moved them (a cutover closed them), no half commits."""
+    target = make_target(fence=PositionFence())
+    target.sink.apply([up("a", 1)], [pos(0, 1, 1)])
+    target.sink.apply([up("b", 2)], [], fenced=[pos(0, 2, 2)])  # still ours: applies
+    other = PostgresSink(target.dsn, table=target.table, offsets_table=target.offsets)
+    other.apply([], [pos(0, 9)])  # moved by another writer
+    other.close()
+    with pytest.raises(PositionsFenced):
+        target.sink.apply([up("c", 3)], [], fenced=[pos(0, 2, 3)])
+    assert sorted(target.rows()) == ["a", "b"]
+
+
 def test_ping_reports_a_lost_connection_and_reconnects(target: Target) -> None:
     target.sink.ping()
     pid = target.sink._conn.info.backend_pid  # type: ignore[union-attr]
@@ -474,6 +493,36 @@ def test_a_truncate_deletes_what_is_older_and_keeps_what_came_after(target: Targ
     target.sink.truncate(0, 40, [pos(1, 8, 40)])
     target.sink.truncate(0, 25, [pos(0, 7, 25)])
     assert target.sink.apply([up("x", 30, 1)], []).behind_floor == 1
+
+
+def test_a_truncate_waits_for_a_batch_in_flight_and_deletes_its_older_rows(
+    target: Target,
+) -> None:
+    """Another consumer's batch that claimed an insert made before the truncate, and has
+    not committed yet: the truncate waits for it, then deletes that row too."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, TARGET_COLUMNS))
+    with psycopg.connect(target.dsn) as other:  # a transaction of another consumer
+        other.execute(
+            sql.SQL(
+                "INSERT INTO {} (run_id, generation, source_lsn, deleted) VALUES ('late', 0, 15,"
+                " false)"
+            ).format(sql.Identifier(target.sink.versions_table))
+        )
+        other.execute(
+            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                sql.Identifier(target.table), cols, sql.SQL(", ").join(sql.Placeholder() * 22)
+            ),
+            row("late", 1),
+        )
+        done = threading.Thread(target=target.sink.truncate, args=(0, 20, [pos(0, 1, 20)]))
+        done.start()
+        done.join(1.0)
+        assert done.is_alive()  # waiting for the batch in flight
+        other.commit()
+    done.join(10)
+    assert not done.is_alive()
+    assert target.rows() == {}
+    assert target.versions() == {"late": (20, True)}
 
 
 def test_a_truncate_deletes_rows_no_change_versioned(target: Target) -> None:

@@ -167,7 +167,9 @@ def test_anything_else_in_a_type_name_is_refused(name: str) -> None:
 
 
 def test_the_write_function_runs_as_its_owner_with_a_fixed_search_path() -> None:
-    text = write_function("fn", SHAPE, "public", "workflow_runs").as_string(None)
+    text = write_function("fn", SHAPE, "public", "workflow_runs", "workflow_processes").as_string(
+        None
+    )
     assert "SECURITY DEFINER SET search_path = pg_catalog, pg_temp" in text
     body = json.dumps(text)  # the body is one literal: every table in it is qualified
     assert '\\"public\\".\\"workflow_runs\\"' in body
@@ -178,3 +180,29 @@ def test_the_write_function_runs_as_its_owner_with_a_fixed_search_path() -> None
 def test_a_check_says_why() -> None:
     assert _check("owner", True, "owns", "does not") == Check("owner", True, "owns")
     assert _check("owner", False, "owns", "does not") == Check("owner", False, "does not")
+
+
+def test_a_rollback_that_does_not_commit_drops_the_slot_it_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from replicator.cutover import rollback
+    from replicator.errors import TerminalError
+    from replicator.settings import Settings
+
+    dropped: list[str] = []
+    monkeypatch.setattr(rollback, "create_slot", lambda settings, say: True)
+    monkeypatch.setattr(rollback, "drop_slot", lambda dsn, slot, say: dropped.append(slot))
+
+    def never_granted(settings: Settings, **kwargs: object) -> None:
+        raise TerminalError("could not lock workflow_processes in 15 tries")
+
+    monkeypatch.setattr(rollback, "roll_back", never_granted)
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    with pytest.raises(TerminalError):
+        rollback.roll_back_with_slot(settings, print)
+    assert dropped == [settings.slot_name]
+    dropped.clear()
+    monkeypatch.setattr(rollback, "create_slot", lambda settings, say: False)  # it was there
+    with pytest.raises(TerminalError):
+        rollback.roll_back_with_slot(settings, print)
+    assert dropped == []  # a slot it did not create is not its to drop

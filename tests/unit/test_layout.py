@@ -121,7 +121,7 @@ def test_one_module_writes_the_versions_table_and_the_truncate_floors() -> None:
 
 
 def test_one_module_takes_exclusive_locks_with_retry() -> None:
-    assert users_of(r"ACCESS EXCLUSIVE MODE\"") == {"replicator/db/locks.py"}
+    assert users_of(r"\"LOCK TABLE \{\} IN") == {"replicator/db/locks.py"}
     assert users_of(r"LockNotAvailable") == {"replicator/db/locks.py"}
 
 

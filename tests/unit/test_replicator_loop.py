@@ -186,6 +186,7 @@ class RecordingSink:
         positions: list[PartitionPosition],
         stamped: tuple[str, int] | None = None,
         then: Callable[[Any, ApplyResult], None] | None = None,
+        fenced: list[PartitionPosition] | None = None,
     ) -> ApplyResult:
         if self.stream_closed("t"):  # the compare-and-set of a closed position fails
             raise PositionsFenced("closed by a cutover")

@@ -114,6 +114,11 @@ class Checkpoint:
                 "SELECT topic, kafka_partition, next_offset FROM {o} WHERE target_table = %s"
                 " AND (topic, kafka_partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
             ),
+            "found_locked": q(
+                "SELECT topic, kafka_partition, next_offset FROM {o} WHERE target_table = %s"
+                " AND (topic, kafka_partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))"
+                " FOR SHARE"
+            ),
             "forget": q("DELETE FROM {o} WHERE target_table = %s"),
             "closed": q(
                 "SELECT EXISTS (SELECT FROM {o} WHERE target_table = %s AND topic = %s"
@@ -178,6 +183,34 @@ class Checkpoint:
                 f" ({'; '.join(moved) or 'concurrently'}); re-read them"
             )
         return rows
+
+    def check(self, conn: psycopg.Connection[Any], positions: Sequence[PartitionPosition]) -> None:
+        """Without storing anything: the partitions of ``positions`` are still where the
+        fence expects them, and stay so until the caller's transaction ends (share-locked;
+        a cutover closing them waits).  Raises :class:`PositionsFenced` otherwise.  For a
+        transaction that writes rows of a batch without its positions (a dead-letter
+        bisection's halves): no such write commits once the positions moved."""
+        if self.fence is None or not positions:
+            return
+        keys = sorted({(p.topic, p.partition) for p in positions})
+        found = {
+            (topic, part): offset
+            for topic, part, offset in conn.execute(
+                self._sql["found_locked"],
+                [self.target_table, [k[0] for k in keys], [k[1] for k in keys]],
+            )
+        }
+        moved = [
+            f"{topic}[{part}]: expected {self.fence.expected(topic, part)},"
+            f" found {found.get((topic, part))}"
+            for topic, part in keys
+            if found.get((topic, part)) != self.fence.expected(topic, part)
+        ]
+        if moved:
+            raise PositionsFenced(
+                f"the stored positions of {self.target_table!r} were moved by another writer"
+                f" ({'; '.join(moved)}); re-read them"
+            )
 
     def committed(self, stored: Sequence[PartitionPosition], *, replace: bool = False) -> None:
         """The transaction that stored ``stored`` committed: the fence expects them now."""

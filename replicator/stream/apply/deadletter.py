@@ -221,7 +221,9 @@ class DeadLetteringSink:
 
     def _halves(self, batch: Batch, lo: int, hi: int) -> ApplyResult:
         try:
-            result = self.sink.apply(batch.changes[lo:hi], [], stamped=_stamped(batch))
+            result = self.sink.apply(
+                batch.changes[lo:hi], [], stamped=_stamped(batch), fenced=batch.positions()
+            )
         except EventError as exc:
             if hi - lo == 1:
                 self.dead_letters.send(batch.messages[lo], exc.reason, str(exc))

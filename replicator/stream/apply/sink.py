@@ -153,13 +153,16 @@ class PostgresSink:
         *,
         then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None = None,
         stamped: tuple[str, int] | None = None,
+        fenced: Sequence[PartitionPosition] = (),
     ) -> ApplyResult:
         """Apply ``changes`` (log order per run_id) and store ``positions``, atomically.
 
         ``then(conn, result)`` runs last, inside the same transaction (the backfill
         records its finished chunk there).  ``stamped``: (topic, the newest generation
         the changes were stamped knowing); a newer one recorded since raises
-        :class:`GenerationChanged` (nothing is applied)."""
+        :class:`GenerationChanged` (nothing is applied).  ``fenced``: positions not
+        stored but checked against the fence (:meth:`Checkpoint.check`): a part of a
+        batch applied without its positions commits only while they are still ours."""
         folded = fold(changes)
         result = ApplyResult(0, 0, 0, ())
         with self._transaction("apply a batch") as conn:
@@ -168,6 +171,7 @@ class PostgresSink:
                     f"a snapshot generation of {stamped[0]} was recorded after generation"
                     f" {stamped[1]}: re-reading from the stored positions"
                 )
+            self.checkpoint.check(conn, fenced)
             if folded:
                 result = self._write(conn, folded)
             stored = self.checkpoint.store(conn, positions)
@@ -180,13 +184,15 @@ class PostgresSink:
         """Apply a source TRUNCATE at version ``(generation, lsn)`` and store
         ``positions``, in one transaction: delete the rows no later change wrote, mark
         their versions deleted at the truncate's and raise the table's truncate floor to
-        it (argument: truncation.py).  Plain DELETE, UPDATE and INSERT, the service role's
-        privileges.  Returns the rows deleted."""
+        it (argument: truncation.py).  A lock, DELETE, UPDATE and INSERT within the service
+        role's privileges.  Returns the rows deleted."""
         at = {"g": generation, "l": lsn}
         with self._transaction("apply a source TRUNCATE") as conn:
-            deleted = conn.execute(self._sql.truncate_rows, at).rowcount
-            conn.execute(self._sql.truncate_versions, at)
-            conn.execute(self._sql.truncate_floor, at)
+            lock, rows, versions, floor = self._sql.truncate
+            conn.execute(lock)
+            deleted = conn.execute(rows, at).rowcount
+            conn.execute(versions, at)
+            conn.execute(floor, at)
             stored = self.checkpoint.store(conn, positions)
         self.checkpoint.committed(stored)
         return deleted

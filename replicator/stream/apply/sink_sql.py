@@ -85,9 +85,7 @@ class SinkStatements:
                 ),
             )
         )
-        self.truncate_rows, self.truncate_versions, self.truncate_floor = versions.truncate(
-            versions_table, table
-        )
+        self.truncate = versions.truncate(versions_table, table)
         self.empty = versions.empty(versions_table, table)
 
 

@@ -17,10 +17,12 @@ in one transaction with the truncate's position (``sink.truncate``):
   not in another member of the group after a rebalance, not in a replay or a redrive;
 * the other partitions keep their stored positions: they were applied up to there.
 
-The floor is read by each batch's claim, not locked: a batch of another consumer whose
-claim ran before the truncate committed, and that commits after it, can still write a
-row older than the truncate (a window of one batch's transaction, only with several
-consumers); ``replicator verify`` reports such a row and ``--repair`` removes it.
+The truncate's transaction first locks the versions table against every claim (the
+claims take ``ROW EXCLUSIVE``, the truncate ``SHARE ROW EXCLUSIVE``): a batch of another
+consumer that claimed before commits first, and its rows older than the truncate are
+deleted with the others; a batch that claims later waits for the truncate to commit and
+then sees the floor (PostgreSQL takes a statement's snapshot after its locks).  So no
+writer of the table, in any process, can slip an older change past the floor.
 """
 
 from __future__ import annotations

@@ -85,11 +85,14 @@ def claim(versions: str, table: str, stage: sql.Composable) -> str:
     ).as_string(None)
 
 
-def truncate(versions: str, table: str) -> tuple[str, str, str]:
-    """A source TRUNCATE at version ``(%(g)s, %(l)s)`` (truncation.py): the rows no later
-    change wrote are deleted, their versions become deletes at the truncate's, and the
-    table's floor rises to it (never falls)."""
+def truncate(versions: str, table: str) -> tuple[str, str, str, str]:
+    """A source TRUNCATE at version ``(%(g)s, %(l)s)`` (truncation.py), four statements:
+    the versions table locked against every claim (``SHARE ROW EXCLUSIVE`` conflicts with
+    the claims' ``ROW EXCLUSIVE``: batches in flight commit first, later ones wait and
+    then see the floor), the rows no later change wrote deleted, their versions made
+    deletes at the truncate's, and the table's floor raised to it (never lowered)."""
     v, t = sql.Identifier(versions), sql.Identifier(table)
+    lock = q("LOCK TABLE {v} IN SHARE ROW EXCLUSIVE MODE").format(v=v)
     newer = q(
         "SELECT FROM {v} v WHERE v.run_id = t.run_id"
         " AND (v.generation, v.source_lsn) > (%(g)s::integer, %(l)s::bigint)"
@@ -105,7 +108,12 @@ def truncate(versions: str, table: str) -> tuple[str, str, str]:
         " source_lsn = EXCLUDED.source_lsn, truncated_at = now()"
         " WHERE (EXCLUDED.generation, EXCLUDED.source_lsn) > (f.generation, f.source_lsn)"
     ).format(f=sql.Identifier(TRUNCATED_TABLE), t=sql.Literal(table))
-    return rows.as_string(None), marked.as_string(None), floor.as_string(None)
+    return (
+        lock.as_string(None),
+        rows.as_string(None),
+        marked.as_string(None),
+        floor.as_string(None),
+    )
 
 
 def sweep(versions: str, table: str) -> sql.Composed:

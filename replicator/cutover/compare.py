@@ -1,0 +1,68 @@
+"""The comparisons of the cutover (pure: composes SQL, runs nothing): the mapped legacy
+table against ``workflow_runs``, whole or only for the ids of a log table."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
+from replicator.mapping.sql import MAPPED, comparable, problem
+
+q = sql.SQL
+
+
+def _mapped(schema: str, where: sql.Composable) -> sql.Composed:
+    return q("SELECT {cols} FROM {s}.{t} AS p {where}").format(
+        cols=q(", ").join(
+            q("{} AS {}").format(MAPPED[c], sql.Identifier(c)) for c in TARGET_COLUMNS
+        ),
+        s=sql.Identifier(schema),
+        t=sql.Identifier(SOURCE_TABLE),
+        where=where,
+    )
+
+
+def _same() -> dict[str, sql.Composable]:
+    return {
+        "a": q(", ").join(comparable("s", c) for c in TARGET_COLUMNS[1:]),
+        "b": q(", ").join(comparable("t", c) for c in TARGET_COLUMNS[1:]),
+    }
+
+
+def differing(schema: str, target: str, among: str | None = None) -> sql.Composed:
+    """``(run_id, gone)`` of every row where the mapped legacy table and ``target`` differ
+    (``gone``: the target has a row the source has not): all of them, or only those whose
+    id is in the table ``among`` (one column, ``run_id``), found through both tables'
+    primary keys, so the cost is that of the log, not of the tables."""
+    s, t = sql.Identifier(schema), sql.Identifier(target)
+    if among is None:
+        return q(
+            "SELECT coalesce(s.run_id, t.run_id) AS run_id, s.run_id IS NULL AS gone"
+            " FROM ({src}) AS s FULL JOIN {s}.{t} AS t ON t.run_id = s.run_id"
+            " WHERE s.run_id IS NULL OR t.run_id IS NULL OR ({a}) IS DISTINCT FROM ({b})"
+        ).format(src=_mapped(schema, q("")), s=s, t=t, **_same())
+    return q(
+        "SELECT k.run_id, s.run_id IS NULL AS gone FROM {s}.{k} AS k"
+        " LEFT JOIN LATERAL ({src}) AS s ON true LEFT JOIN {s}.{t} AS t ON t.run_id = k.run_id"
+        " WHERE (s.run_id IS NULL) <> (t.run_id IS NULL)"
+        " OR (s.run_id IS NOT NULL AND ({a}) IS DISTINCT FROM ({b}))"
+    ).format(
+        src=_mapped(schema, q("WHERE p.id = k.run_id")),
+        s=s,
+        t=t,
+        k=sql.Identifier(among),
+        **_same(),
+    )
+
+
+def unmappable(schema: str, among: str | None = None) -> sql.Composed:
+    """Ids of source rows the mapping refuses (they would exist in neither table after
+    the cutover): all of them, or those whose id is in the table ``among``."""
+    rows = q("{s}.{t} p").format(s=sql.Identifier(schema), t=sql.Identifier(SOURCE_TABLE))
+    if among is not None:
+        rows = q("{s}.{k} k JOIN {rows} ON p.id = k.run_id").format(
+            s=sql.Identifier(schema), k=sql.Identifier(among), rows=rows
+        )
+    return q("SELECT p.id FROM {rows} WHERE {why} IS NOT NULL ORDER BY 1").format(
+        rows=rows, why=problem()
+    )
