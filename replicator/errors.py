@@ -89,6 +89,28 @@ class MappingError(EventError):
     reason = "mapping_error"
 
 
+#: Every reason an event is dead-lettered for (``dlq.reason``, the label of
+#: ``replicator_events_dead_lettered_total``): each series exists from the start at 0, so
+#: an alert on its increase sees the first dead letter.
+DEAD_LETTER_REASONS = (
+    "decode_error",
+    "invalid_avro",
+    "invalid_key",
+    "invalid_schema",
+    "invalid_source",
+    "key_mismatch",
+    "mapping_error",
+    "missing_row_image",
+    "not_an_envelope",
+    "partial_update_missing_row",
+    "schema_mismatch",
+    "snapshot_timestamp",
+    "target_rejected",
+    "unknown_op",
+    "unknown_schema_id",
+)
+
+
 class PositionGap(TerminalError):
     """A stored position lies below the oldest offset the broker still holds: the events
     between were removed (retention) before they were applied and cannot be re-read."""

@@ -231,7 +231,7 @@ def effective(settings: Settings) -> dict[str, Any]:
                 for k, v in value.items()
             }
         out[name] = value
-    out["dead_letter_topic"] = settings.dead_letter_topic
+    out["dlq_topic"] = settings.dead_letter_topic  # the effective one, not "None"
     out["versions_table"] = settings.versions_table
     return out
 

@@ -10,6 +10,8 @@ from typing import Any
 from replicator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: A command whose output pipe was closed (`| head`) ends as one killed by SIGPIPE would.
+EXIT_SIGPIPE = 141
 
 Subparsers = Any  # argparse's private _SubParsersAction
 

@@ -123,7 +123,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     print(f"  writers and readers of workflow_processes waited at most {done.blocked_ms} ms")
     print(f"  rows: {done.source_rows:,} legacy, {done.target_rows:,} in workflow_runs")
     print(
-        f"  the stream delivered {'everything' if done.drained else 'not everything'} in time;"
+        f"  the stream had {'' if done.drained else 'not '}delivered everything by the switch;"
         f" {done.repaired} rows written from the legacy table; {done.grants} grants copied"
     )
     return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED

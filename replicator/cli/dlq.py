@@ -30,8 +30,16 @@ def add_parser(sub: Subparsers) -> None:
         )
     )
     p.add_argument("action", choices=["list", "show", "redrive"])
-    p.add_argument("offset", nargs="?", type=non_negative_int, help="show: its offset")
+    p.add_argument(
+        "offset", nargs="?", type=non_negative_int, help="show: its offset in the dead-letter topic"
+    )
     p.add_argument("--partition", type=non_negative_int, help="show: its partition (default 0)")
+    p.add_argument(
+        "--origin",
+        type=_origin,
+        help="show: the dead letter of the change event at PARTITION:OFFSET of the change"
+        " topic (the origin `dlq list` prints)",
+    )
     p.add_argument("--key", help="only the dead letters of this event id (or raw key)")
     p.add_argument("--reason", help="only the dead letters of this reason (dlq.reason)")
     p.add_argument("--json", action="store_true", help="list: one JSON object per dead letter")
@@ -40,9 +48,24 @@ def add_parser(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_dlq)
 
 
+def _origin(text: str) -> tuple[int, int]:
+    partition, sep, offset = text.partition(":")
+    if not sep or not partition.isdigit() or not offset.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not PARTITION:OFFSET (e.g. 2:1041)")
+    return int(partition), int(offset)
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
+    from replicator.errors import DEAD_LETTER_REASONS
     from replicator.observe import logs
 
+    if args.action != "show" and (args.offset is not None or args.origin is not None):
+        raise ConfigurationError(f"dlq {args.action} takes no offset or --origin (dlq show does)")
+    if args.reason is not None and args.reason not in DEAD_LETTER_REASONS:
+        raise ConfigurationError(
+            f"--reason {args.reason!r} is no dead-letter reason; one of:"
+            f" {', '.join(DEAD_LETTER_REASONS)}"
+        )
     settings = settings_from(args, target_table=args.target_table)
     logs.configure(settings.log_format, "WARNING")
     try:
@@ -97,12 +120,14 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     from replicator.dlq.listing import dumps, show_dict
     from replicator.dlq.redrive import selected
 
-    if args.offset is None and args.key is None:
-        raise ConfigurationError("dlq show needs an offset or --key")
+    if args.offset is None and args.key is None and args.origin is None:
+        raise ConfigurationError("dlq show needs an offset, --origin or --key")
     letters = selected(read_dead_letters(settings), args.reason, args.key)
     if args.offset is not None:
         partition = args.partition or 0
         letters = [d for d in letters if (d.partition, d.offset) == (partition, args.offset)]
+    if args.origin is not None:
+        letters = [d for d in letters if d.origin[1:] == args.origin]
     if not letters:
         print("replicator: no such dead letter", file=sys.stderr)
         return EXIT_FAILED

@@ -7,6 +7,7 @@ Each command group lives in its own module with its part of the parser
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import psycopg
@@ -25,7 +26,7 @@ from replicator.cli import (
     stack,
     verify,
 )
-from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED
+from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_SIGPIPE
 from replicator.db.connect import classify
 from replicator.errors import ConfigurationError, ReplicatorError, TransientError
 
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as a command killed by SIGPIPE
+        # does, and keep the interpreter from failing again when it flushes stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":

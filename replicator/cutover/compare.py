@@ -29,10 +29,12 @@ def _same() -> dict[str, sql.Composable]:
     }
 
 
-def differing(schema: str, target: str, among: str | None = None) -> sql.Composed:
+def differing(
+    schema: str, target: str, among: sql.Composable | None = None
+) -> sql.Composed:
     """``(run_id, gone)`` of every row where the mapped legacy table and ``target`` differ
     (``gone``: the target has a row the source has not): all of them, or only those whose
-    id is in the table ``among`` (one column, ``run_id``), found through both tables'
+    id is in the relation ``among`` (one column, ``run_id``), found through both tables'
     primary keys, so the cost is that of the log, not of the tables."""
     s, t = sql.Identifier(schema), sql.Identifier(target)
     if among is None:
@@ -42,7 +44,7 @@ def differing(schema: str, target: str, among: str | None = None) -> sql.Compose
             " WHERE s.run_id IS NULL OR t.run_id IS NULL OR ({a}) IS DISTINCT FROM ({b})"
         ).format(src=_mapped(schema, q("")), s=s, t=t, **_same())
     return q(
-        "SELECT k.run_id, s.run_id IS NULL AS gone FROM {s}.{k} AS k"
+        "SELECT k.run_id, s.run_id IS NULL AS gone FROM {k} AS k"
         " LEFT JOIN LATERAL ({src}) AS s ON true LEFT JOIN {s}.{t} AS t ON t.run_id = k.run_id"
         " WHERE (s.run_id IS NULL) <> (t.run_id IS NULL)"
         " OR (s.run_id IS NOT NULL AND ({a}) IS DISTINCT FROM ({b}))"
@@ -50,19 +52,17 @@ def differing(schema: str, target: str, among: str | None = None) -> sql.Compose
         src=_mapped(schema, q("WHERE p.id = k.run_id")),
         s=s,
         t=t,
-        k=sql.Identifier(among),
+        k=among,
         **_same(),
     )
 
 
-def unmappable(schema: str, among: str | None = None) -> sql.Composed:
+def unmappable(schema: str, among: sql.Composable | None = None) -> sql.Composed:
     """Ids of source rows the mapping refuses (they would exist in neither table after
-    the cutover): all of them, or those whose id is in the table ``among``."""
+    the cutover): all of them, or those whose id is in the relation ``among``."""
     rows = q("{s}.{t} p").format(s=sql.Identifier(schema), t=sql.Identifier(SOURCE_TABLE))
     if among is not None:
-        rows = q("{s}.{k} k JOIN {rows} ON p.id = k.run_id").format(
-            s=sql.Identifier(schema), k=sql.Identifier(among), rows=rows
-        )
+        rows = q("{k} k JOIN {rows} ON p.id = k.run_id").format(k=among, rows=rows)
     return q("SELECT p.id FROM {rows} WHERE {why} IS NOT NULL ORDER BY 1").format(
         rows=rows, why=problem()
     )

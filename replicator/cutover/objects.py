@@ -155,7 +155,8 @@ def watch_pending(conn: psycopg.Connection[Any], schema: str, source: str, targe
     (the caller's transaction; the caller holds a lock that makes writers wait, briefly)."""
     unwatch_pending(conn, schema, source, target)
     for table, key in ((source, "id"), (target, "run_id")):
-        _logging(conn, schema, table, key, PENDING, PENDING_FUNCTIONS[key], _PENDING_TRIGGERS)
+        function = PENDING_FUNCTIONS[key]
+        _logging(conn, schema, table, key, PENDING, function, _PENDING_TRIGGERS, touch=True)
 
 
 def unwatch_pending(conn: psycopg.Connection[Any], schema: str, source: str, target: str) -> None:
@@ -181,28 +182,42 @@ def _logging(
     log_table: str,
     function: str,
     triggers: dict[str, tuple[str, str]],
+    touch: bool = False,
 ) -> None:
     """Statement triggers on ``table`` writing the ``key`` of every row a statement
-    inserted, updated (old and new) or deleted into ``log_table``; TRUNCATE every row."""
+    inserted, updated (old and new) or deleted into ``log_table``; TRUNCATE every row.
+    ``touch``: an id already logged is written again (a new row version), so that a
+    REPEATABLE READ transaction that took it out of the log meanwhile fails (40001)
+    instead of losing the write (the switch's passes, switch.py)."""
     s, t, log = sql.Identifier(schema), sql.Identifier(table), sql.Identifier(log_table)
     k = sql.Identifier(key)
     body = q(
         """
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO {s}.{log} SELECT {k} FROM {s}.{t} ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM {s}.{t} {conflict};
         RETURN NULL;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO {s}.{log} SELECT {k} FROM new_rows ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM new_rows {conflict};
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        INSERT INTO {s}.{log} SELECT {k} FROM old_rows ON CONFLICT DO NOTHING;
+        INSERT INTO {s}.{log} SELECT {k} FROM old_rows {conflict};
     END IF;
     RETURN NULL;
 END
 """
-    ).format(s=s, t=t, log=log, k=k)
+    ).format(
+        s=s,
+        t=t,
+        log=log,
+        k=k,
+        conflict=q(
+            "ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id"
+            if touch
+            else "ON CONFLICT DO NOTHING"
+        ),
+    )
     conn.execute(
         q(
             "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql"

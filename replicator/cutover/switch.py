@@ -59,7 +59,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.clients.connect import ConnectClient, load_connector_file
-from replicator.cutover import catalog, compare, objects
+from replicator.cutover import catalog, compare, objects, pending
 from replicator.cutover.legacy import view_select, write_function
 from replicator.cutover.readiness import ARCHIVE
 from replicator.db.connect import connect, mapped_errors
@@ -113,12 +113,12 @@ def cut_over(
         objects.ensure_state(conn)
         conn.commit()
         schema = catalog.schema_of(conn, SOURCE_TABLE)
-        _prepare(conn, schema, target, locking)
+        pending.prepare(conn, schema, target, locking)
         try:
             switched = _switch(conn, settings, schema, partitions, drain_timeout_s, locking)
         except BaseException:
             conn.rollback()
-            _unprepare(conn, schema, target, locking)
+            pending.unprepare(conn, schema, target, locking)
             raise
         s = sql.Identifier(schema)
         counts = [
@@ -133,60 +133,6 @@ def cut_over(
     return switched
 
 
-def _prepare(
-    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
-) -> None:
-    """Step 0, outside the switch's lock: from a brief lock on both tables on, every id
-    written in either joins the pending log; then the whole tables are checked (a row the
-    mapping refuses stops the cutover here) and compared, and every row they disagree on
-    joins the log too."""
-    s = sql.Identifier(schema)
-    both = q("{s}.{a}, {s}.{b}").format(
-        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
-    )
-    lock(conn, both, *locking, mode="SHARE ROW EXCLUSIVE")
-    objects.watch_pending(conn, schema, SOURCE_TABLE, target)
-    conn.commit()
-    try:
-        bad = [r[0] for r in conn.execute(compare.unmappable(schema))]
-        if bad:
-            raise TerminalError(
-                f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
-            )
-        conn.execute(
-            q("INSERT INTO {s}.{k} SELECT run_id FROM ({d}) AS d ON CONFLICT DO NOTHING").format(
-                s=sql.Identifier(schema),
-                k=sql.Identifier(objects.PENDING),
-                d=compare.differing(schema, target),
-            )
-        )
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        _unprepare(conn, schema, target, locking)
-        raise
-
-
-def _both(schema: str, target: str) -> sql.Composed:
-    s = sql.Identifier(schema)
-    return q("{s}.{a}, {s}.{b}").format(
-        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
-    )
-
-
-def _unprepare(
-    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
-) -> None:
-    """The pending log's triggers gone again (a cutover that did not happen)."""
-    s = sql.Identifier(schema)
-    both = q("{s}.{a}, {s}.{b}").format(
-        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
-    )
-    lock(conn, both, *locking, mode="SHARE ROW EXCLUSIVE")
-    objects.unwatch_pending(conn, schema, SOURCE_TABLE, target)
-    conn.commit()
-
-
 def _switch(
     conn: psycopg.Connection[Any],
     settings: Settings,
@@ -197,18 +143,18 @@ def _switch(
 ) -> Switched:
     """Steps 1-5: everything under the lock costs what the pending log holds, not what
     the tables hold."""
-    target, pending = settings.target_table, objects.PENDING
+    target, logged = settings.target_table, pending.relation(schema)
     s = sql.Identifier(schema)
     wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
     tries = lock(conn, q("{}.{}").format(s, wp), *locking)
     blocked_from = time.monotonic()
     (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
-    bad = [r[0] for r in conn.execute(compare.unmappable(schema, pending))]
+    bad = [r[0] for r in conn.execute(compare.unmappable(schema, logged))]
     if bad:
         raise TerminalError(
             f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
         )
-    count = q("SELECT count(*) FROM ({}) AS d").format(compare.differing(schema, target, pending))
+    count = q("SELECT count(*) FROM ({}) AS d").format(compare.differing(schema, target, logged))
     drained = False
     while time.monotonic() - blocked_from < drain_timeout_s:
         if conn.execute(count).fetchone() == (0,):
@@ -241,7 +187,7 @@ def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str)
     s, wr = sql.Identifier(schema), sql.Identifier(target)
     conn.execute(
         q("CREATE TEMP TABLE replicator_cutover_diff ON COMMIT DROP AS {}").format(
-            compare.differing(schema, target, objects.PENDING)
+            compare.differing(schema, target, pending.relation(schema))
         )
     )
     conn.execute(

@@ -35,6 +35,15 @@ TRANSIENT_STATES = ("08", "40", "53", "57", "58", "55P03", "55006", "25P03", "25
 DATA_STATES = ("22", "23", "54")
 CONFIG_STATES = ("42", "3D", "3F", "28")
 APPLICATION_NAME = "replicator"
+#: What libpq says when the server refused the connection for who or what was asked for
+#: (the error carries no SQLSTATE at connect time): retrying cannot help.
+REFUSED_CONNECTIONS = (
+    "password authentication failed",
+    "authentication failed for user",
+    "no pg_hba.conf entry",
+    "does not exist",  # role "x" / database "x" does not exist
+    "permission denied for database",
+)
 
 
 def classify(exc: psycopg.Error, what: str) -> ReplicatorError:
@@ -44,6 +53,8 @@ def classify(exc: psycopg.Error, what: str) -> ReplicatorError:
     if isinstance(exc, psycopg.InterfaceError) or state.startswith(TRANSIENT_STATES):
         return TargetUnavailable(message)
     if not state and isinstance(exc, psycopg.OperationalError):
+        if any(refused in message for refused in REFUSED_CONNECTIONS):
+            return ConfigurationError(f"{message} (check the DSN's user, password and database)")
         return TargetUnavailable(message)  # no server answer: connect or socket failure
     if state.startswith(DATA_STATES) or (not state and isinstance(exc, psycopg.DataError)):
         return EventError(message, reason="target_rejected")

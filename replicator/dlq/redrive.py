@@ -153,10 +153,11 @@ def _one(
         return "failed"
     if change is None:
         return "skipped"
-    if report.dry_run:
-        return "applied"
     try:
-        result = sink.apply([change], [], then=_recorder(letter, report.topic, sink.table))
+        if report.dry_run:  # the same statements, rolled back: exactly what would happen
+            result = sink.apply([change], [], rehearse=True)
+        else:
+            result = sink.apply([change], [], then=_recorder(letter, report.topic, sink.table))
     except EventError as exc:
         report.failures.append((letter, str(exc)))
         return "failed"

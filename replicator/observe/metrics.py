@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from replicator.errors import ConfigurationError
+from replicator.errors import DEAD_LETTER_REASONS, ConfigurationError
 
 
 @dataclass
@@ -80,6 +80,13 @@ class BatchHistogram(Collector):
         )
 
 
+def _at_zero(counter: Counter, labels: Iterable[str]) -> None:
+    """Each labelled series exists from the start, at 0: an alert on its increase then sees
+    the first event (a series born at 1 has no increase to show)."""
+    for label in labels:
+        counter.labels(label)
+
+
 class Metrics:
     def watch(self, health: Health) -> None:
         """Expose ``health`` as ``replicator_unready{reason}`` (the latest one watched)."""
@@ -105,6 +112,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        _at_zero(self.dead_letters, DEAD_LETTER_REASONS)
         self.skipped = Counter(
             "replicator_events_skipped",
             "Events deliberately not applied (tombstones, truncates, messages, changes older"

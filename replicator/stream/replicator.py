@@ -139,7 +139,7 @@ class Replicator:
         s = self.settings
         where = {"topic": s.topic, "table": s.target_table, "group": s.group_id}
         log.info("replicating", extra={**where, "apply_lanes": len(self.sinks)})
-        backoff, exit_code = 0.5, 0
+        backoff, exit_code, cut_over = 0.5, 0, False
         self._last_message = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -151,6 +151,7 @@ class Replicator:
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
                 except errors.CutOver as exc:
                     log.info("cut over; exiting", extra={"why": str(exc)})
+                    cut_over = True  # nothing left to apply: the stream is closed
                     break
                 self.tracker.progress(self._assigned)
                 self.tracker.observe(lambda: source.lag(self._applied), self.control.ping)
@@ -158,7 +159,8 @@ class Replicator:
                     exit_code = 0 if self._assigned else 1
                     break
             try:
-                self._drain()
+                if not cut_over:
+                    self._drain()
                 self.positioning.sweep()  # a re-snapshot read whole in this last stretch
             except ReplicatorError as exc:
                 log.warning("last batch rolled back", extra={"error": str(exc)})
@@ -205,16 +207,25 @@ class Replicator:
         self._sleep(backoff)
 
     def _idle_for(self, seconds: float) -> bool:
-        """Nothing arrived for ``seconds`` and nothing is left to apply (logged)."""
+        """Nothing arrived for ``seconds`` since the partitions were assigned and nothing
+        is left to apply; or no partition came within the join's own bound (logged).  The
+        idle clock starts at the assignment: joining a group takes seconds on its own."""
+        s = self.settings
+        if not self._assigned:
+            waited = time.monotonic() - self._last_message  # no message before assignment
+            bound = max(seconds, 30.0, 3 * s.session_timeout_ms / 1000)
+            if waited <= bound:
+                return False
+            log.error(
+                "no partition assigned; exiting: the group did not give this member any"
+                " partition (does the topic exist? does another member of the group hold"
+                " them all?)",
+                extra={"waited_s": round(waited), "group": s.group_id, "topic": s.topic},
+            )
+            return True
         since = max(self._last_message, self.tracker.assigned_at)  # what to read came after
         if time.monotonic() - since <= seconds or self._pending:
             return False
-        if not self._assigned:
-            log.error(
-                "no partition assigned; exiting",
-                extra={"idle_s": seconds, "topic": self.settings.topic},
-            )
-            return True
         if self._lanes is None or not self._lanes.idle or self._unpositioned:
             return False
         log.info("idle; exiting", extra={"idle_s": seconds})

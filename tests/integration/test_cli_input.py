@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -135,3 +136,29 @@ def test_an_oversized_event_is_dead_lettered_and_the_stream_goes_on(
     headers = dict(dead[2])
     assert headers["dlq.reason"] == b"invalid_json" and headers["dlq.offset"] == b"0"
     assert headers["dlq.value_bytes"] == str(len(huge)).encode()
+
+
+def test_run_as_a_role_that_does_not_exist_stops_with_exit_2(cli_env: dict[str, str]) -> None:
+    """A refused login is not an outage: no retrying for ever."""
+    dsn = psycopg.conninfo.make_conninfo(cli_env["REPLICATOR_TARGET_DSN"], user=unique("nobody"))
+    res = cli(cli_env | {"REPLICATOR_TARGET_DSN": dsn}, "run", timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "does not exist" in res.stderr and "check the DSN" in res.stderr
+
+
+def test_exit_when_idle_counts_from_the_assignment_not_the_join(
+    cli_env: dict[str, str], table: str
+) -> None:
+    """Joining a group takes seconds on its own (about half the session timeout on the
+    local broker): an idle bound shorter than that must not end a run with rows waiting."""
+    env = cli_env | {
+        "REPLICATOR_TARGET_TABLE": table,
+        "REPLICATOR_GROUP_ID": unique("g"),
+        "REPLICATOR_SESSION_TIMEOUT_MS": "10000",  # a first join of about 5 s
+    }
+    res = cli(env, "run", "--exit-when-idle", "2", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no partition assigned" not in res.stderr
+    with psycopg.connect(cli_env["REPLICATOR_ADMIN_TARGET_DSN"]) as conn:
+        (rows,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()  # type: ignore[misc]
+    assert rows > 0  # the rows waiting in the topic were applied

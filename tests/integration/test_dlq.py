@@ -87,6 +87,10 @@ def test_list_fix_redrive(stack: StackInfo, cli_env: dict[str, str]) -> None:
             assert group["reason"] == "mapping_error" and group["count"] == 3
             assert {json.loads(e["key"])["id"] for e in listed["events"]} == {ids[n] for n in "abc"}
             assert all("value" not in e for e in listed["events"])  # no row contents
+            first = listed["events"][0]  # found again by the origin `list` prints
+            origin = f"{first['origin']['partition']}:{first['origin']['offset']}"
+            (shown,) = json.loads(cli(env, "show", "--origin", origin).stdout)
+            assert shown["offset"] == first["offset"] and shown["key"] == first["key"]
 
             execute(
                 iso.source_dsn,
@@ -98,6 +102,9 @@ def test_list_fix_redrive(stack: StackInfo, cli_env: dict[str, str]) -> None:
                 stack.target_dsn,
                 f'ALTER TABLE "{table}" ALTER COLUMN total_cost TYPE DECIMAL(12,4)',
             )
+            rehearsed = cli(env, "redrive", "--dry-run")  # exactly what the redrive does
+            assert "2 would apply, 1 stale" in rehearsed.stdout, rehearsed.stdout
+            assert cost_of(stack, table, ids["b"]) is None  # and nothing was written
             res = cli(env, "redrive")
             assert res.returncode == 0, res.stdout + res.stderr
             assert "2 applied, 1 stale" in res.stdout, res.stdout

@@ -304,6 +304,46 @@ def claim_all(dsn: str, ids: list[str], workers: int = 4) -> dict[str, list[str]
     return won
 
 
+def claim_with_skip_locked(dsn: str, workers: int = 4) -> dict[str, list[str]]:
+    """The job-claim pattern through the view: each worker takes the next pending ``sk-``
+    run with ``FOR UPDATE SKIP LOCKED`` and marks it, until none is left."""
+    claimed: dict[str, list[str]] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        with psycopg.connect(dsn) as conn:
+            while True:
+                try:
+                    row = conn.execute(
+                        "SELECT id FROM workflow_processes WHERE id LIKE 'sk-%'"
+                        " AND status = 'pending' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    ).fetchone()
+                    if row is None:
+                        conn.commit()
+                        return
+                    conn.execute(
+                        "UPDATE workflow_processes SET status = 'running', session_name = %s"
+                        " WHERE id = %s",
+                        [name, row[0]],
+                    )
+                    conn.commit()
+                except psycopg.Error as exc:
+                    conn.rollback()
+                    errors.append(str(exc))
+                    return
+                with lock:
+                    claimed.setdefault(row[0], []).append(name)
+
+    threads = [threading.Thread(target=worker, args=(f"s{n}",)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:3]
+    return claimed
+
+
 def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -> None:
     """Several application connections through the compatibility view, then through the
     table again after the rollback: every acknowledged increment is counted once, a run
@@ -312,8 +352,10 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
     cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
     counters = [f"cc-{n}" for n in range(5)]
     runs = [f"cl-{n:02d}" for n in range(30)]
+    queue = [f"sk-{n:02d}" for n in range(40)]
+    doomed = [f"cd-{n}" for n in range(3)]
     with psycopg.connect(owner, autocommit=True) as conn:
-        for rid in counters + runs:
+        for rid in counters + runs + queue + doomed:
             conn.execute(
                 "INSERT INTO workflow_processes (id, workflow_name, message, max_turns, status)"
                 " VALUES (%s, 'w', 'm', 0, 'pending')",
@@ -324,6 +366,8 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
         converged(own_stack)
         cli("cutover")
         assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+        # the consumer knows its own stream was closed: no warning about a stranger
+        assert "moved by another writer" not in (own_stack.home / "run.log").read_text()
         with Incrementer(owner, counters) as inc:
             wait_for(lambda: sum(inc.acked.values()) > 300)
         stored = dict(
@@ -343,6 +387,32 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
         assert {rid: names[0] for rid, names in won.items() if names} == {
             rid: who for rid, who in holders.items() if who is not None
         }
+        # conditional deletes racing increments: a delete is acknowledged only on a row whose
+        # newest value meets its condition, and no increment is acknowledged after it
+        deleted: dict[str, int] = {}
+        with Incrementer(owner, doomed, threads=3) as inc, psycopg.connect(owner) as conn:
+            deadline = time.monotonic() + 60
+            while len(deleted) < len(doomed) and time.monotonic() < deadline:
+                for rid in set(doomed) - set(deleted):
+                    try:
+                        row = conn.execute(
+                            "DELETE FROM workflow_processes WHERE id = %s AND max_turns >= 20"
+                            " RETURNING max_turns",
+                            [rid],
+                        ).fetchone()
+                        conn.commit()
+                    except psycopg.errors.SerializationFailure:
+                        conn.rollback()
+                        continue
+                    if row is not None:
+                        deleted[rid] = row[0]
+                time.sleep(0.01)
+        assert sorted(deleted) == doomed
+        assert all(value >= 20 for value in deleted.values()), deleted
+        assert deleted == {rid: inc.acked[rid] for rid in doomed}, (deleted, inc.acked)
+        assert query(owner, "SELECT id FROM workflow_processes WHERE id LIKE 'cd-%'") == []
+        claimed = claim_with_skip_locked(owner)
+        assert sorted(claimed) == queue and all(len(v) == 1 for v in claimed.values())
         with psycopg.connect(owner, autocommit=True) as conn:
             (cost,) = conn.execute(
                 "UPDATE workflow_processes SET total_cost = 1.23456 WHERE id = 'cc-0'"

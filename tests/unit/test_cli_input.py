@@ -5,6 +5,9 @@ The cases that need no services; tests/integration/test_cli_input.py has the oth
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +149,47 @@ def test_repair_gives_up_when_nothing_applies_the_re_read_rows(
     options = runner.Options(catch_up_timeout_s=0)
     with pytest.raises(TransientError, match="is `replicator run` running"):
         runner._await_resync(Tables(), {"wp-1", "wp-2"}, options, not_running)  # type: ignore[arg-type]
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly() -> None:
+    """`replicator ... | head`: no BrokenPipeError traceback, the SIGPIPE exit code."""
+    script = (
+        "import sys\n"
+        "from replicator.cli import main as m\n"
+        "def flood(args):\n"
+        "    for n in range(100000):\n"
+        "        print('line', n)\n"
+        "    return 0\n"
+        "import replicator.cli.config as c\n"
+        "c.cmd_config = flood\n"
+        "sys.exit(m.main(['config', 'show']))\n"
+    )
+    shell = f"{sys.executable} -c {shlex.quote(script)} | head -3; echo \"exit=${{PIPESTATUS[0]}}\""
+    res = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert res.stdout.splitlines()[:3] == ["line 0", "line 1", "line 2"]
+    assert "exit=141" in res.stdout, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["dlq", "list", "5"], "takes no offset"),
+        (["dlq", "redrive", "--origin", "1:2"], "takes no offset"),
+        (["dlq", "list", "--reason", "nosuch"], "is no dead-letter reason"),
+    ],
+)
+def test_dlq_refuses_what_it_would_otherwise_ignore(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_dlq_show_origin_must_be_partition_colon_offset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["dlq", "show", "--origin", "7"])
+    assert exit_.value.code == 2
+    assert "PARTITION:OFFSET" in capsys.readouterr().err

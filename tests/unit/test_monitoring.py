@@ -97,3 +97,35 @@ def test_the_batch_histogram_is_exposed_as_prometheus_client_exposes_a_histogram
 
     assert lines(ours) == lines(theirs)
     assert 'lag_seconds_bucket{le="0.05"} 2.0' in lines(ours)  # le: a bound holds its value
+
+
+def test_every_dead_letter_reason_is_a_series_at_zero_from_the_start() -> None:
+    """An alert on the increase of a counter misses its first event when the series
+    appears already at 1: every reason the code dead-letters for exists at 0."""
+    import ast
+    from pathlib import Path
+
+    from replicator.errors import DEAD_LETTER_REASONS
+    from replicator.observe.metrics import Metrics
+
+    package = Path(__file__).resolve().parents[2] / "replicator"
+    used: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "reason"
+                and isinstance(node.value, ast.Constant)
+            ):
+                used.add(node.value.value)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+                if names in (["reason"], ["UNRESOLVED"]):
+                    used.add(node.value.value)
+    assert used <= set(DEAD_LETTER_REASONS), used - set(DEAD_LETTER_REASONS)
+    metrics = Metrics()
+    for reason in DEAD_LETTER_REASONS:
+        sample = metrics.registry.get_sample_value(
+            "replicator_events_dead_lettered_total", {"reason": reason}
+        )
+        assert sample == 0.0, reason

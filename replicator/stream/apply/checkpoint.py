@@ -17,9 +17,11 @@ Invariants:
    partition has another owner), and the consumer must re-read them.
 3. Closed (``replicator cutover``): every partition of the topic holds :data:`CLOSED` in
    place of an offset.  No fenced store can move it (no consumer expects it) or insert
-   beside it, so no batch commits after the cutover; a consumer that re-reads its
-   positions finds the marker and ends (``CutOver``).  :meth:`Checkpoint.reopen` (a
-   rollback) puts back the positions :meth:`Checkpoint.close` returned.
+   beside it, so no batch commits after the cutover: the store raises ``CutOver`` (the
+   consumer's own stream was closed, not moved by a stranger), and so does a consumer
+   that re-reads its positions and finds the marker; either way it ends.
+   :meth:`Checkpoint.reopen` (a rollback) puts back the positions :meth:`Checkpoint.close`
+   returned.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.db.connect import connect, mapped_errors
-from replicator.errors import PositionsFenced
+from replicator.errors import CutOver, PositionsFenced
 from replicator.events import PartitionPosition
 
 #: ``next_offset`` of a partition whose stream was closed by a cutover.
@@ -173,6 +175,8 @@ class Checkpoint:
                     self._sql["found"], [self.target_table, values[0], values[1]]
                 )
             }
+            if CLOSED in found.values():
+                raise CutOver(f"the stream into {self.target_table!r} was closed by a cutover")
             moved = [
                 f"{p.topic}[{p.partition}]: expected {want}, found {found.get(key)}"
                 for (key, p), want in zip(last.items(), expected, strict=True)
@@ -206,6 +210,8 @@ class Checkpoint:
             for topic, part in keys
             if found.get((topic, part)) != self.fence.expected(topic, part)
         ]
+        if CLOSED in found.values():
+            raise CutOver(f"the stream into {self.target_table!r} was closed by a cutover")
         if moved:
             raise PositionsFenced(
                 f"the stored positions of {self.target_table!r} were moved by another writer"

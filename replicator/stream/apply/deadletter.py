@@ -179,7 +179,7 @@ class DeadLetters:
 
 #: The reason of a partial update (unchanged TOASTed columns not sent) for a row the
 #: target does not have: it cannot be completed, so it is not applied.
-UNRESOLVED = "partial_update_missing_row"
+UNRESOLVED = "partial_update_missing_row"  # one of errors.DEAD_LETTER_REASONS
 
 
 class DeadLetteringSink:

@@ -154,6 +154,7 @@ class PostgresSink:
         then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None = None,
         stamped: tuple[str, int] | None = None,
         fenced: Sequence[PartitionPosition] = (),
+        rehearse: bool = False,
     ) -> ApplyResult:
         """Apply ``changes`` (log order per run_id) and store ``positions``, atomically.
 
@@ -162,8 +163,23 @@ class PostgresSink:
         the changes were stamped knowing); a newer one recorded since raises
         :class:`GenerationChanged` (nothing is applied).  ``fenced``: positions not
         stored but checked against the fence (:meth:`Checkpoint.check`): a part of a
-        batch applied without its positions commits only while they are still ours."""
-        folded = fold(changes)
+        batch applied without its positions commits only while they are still ours.
+        ``rehearse``: everything is done and then rolled back; the result says exactly
+        what applying would do (``dlq redrive --dry-run``)."""
+        try:
+            return self._apply(fold(changes), positions, then, stamped, fenced, rehearse)
+        except _Rehearsed as done:
+            return done.result
+
+    def _apply(
+        self,
+        folded: list[RowChange],
+        positions: Sequence[PartitionPosition],
+        then: Callable[[psycopg.Connection[Any], ApplyResult], None] | None,
+        stamped: tuple[str, int] | None,
+        fenced: Sequence[PartitionPosition],
+        rehearse: bool,
+    ) -> ApplyResult:
         result = ApplyResult(0, 0, 0, ())
         with self._transaction("apply a batch") as conn:
             if stamped is not None and generations.latest(conn, stamped[0]) != stamped[1]:
@@ -177,6 +193,8 @@ class PostgresSink:
             stored = self.checkpoint.store(conn, positions)
             if then is not None:
                 then(conn, result)
+            if rehearse:
+                raise _Rehearsed(result)  # rolls the transaction back
         self.checkpoint.committed(stored)
         return result
 
@@ -312,6 +330,14 @@ class PostgresSink:
         if conn is not None:
             with suppress(psycopg.Error):
                 conn.close()
+
+
+class _Rehearsed(Exception):
+    """A rehearsed apply's result, raised to roll its transaction back."""
+
+    def __init__(self, result: ApplyResult) -> None:
+        super().__init__("rehearsed")
+        self.result = result
 
 
 def _partial_row(ch: RowChange) -> tuple[Any, ...]:

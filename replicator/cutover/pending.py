@@ -1,0 +1,122 @@
+"""The cutover's pending log: the rows its switch must look at under the lock.
+
+Started before the switch (:func:`prepare`), it holds every id written in
+``workflow_processes`` or ``workflow_runs`` since, and every row the two tables disagreed
+on when they were compared whole; the switch compares only these under its lock
+(switch.py, step 0, has the argument).  Under a writing application the log grows with
+the time the whole comparison takes, so :func:`narrow` takes out, in small REPEATABLE
+READ transactions, the logged rows that are equal again: a row is taken out only in the
+snapshot in which it was seen equal, and a write logged since makes the transaction fail
+(the triggers write an id already logged again, a new row version: 40001) instead of
+being lost; that chunk is tried again.  What is left when the switch locks is what was
+written in the last moments.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.cutover import compare, objects
+from replicator.db.locks import lock
+from replicator.errors import TerminalError
+from replicator.mapping.columns import SOURCE_TABLE
+
+log = logging.getLogger("replicator.cutover")
+q = sql.SQL
+
+#: Rows compared per REPEATABLE READ transaction of :func:`narrow`.
+CHUNK = 1000
+#: :func:`narrow` stops once this few rows are left, or after ``PASSES`` passes.
+SMALL, PASSES = 100, 6
+
+
+def relation(schema: str) -> sql.Composed:
+    return q("{}.{}").format(sql.Identifier(schema), sql.Identifier(objects.PENDING))
+
+
+def _both(schema: str, target: str) -> sql.Composed:
+    s = sql.Identifier(schema)
+    return q("{s}.{a}, {s}.{b}").format(
+        s=s, a=sql.Identifier(SOURCE_TABLE), b=sql.Identifier(target)
+    )
+
+
+def prepare(
+    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
+) -> None:
+    """Step 0 of the switch, outside its lock: from a brief lock on both tables on, every
+    id written in either is logged; then the whole tables are checked (a row the mapping
+    refuses stops the cutover here) and compared, every row they disagree on is logged
+    too, and the log is narrowed.  On failure the triggers are removed again."""
+    lock(conn, _both(schema, target), *locking, mode="SHARE ROW EXCLUSIVE")
+    objects.watch_pending(conn, schema, SOURCE_TABLE, target)
+    conn.commit()
+    try:
+        bad = [r[0] for r in conn.execute(compare.unmappable(schema))]
+        if bad:
+            raise TerminalError(
+                f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
+            )
+        conn.execute(
+            q("INSERT INTO {k} SELECT run_id FROM ({d}) AS d ON CONFLICT DO NOTHING").format(
+                k=relation(schema), d=compare.differing(schema, target)
+            )
+        )
+        conn.commit()
+        narrow(conn, schema, target)
+    except BaseException:
+        conn.rollback()
+        unprepare(conn, schema, target, locking)
+        raise
+
+
+def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
+    """Take the rows that are equal again out of the log (module docstring); how many
+    are left."""
+    k = relation(schema)
+    chunk = q("SELECT run_id FROM {k} WHERE run_id > %(after)s ORDER BY run_id LIMIT {n}").format(
+        k=k, n=sql.Literal(CHUNK)
+    )
+    take = q(
+        "WITH c AS MATERIALIZED ({chunk}), d AS MATERIALIZED ({diff})"
+        " DELETE FROM {k} AS p USING c WHERE p.run_id = c.run_id"
+        " AND NOT EXISTS (SELECT FROM d WHERE d.run_id = c.run_id)"
+    ).format(chunk=chunk, diff=compare.differing(schema, target, q("c")), k=k)
+    last = q("SELECT max(run_id) FROM ({chunk}) AS c").format(chunk=chunk)
+    left = -1
+    for _ in range(PASSES):
+        after, tries = "", 0
+        while True:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            (upto,) = conn.execute(last, {"after": after}).fetchone()  # type: ignore[misc]
+            if upto is None:
+                conn.commit()
+                break
+            try:
+                conn.execute(take, {"after": after})
+                conn.commit()
+            except psycopg.errors.SerializationFailure:
+                conn.rollback()  # written meanwhile: this chunk again, a few times
+                tries += 1
+                if tries < 5:
+                    continue
+            after, tries = upto, 0
+        (left,) = conn.execute(q("SELECT count(*) FROM {}").format(k)).fetchone()  # type: ignore[misc]
+        conn.commit()
+        if left <= SMALL:
+            break
+    log.info("pending rows before the switch", extra={"rows": left})
+    return left
+
+
+def unprepare(
+    conn: psycopg.Connection[Any], schema: str, target: str, locking: tuple[float, int]
+) -> None:
+    """The pending log's triggers gone again (a cutover that did not happen)."""
+    lock(conn, _both(schema, target), *locking, mode="SHARE ROW EXCLUSIVE")
+    objects.unwatch_pending(conn, schema, SOURCE_TABLE, target)
+    conn.commit()
