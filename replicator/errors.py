@@ -95,6 +95,7 @@ class MappingError(EventError):
 DEAD_LETTER_REASONS = (
     "decode_error",
     "invalid_avro",
+    "invalid_json",
     "invalid_key",
     "invalid_schema",
     "invalid_source",

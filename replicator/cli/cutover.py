@@ -36,6 +36,11 @@ def add_parser(sub: Subparsers) -> None:
         " the legacy table keeps the writes",
     )
     mode.add_argument(
+        "--drop-readers-view",
+        metavar="NAME",
+        help="remove the readers' view NAME made by --readers-view",
+    )
+    mode.add_argument(
         "--finalize",
         action="store_true",
         help="end the rollback window: drop the change log and the publication (keeps the"
@@ -84,17 +89,22 @@ def _print_checks(checks: list) -> bool:  # type: ignore[type-arg]
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
-    from replicator.cutover import readiness, switch
+    from replicator.cutover import readers, readiness, switch
     from replicator.cutover.objects import latest
     from replicator.db.connect import connect
     from replicator.mapping.columns import SOURCE_TABLE
 
     settings = settings_from(args)
     if args.readers_view:
-        grants = switch.readers_view(settings, args.readers_view)
+        grants = readers.create(settings, args.readers_view)
         print(
-            f"view {args.readers_view}: workflow_runs in the legacy shape ({grants} grants copied)"
+            f"view {args.readers_view}: workflow_runs in the legacy shape, read-only"
+            f" ({grants} grants copied)"
         )
+        return EXIT_OK
+    if args.drop_readers_view:
+        readers.drop(settings, args.drop_readers_view)
+        print(f"view {args.drop_readers_view} dropped")
         return EXIT_OK
     if args.finalize:
         record = switch.finalize(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from replicator.cli.common import (
     EXIT_CONFIG,
@@ -26,10 +27,12 @@ def add_parser(sub: Subparsers) -> None:
             description="list: the dead letters by reason (counts, times, origin offsets, sample"
             " keys; no row contents); show: one dead letter with its headers and payload;"
             " redrive: apply dead letters again through run's decode, mapping, order guard and"
-            " sink (exit 0 none failed, 1 some failed again, 2 could not run).",
+            " sink (exit 0 none failed, 1 some failed again, 2 could not run); dismiss: record"
+            " the selected dead letters (--reason, --key, --origin) as fixed another way (after"
+            " verify --repair, say): redrive skips them from then on.",
         )
     )
-    p.add_argument("action", choices=["list", "show", "redrive"])
+    p.add_argument("action", choices=["list", "show", "redrive", "dismiss"])
     p.add_argument(
         "offset", nargs="?", type=non_negative_int, help="show: its offset in the dead-letter topic"
     )
@@ -59,8 +62,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from replicator.errors import DEAD_LETTER_REASONS
     from replicator.observe import logs
 
-    if args.action != "show" and (args.offset is not None or args.origin is not None):
+    if args.action in ("list", "redrive") and (args.offset is not None or args.origin is not None):
         raise ConfigurationError(f"dlq {args.action} takes no offset or --origin (dlq show does)")
+    if args.action == "dismiss" and not (args.reason or args.key or args.origin):
+        raise ConfigurationError("dlq dismiss needs --reason, --key or --origin: which letters")
     if args.reason is not None and args.reason not in DEAD_LETTER_REASONS:
         raise ConfigurationError(
             f"--reason {args.reason!r} is no dead-letter reason; one of:"
@@ -71,6 +76,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     try:
         if args.action == "redrive":
             return _redrive(args, settings)
+        if args.action == "dismiss":
+            return _dismiss(args, settings)
         return _show(args, settings) if args.action == "show" else _list(args, settings)
     except ConfigurationError:
         raise
@@ -115,19 +122,27 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _show(args: argparse.Namespace, settings: Settings) -> int:
+def _chosen(args: argparse.Namespace, settings: Settings) -> list[Any]:
+    """The dead letters the arguments select: --reason, --key, the letter's own place
+    (offset, --partition), or the place of the event it came from (--origin)."""
     from replicator.dlq.letters import read_dead_letters
-    from replicator.dlq.listing import dumps, show_dict
     from replicator.dlq.redrive import selected
+
+    letters = selected(read_dead_letters(settings), args.reason, args.key)
+    if args.offset is not None:
+        place = (args.partition or 0, args.offset)
+        letters = [d for d in letters if (d.partition, d.offset) == place]
+    if args.origin is not None:
+        letters = [d for d in letters if d.origin[1:] == args.origin]
+    return letters
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from replicator.dlq.listing import dumps, show_dict
 
     if args.offset is None and args.key is None and args.origin is None:
         raise ConfigurationError("dlq show needs an offset, --origin or --key")
-    letters = selected(read_dead_letters(settings), args.reason, args.key)
-    if args.offset is not None:
-        partition = args.partition or 0
-        letters = [d for d in letters if (d.partition, d.offset) == (partition, args.offset)]
-    if args.origin is not None:
-        letters = [d for d in letters if d.origin[1:] == args.origin]
+    letters = _chosen(args, settings)
     if not letters:
         print("replicator: no such dead letter", file=sys.stderr)
         return EXIT_FAILED
@@ -149,3 +164,25 @@ def _redrive(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("\n".join(report.summary()))
     return report.exit_code
+
+
+def _dismiss(args: argparse.Namespace, settings: Settings) -> int:
+    from replicator.db.connect import connect, mapped_errors
+    from replicator.dlq import state
+
+    letters = _chosen(args, settings)
+    admin = settings.as_admin()
+    topic = settings.dead_letter_topic
+    with (
+        connect(admin.target_dsn.get_secret_value(), "the target database") as conn,
+        mapped_errors("record the dismissed dead letters"),
+    ):
+        done = state.outcomes(conn, settings.target_table, topic)
+        todo = [d for d in letters if done.get((d.partition, d.offset)) not in state.FINAL]
+        for d in todo:
+            state.record(conn, settings.target_table, topic, (d.partition, d.offset), "dismissed")
+    print(
+        f"dismissed {len(todo)} dead letters of {topic} for {settings.target_table}"
+        f" ({len(letters) - len(todo)} selected were re-driven or dismissed before)"
+    )
+    return EXIT_OK

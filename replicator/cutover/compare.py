@@ -29,9 +29,7 @@ def _same() -> dict[str, sql.Composable]:
     }
 
 
-def differing(
-    schema: str, target: str, among: sql.Composable | None = None
-) -> sql.Composed:
+def differing(schema: str, target: str, among: sql.Composable | None = None) -> sql.Composed:
     """``(run_id, gone)`` of every row where the mapped legacy table and ``target`` differ
     (``gone``: the target has a row the source has not): all of them, or only those whose
     id is in the relation ``among`` (one column, ``run_id``), found through both tables'
@@ -45,7 +43,8 @@ def differing(
         ).format(src=_mapped(schema, q("")), s=s, t=t, **_same())
     return q(
         "SELECT k.run_id, s.run_id IS NULL AS gone FROM {k} AS k"
-        " LEFT JOIN LATERAL ({src}) AS s ON true LEFT JOIN {s}.{t} AS t ON t.run_id = k.run_id"
+        " LEFT JOIN LATERAL ({src}) AS s ON true"
+        " LEFT JOIN LATERAL (SELECT * FROM {s}.{t} AS t WHERE t.run_id = k.run_id) AS t ON true"
         " WHERE (s.run_id IS NULL) <> (t.run_id IS NULL)"
         " OR (s.run_id IS NOT NULL AND ({a}) IS DISTINCT FROM ({b}))"
     ).format(
@@ -61,8 +60,10 @@ def unmappable(schema: str, among: sql.Composable | None = None) -> sql.Composed
     """Ids of source rows the mapping refuses (they would exist in neither table after
     the cutover): all of them, or those whose id is in the relation ``among``."""
     rows = q("{s}.{t} p").format(s=sql.Identifier(schema), t=sql.Identifier(SOURCE_TABLE))
-    if among is not None:
-        rows = q("{k} k JOIN {rows} ON p.id = k.run_id").format(k=among, rows=rows)
+    if among is not None:  # by primary key, one row at a time: the log is small
+        rows = q(
+            "{k} k JOIN LATERAL (SELECT * FROM {rows} WHERE p.id = k.run_id) p ON true"
+        ).format(k=among, rows=rows)
     return q("SELECT p.id FROM {rows} WHERE {why} IS NOT NULL ORDER BY 1").format(
         rows=rows, why=problem()
     )

@@ -7,9 +7,9 @@ on when they were compared whole; the switch compares only these under its lock
 the time the whole comparison takes, so :func:`narrow` takes out, in small REPEATABLE
 READ transactions, the logged rows that are equal again: a row is taken out only in the
 snapshot in which it was seen equal, and a write logged since makes the transaction fail
-(the triggers write an id already logged again, a new row version: 40001) instead of
-being lost; that chunk is tried again.  What is left when the switch locks is what was
-written in the last moments.
+(the triggers write an id already logged again, a new row version: 40001; or a deadlock
+with a writer logging several ids) instead of being lost; that chunk is tried again.
+What is left when the switch locks is what was written in the last moments.
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
             try:
                 conn.execute(take, {"after": after})
                 conn.commit()
-            except psycopg.errors.SerializationFailure:
-                conn.rollback()  # written meanwhile: this chunk again, a few times
+            except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                # written meanwhile (or locked in another order by a writer's log): this
+                # chunk again, a few times; what stays in the log is only compared again
+                conn.rollback()
                 tries += 1
                 if tries < 5:
                     continue
@@ -109,6 +111,8 @@ def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
         conn.commit()
         if left <= SMALL:
             break
+    conn.execute(q("ANALYZE {}").format(k))  # the switch's plans must know the log is small
+    conn.commit()
     log.info("pending rows before the switch", extra={"rows": left})
     return left
 

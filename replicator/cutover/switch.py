@@ -64,7 +64,6 @@ from replicator.cutover.legacy import view_select, write_function
 from replicator.cutover.readiness import ARCHIVE
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.locks import holder_session, lock
-from replicator.db.names import plain_identifier
 from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
@@ -190,10 +189,13 @@ def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str)
             compare.differing(schema, target, pending.relation(schema))
         )
     )
+    # a few rows: the planner must know it, or it joins them to the whole tables by hash
+    conn.execute("ANALYZE replicator_cutover_diff")
     conn.execute(
         q(
-            "INSERT INTO {s}.{t} AS t ({cols}) SELECT {mapped} FROM {s}.{wp} AS p"
-            " JOIN replicator_cutover_diff d ON d.run_id = p.id AND NOT d.gone {tail}"
+            "INSERT INTO {s}.{t} AS t ({cols}) SELECT {mapped} FROM replicator_cutover_diff d"
+            " JOIN LATERAL (SELECT * FROM {s}.{wp} AS p WHERE p.id = d.run_id) AS p ON true"
+            " WHERE NOT d.gone {tail}"
         ).format(
             s=s,
             t=wr,
@@ -266,34 +268,6 @@ def finish(settings: Settings, say: Say) -> bool:
         say(f"replication slot {settings.slot_name} is still in use: run cutover again")
         return False
     return done
-
-
-def readers_view(settings: Settings, name: str) -> int:
-    """Phase 3 on its own: the compatibility view, read-only, under ``name``, while the
-    legacy table still takes the writes; SELECT granted to every role that may read the
-    legacy table.  The number of grants."""
-    plain_identifier(name, "view name")
-    if name in (SOURCE_TABLE, ARCHIVE, settings.target_table):
-        raise ConfigurationError(f"{name!r} is taken: choose another name for the readers' view")
-    admin = settings.as_admin()
-    with (
-        connect(admin.target_dsn.get_secret_value(), "the database", autocommit=False) as conn,
-        mapped_errors("create the view"),
-    ):
-        if catalog.relkind(conn, SOURCE_TABLE) != "r":
-            raise ConfigurationError(f"{SOURCE_TABLE} is not a table: the cutover happened already")
-        schema = catalog.schema_of(conn, SOURCE_TABLE)
-        shape = [(c.name, c.type) for c in catalog.columns(conn, SOURCE_TABLE)]
-        conn.execute(
-            q("CREATE OR REPLACE VIEW {s}.{v} AS {select}").format(
-                s=sql.Identifier(schema),
-                v=sql.Identifier(name),
-                select=view_select(shape, schema, settings.target_table),
-            )
-        )
-        grants = catalog.copy_grants(conn, SOURCE_TABLE, name, only="SELECT")
-        conn.commit()
-    return grants
 
 
 def finalize(settings: Settings) -> objects.Record:

@@ -184,9 +184,11 @@ class Health:
     was applied for longer than ``stall_after_s`` while the consumer lag is above zero.
     """
 
-    def __init__(self, stall_after_s: float) -> None:
+    def __init__(self, stall_after_s: float, group: str = "", topic: str = "") -> None:
         self.stall_after_s = stall_after_s
+        self.group, self.topic = group, topic
         self.assigned: frozenset[int] = frozenset()
+        self.unassigned_since = time.monotonic()  # when the member last had no partition
         self.target_ok = False
         self.lag = 0
         self.last_progress = time.monotonic()
@@ -199,13 +201,27 @@ class Health:
         """Why the replicator is not ready, by kind (``UNREADY_KINDS``); empty when ready."""
         out = {}
         if not self.assigned:
-            out["no_partitions"] = "no partitions assigned"
+            waited = time.monotonic() - self.unassigned_since
+            out["no_partitions"] = (
+                f"no partitions assigned for {waited:.0f}s in group {self.group or '?'}"
+                f" ({unassigned_hint(self.topic)})"
+            )
         if not self.target_ok:
             out["target_unreachable"] = "target database unreachable"
         idle = time.monotonic() - self.last_progress
         if self.lag > 0 and idle > self.stall_after_s:
             out["stalled"] = f"stalled: lag {self.lag} and no batch applied for {idle:.0f}s"
         return out
+
+
+def unassigned_hint(topic: str) -> str:
+    """Pure. What to check when a member of the group gets no partition."""
+    return (
+        f"does the topic {topic or '?'} exist? do other members of the group hold every"
+        " partition? a member that left uncleanly holds its partitions until its session"
+        " times out; a group whose coordinator lost track of it gets none: try another"
+        " REPLICATOR_GROUP_ID"
+    )
 
 
 #: The reasons ``/readyz`` can give, as the ``reason`` label of ``replicator_unready``.

@@ -14,7 +14,7 @@ from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.errors import ReplicatorError
 from replicator.events import ApplyResult
 from replicator.mapping.columns import SOURCE_COLUMNS
-from replicator.observe.metrics import Health, Metrics
+from replicator.observe.metrics import Health, Metrics, unassigned_hint
 from replicator.settings import Settings
 
 log = logging.getLogger("replicator.consumer")
@@ -83,6 +83,24 @@ class Tracker:
             m.skipped.labels("before_truncate").inc(result.behind_floor)
             t.skipped += result.behind_floor
 
+    def _unassigned(self, now: float) -> None:
+        """A member without partitions for longer than a join takes says so (each
+        progress interval): the group, the topic, what to check; ``/readyz`` and
+        ``replicator_unready{reason="no_partitions"}`` say it too."""
+        s = self.settings
+        waited = now - self.health.unassigned_since
+        if self.health.assigned or waited < max(30.0, 3 * s.session_timeout_ms / 1000):
+            return
+        log.warning(
+            "no partition assigned",
+            extra={
+                "waited_s": round(waited),
+                "group": s.group_id,
+                "topic": s.topic,
+                "check": unassigned_hint(s.topic),
+            },
+        )
+
     def consumed(self, op: str) -> None:
         """One event of ``op`` consumed.  Per event, so it only counts: the counters
         are moved on by :meth:`progress`, on every turn of the loop."""
@@ -121,7 +139,10 @@ class Tracker:
         self.health.progressed()
 
     def assigned(self, partitions: Iterable[int]) -> None:
-        self.health.assigned = frozenset(partitions)
+        now = frozenset(partitions)
+        if self.health.assigned and not now:
+            self.health.unassigned_since = time.monotonic()
+        self.health.assigned = now
         self.assigned_at = time.monotonic()  # joining a group is not being idle
 
     def observe(
@@ -173,6 +194,7 @@ class Tracker:
         now = time.monotonic()
         if not force and now - self._last_progress < self.settings.progress_interval_s:
             return
+        self._unassigned(now)
         elapsed = max(now - self._last_progress, 1e-9)
         self._last_progress = now
         t = self.metrics.tally

@@ -35,11 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
 from psycopg import sql
 
 from replicator.cutover.guard import refuse_after_cutover
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.names import plain_identifier
+from replicator.db.schema import grant_to_service_role
 from replicator.errors import ConfigurationError
 from replicator.observe.progress import Progress
 from replicator.replay.reader import ReplaySource
@@ -186,6 +188,7 @@ def replay(
     """Rebuild ``into`` (default ``<target>_replay``) from the topic; swap it in on request."""
     from replicator.replay.swap import old_name, plan_swap, swap_tables
 
+    service = settings  # the role `run` and `verify` use
     settings = settings.as_admin()  # it creates, empties and renames tables
     live = settings.target_table
     table = plain_identifier(into or shadow_name(live))
@@ -208,6 +211,7 @@ def replay(
     meter = meter or Progress(enabled=False)
     job = Replay(settings, table, meter)
     job.reset()
+    _grant_service_role(settings, service, table)
     job.run_to(ends)
     if not swap:
         return job.report
@@ -227,6 +231,17 @@ def replay(
     job.report.swapped = True
     job.report.old_table = None if drop_old else old
     return job.report
+
+
+def _grant_service_role(admin: Settings, service: Settings, table: str) -> None:
+    """The service role may read and write the table the replay built, as it does the live
+    one: `verify --target-table` and `run` after a swap work as that role."""
+    options = psycopg.conninfo.conninfo_to_dict
+    user = options(service.target_dsn.get_secret_value()).get("user")
+    if user and user != options(admin.target_dsn.get_secret_value()).get("user"):
+        dsn = admin.target_dsn.get_secret_value()
+        for line in grant_to_service_role(dsn, str(user), table, admin.offsets_table):
+            log.info(line)
 
 
 def _require_table(settings: Settings, table: str) -> None:

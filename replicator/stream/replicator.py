@@ -79,7 +79,7 @@ class Replicator:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.health = Health(settings.stall_after_s)
+        self.health = Health(settings.stall_after_s, settings.group_id, settings.topic)
         self.tracker = Tracker(settings, self.metrics, self.health, redriven)
         fence = PositionFence()  # positions move only from where this consumer left them
         if sink is None:  # one per apply lane

@@ -130,7 +130,15 @@ def test_list_fix_redrive(stack: StackInfo, cli_env: dict[str, str]) -> None:
         assert cost_of(stack, table, ids["b"]) == Decimal("7.0000")  # the later change stays
 
         text = cli(env, "list").stdout
-        assert "mapping_error: 3 (re-driven 3)" in text and "invalid_json: 1 (re-driven 0)" in text
+        assert "mapping_error: 3 (3 re-driven, 0 failed again, 0 dismissed)" in text
+        assert "invalid_json: 1 (0 re-driven, 0 failed again, 0 dismissed)" in text
+        # fixed another way: dismissed, recorded, and skipped by every later redrive
+        dismissed = cli(env, "dismiss", "--reason", "invalid_json")
+        assert "dismissed 1 dead letters" in dismissed.stdout, dismissed.stdout + dismissed.stderr
+        listed_now = cli(env, "list").stdout
+        assert "invalid_json: 1 (0 re-driven, 0 failed again, 1 dismissed)" in listed_now
+        again = cli(env, "redrive")
+        assert again.returncode == 0 and "0 skipped as undecodable" in again.stdout, again.stdout
         shown = json.loads(cli(env, "show", "--key", ids["c"]).stdout)
         assert shown[0]["headers"]["dlq.reason"] == "mapping_error"
         assert shown[0]["redriven"] == "applied"

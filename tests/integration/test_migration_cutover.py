@@ -155,6 +155,20 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             owner, "SELECT count(*) FROM workflow_processes"
         )
         assert query(legacy_dsn, "SELECT id FROM workflow_processes_compat WHERE id = 'co-null'")
+        with (  # read-only for every role, the owner's too
+            psycopg.connect(owner, autocommit=True) as conn,
+            pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+        ):
+            conn.execute(
+                "INSERT INTO workflow_processes_compat (id, workflow_name, message)"
+                " VALUES ('co-ro', 'w', 'm')"
+            )
+        for taken in ("pg_class", "workflow_runs_versions"):
+            refused = cli("cutover", "--readers-view", taken, ok=False)
+            assert refused.returncode == 2 and "is taken" in refused.stderr, refused.stderr
+        cli("cutover", "--readers-view", "compat_to_drop")
+        cli("cutover", "--drop-readers-view", "compat_to_drop")
+        assert query(owner, "SELECT to_regclass('compat_to_drop')") == [(None,)]
         # something that would follow the renamed table blocks the switch, named
         with psycopg.connect(owner, autocommit=True) as conn:
             conn.execute("CREATE VIEW legacy_report AS SELECT id FROM workflow_processes")

@@ -18,6 +18,7 @@ from replicator.local.sample import insert_rows
 from replicator.replay.runner import replay
 from replicator.stream.apply.checkpoint import PositionFence
 from replicator.stream.apply.sink import PostgresSink
+from replicator.verify.runner import verify
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
@@ -74,6 +75,10 @@ def test_replay_rebuilds_the_table(iso: StackInfo) -> None:
             )
         }
     assert len([i for i in indexes if i.startswith(f"idx_{table}_replay_")]) == 9
+    # the service role, which verify and run use, may read the table the replay built
+    service = iso.settings(target_table=table)
+    checked = verify(service, target_table=f"{table}_replay", catch_up=lambda _t: None)
+    assert checked.status == "in_sync", checked.status
 
     # into the live table itself: idempotent (the order guard), and again harmless
     for _ in range(2):

@@ -43,13 +43,15 @@ def test_selection_by_reason_and_event_id() -> None:
 
 
 def test_groups_count_time_origin_and_sample_keys() -> None:
-    first, second = groups(LETTERS, {(0, 0): "applied"})
+    first, second = groups(LETTERS, {(0, 0): "applied", (0, 2): "failed", (0, 3): "dismissed"})
     assert (first.reason, first.count, first.redriven) == ("mapping_error", 3, 1)
+    assert (first.failed, first.dismissed) == (1, 1)  # attempts and successes apart
     assert first.origins == {1: [100, 103]} and first.sample_keys == ['{"id":"a"}', '{"id":"b"}']
     assert first.first_ms == 1_700_000_000_000 and first.last_ms == 1_700_000_000_003
     lines = list_lines("src.dlq", [first, second])
     assert lines[0] == "src.dlq: 4 dead letters"
-    assert "mapping_error: 3 (re-driven 1)" in lines[1] and "p1 100..103" in lines[1]
+    assert "mapping_error: 3 (1 re-driven, 1 failed again, 1 dismissed)" in lines[1]
+    assert "p1 100..103" in lines[1]
     assert list_lines("src.dlq", []) == ["src.dlq: no dead letters"]
 
 

@@ -122,6 +122,11 @@ def test_every_dead_letter_reason_is_a_series_at_zero_from_the_start() -> None:
                 names = [t.id for t in node.targets if isinstance(t, ast.Name)]
                 if names in (["reason"], ["UNRESOLVED"]):
                     used.add(node.value.value)
+    import replicator.stream.source.decode as decode
+
+    documented = set(re.findall(r"^([a-z_]+) {2,}", decode.__doc__ or "", flags=re.M))
+    assert "invalid_json" in documented  # the decoder's table of reasons, read
+    used |= documented
     assert used <= set(DEAD_LETTER_REASONS), used - set(DEAD_LETTER_REASONS)
     metrics = Metrics()
     for reason in DEAD_LETTER_REASONS:
@@ -129,3 +134,38 @@ def test_every_dead_letter_reason_is_a_series_at_zero_from_the_start() -> None:
             "replicator_events_dead_lettered_total", {"reason": reason}
         )
         assert sample == 0.0, reason
+
+
+def test_a_member_without_partitions_says_so_where_operators_look(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After longer than a join takes: a warning naming the group, the topic and what to
+    check; /readyz (and replicator_unready) explaining it."""
+    import logging
+    import time
+
+    from replicator.observe.metrics import Health, Metrics
+    from replicator.observe.tracker import Tracker
+    from replicator.settings import Settings
+
+    settings = Settings(
+        target_dsn="postgresql://a@b.invalid/c",
+        kafka_bootstrap="k.invalid:1",
+        group_id="g-stuck",
+        progress_interval_s=1,
+    )
+    health = Health(120, settings.group_id, settings.topic)
+    tracker = Tracker(settings, Metrics(), health)
+    with caplog.at_level(logging.WARNING):
+        tracker.progress([], force=True)  # just started: joining is normal
+        assert "no partition assigned" not in caplog.text
+        health.unassigned_since = time.monotonic() - 120
+        tracker.progress([], force=True)
+    assert "no partition assigned" in caplog.text
+    record = next(r for r in caplog.records if r.getMessage() == "no partition assigned")
+    assert record.group == "g-stuck" and "another REPLICATOR_GROUP_ID" in record.check  # type: ignore[attr-defined]
+    why = health.problems()["no_partitions"]
+    assert "g-stuck" in why and "does the topic" in why
+    tracker.assigned([0, 1])
+    tracker.assigned([])  # revoked: the clock starts again
+    assert time.monotonic() - health.unassigned_since < 5
