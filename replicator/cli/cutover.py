@@ -8,6 +8,7 @@ from replicator.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Subparsers,
+    non_negative_seconds,
     positive_seconds,
     settings_from,
     with_env,
@@ -48,11 +49,12 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--drain-timeout",
-        type=positive_seconds,
-        default=10.0,
+        type=non_negative_seconds,
+        default=0.0,
         metavar="SECONDS",
-        help="how long the switch lets the stream deliver the last changes before writing the"
-        " rest itself from the still legacy table (default 10)",
+        help="how long the switch, writers waiting, lets the stream deliver the last changes"
+        " before writing the rest itself from the still legacy table (default 0: at once;"
+        " the result is the same, the wait is not)",
     )
     p.add_argument(
         "--lock-timeout",

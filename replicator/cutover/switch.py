@@ -19,9 +19,10 @@ client: db/locks.py ``holder_session``):
 1. ``LOCK workflow_processes IN ACCESS EXCLUSIVE MODE``, retried: a long transaction in
    the application makes the switch wait and try again, never makes every writer queue
    behind it for long.  From here no write to the legacy table commits.
-2. Drain: the replicator keeps applying; the logged rows of the mapped legacy table are
-   compared with ``workflow_runs`` (by primary key) until they are equal, at most
-   ``drain_timeout_s``.
+2. Drain: the logged rows of the mapped legacy table are compared with ``workflow_runs``
+   (by primary key); with a ``drain_timeout_s`` the replicator may keep applying until
+   they are equal, for at most that long (by default the switch does not wait: step 4
+   writes what the stream has not delivered, the result is the same, writers wait less).
 3. ``LOCK workflow_runs_versions, workflow_runs IN EXCLUSIVE MODE`` (the sink's own order:
    versions, rows, positions; so no deadlock with a batch in flight), then the stream is
    closed (every partition's position becomes the closed marker, checkpoint.py invariant
@@ -93,7 +94,7 @@ class Switched:
 def cut_over(
     settings: Settings,
     *,
-    drain_timeout_s: float = 10.0,
+    drain_timeout_s: float = 0.0,
     lock_timeout_s: float = 2.0,
     attempts: int = 15,
 ) -> Switched:
@@ -155,9 +156,11 @@ def _switch(
         )
     count = q("SELECT count(*) FROM ({}) AS d").format(compare.differing(schema, target, logged))
     drained = False
-    while time.monotonic() - blocked_from < drain_timeout_s:
+    while True:  # checked at least once; waited for only as long as asked
         if conn.execute(count).fetchone() == (0,):
             drained = True
+            break
+        if time.monotonic() - blocked_from >= drain_timeout_s:
             break
         time.sleep(0.05)
     ver = sql.Identifier(f"{target}_versions")
