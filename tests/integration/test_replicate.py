@@ -6,6 +6,7 @@ prefix equal the mapped source rows with that prefix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -145,17 +147,15 @@ def test_large_toasted_result_survives_status_update(stack: StackInfo, table: st
     assert rows[rid][4] == "done"
 
 
-def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
-    """Rows written before a connector exists arrive through its initial snapshot (op r)."""
-    p = unique("snap")
-    insert_rows(stack.source_dsn, 500, prefix=f"{p}-")
-    spec = load_connector_file()
+@contextlib.contextmanager
+def snapshot_connector(stack: StackInfo, p: str) -> Iterator[str]:
+    """A connector of its own whose initial snapshot reads only the rows ``p-*`` (not what
+    other tests left in the table); its topic.  Deleted, with its slot, afterwards."""
     name, prefix = unique("snapconn"), unique("snaptopic")
     config = {
-        **spec["config"],
+        **load_connector_file()["config"],
         "topic.prefix": prefix,
         "slot.name": name,  # the publication of schemas/roles.sql is shared
-        # the snapshot reads this test's rows only, not what other tests left in the table
         "snapshot.select.statement.overrides": "public.workflow_processes",
         "snapshot.select.statement.overrides.public.workflow_processes": (
             f"SELECT * FROM public.workflow_processes WHERE id LIKE '{p}-%'"
@@ -165,7 +165,17 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
     client.put_config(name, config)
     try:
         client.wait_running(name, timeout=60)
-        topic = f"{prefix}.public.workflow_processes"
+        yield f"{prefix}.public.workflow_processes"
+    finally:
+        client.delete(name)
+        remove_slot(stack.source_dsn, name)
+
+
+def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
+    """Rows written before a connector exists arrive through its initial snapshot (op r)."""
+    p = unique("snap")
+    insert_rows(stack.source_dsn, 500, prefix=f"{p}-")
+    with snapshot_connector(stack, p) as topic:
         settings = stack.settings(target_table=table, group_id=unique("g"), topic=topic)
         with RunningReplicator(settings):
             wait_converged(stack, table, p)
@@ -177,9 +187,6 @@ def test_snapshot_of_existing_rows(stack: StackInfo, table: str) -> None:
             insert_rows(stack.source_dsn, 20, prefix=f"{p}-", start=500, seed=99)
             rows = wait_converged(stack, table, p)
         assert len(rows) == 519
-    finally:
-        client.delete(name)
-        remove_slot(stack.source_dsn, name)
 
 
 def test_target_in_separate_database(stack: StackInfo) -> None:
@@ -471,22 +478,7 @@ def test_a_snapshot_reads_old_timestamps_exactly(stack: StackInfo, table: str) -
             for rid, (created, started) in rows.items()
         ],
     )
-    spec = load_connector_file()
-    name, prefix = unique("oldconn"), unique("oldtopic")
-    config = {
-        **spec["config"],
-        "topic.prefix": prefix,
-        "slot.name": name,
-        "snapshot.select.statement.overrides": "public.workflow_processes",
-        "snapshot.select.statement.overrides.public.workflow_processes": (
-            f"SELECT * FROM public.workflow_processes WHERE id LIKE '{p}-%'"
-        ),
-    }
-    client = ConnectClient(stack.connect_url)
-    client.put_config(name, config)
-    try:
-        client.wait_running(name, timeout=60)
-        topic = f"{prefix}.public.workflow_processes"
+    with snapshot_connector(stack, p) as topic:
         settings = stack.settings(target_table=table, group_id=unique("g"), topic=topic)
         with RunningReplicator(settings) as running:
             tally = running.replicator.metrics.tally
@@ -501,9 +493,6 @@ def test_a_snapshot_reads_old_timestamps_exactly(stack: StackInfo, table: str) -
             counted = running.replicator.metrics.dead_letters.labels(
                 "snapshot_timestamp"
             )._value.get()
-    finally:
-        client.delete(name)
-        remove_slot(stack.source_dsn, name)
     assert counted == 2
     with psycopg.connect(stack.target_dsn) as conn:
         got = {
