@@ -108,18 +108,37 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         readers.drop(settings, args.drop_readers_view)
         print(f"view {args.drop_readers_view} dropped")
         return EXIT_OK
+    with connect(settings.as_admin().target_dsn.get_secret_value(), "the database") as conn:
+        record = latest(conn, SOURCE_TABLE)
     if args.finalize:
+        if record is not None and record.state == "finalized":  # as `cutover` twice: done
+            print(f"the cutover of {record.cut_at:%Y-%m-%d %H:%M:%S%z} is finalized already")
+            return EXIT_OK
         record = switch.finalize(settings)
         print(
             f"finalized the cutover of {record.cut_at:%Y-%m-%d %H:%M:%S%z}: change log and"
             " publication dropped; kept: the view, the archive (read-only), the record"
         )
         return EXIT_OK
-    with connect(settings.as_admin().target_dsn.get_secret_value(), "the database") as conn:
-        record = latest(conn, SOURCE_TABLE)
-    if record is not None and record.state == "cut_over" and not args.dry_run:
-        print(f"cut over already at {record.cut_at:%Y-%m-%d %H:%M:%S%z}; finishing what is left")
-        return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
+    if record is not None and record.state in ("cut_over", "finalized"):
+        when = f"{record.cut_at:%Y-%m-%d %H:%M:%S%z}"
+        if args.dry_run:  # nothing to be ready for: say what is true
+            print(
+                f"cut over at {when} ({record.state.replace('_', ' ')}): {SOURCE_TABLE} is a"
+                " view of workflow_runs, the stream is closed and `replicator run` ends by"
+                " design; "
+                + (
+                    "`replicator rollback --dry-run` checks the way back"
+                    if record.state == "cut_over"
+                    else "the rollback window is closed"
+                )
+            )
+            return EXIT_OK
+        if record.state == "cut_over":
+            print(f"cut over already at {when}; finishing what is left")
+            return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
+        print(f"cut over at {when} and finalized: nothing left to do")
+        return EXIT_OK
     print("readiness")
     if not _print_checks(readiness.cutover_checks(settings)):
         return EXIT_FAILED

@@ -193,6 +193,8 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             wait_for(lambda: app.writes > at_cutover + 150)
             # cut over: the slot is gone, the replicator ended cleanly, verify knows why
             assert not slot_exists(owner)
+            dry = cli("cutover", "--dry-run").stdout  # what is true, not readiness advice
+            assert "rollback --dry-run" in dry and "replicator run` running" not in dry, dry
             assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
             assert "cut over" in cli("verify").stdout
             assert query(
@@ -507,6 +509,11 @@ def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
     ]
     refused = cli("rollback", ok=False)
     assert refused.returncode == 1 and "finalized" in refused.stdout
+    # run again, each says what is true and exits 0, as `cutover` twice does
+    assert "finalized already" in cli("cutover", "--finalize").stdout
+    assert "nothing left to do" in cli("cutover").stdout
+    dry = cli("cutover", "--dry-run").stdout
+    assert "the rollback window is closed" in dry and "replicator run` running" not in dry
     with psycopg.connect(owner, autocommit=True) as conn:  # the view still serves the application
         conn.execute("UPDATE workflow_processes SET message = 'after' WHERE id = 'co-null'")
     assert query(owner, "SELECT description FROM workflow_runs WHERE run_id = 'co-null'") == [
