@@ -61,17 +61,31 @@ def prepare(
             raise TerminalError(
                 f"{len(bad)} legacy rows cannot be mapped (e.g. {bad[:3]}); nothing changed"
             )
-        conn.execute(
-            q("INSERT INTO {k} SELECT run_id FROM ({d}) AS d ON CONFLICT DO NOTHING").format(
-                k=relation(schema), d=compare.differing(schema, target)
-            )
-        )
-        conn.commit()
+        _log_differing(conn, schema, target)
         narrow(conn, schema, target)
     except BaseException:
         conn.rollback()
         unprepare(conn, schema, target, locking)
         raise
+
+
+def _log_differing(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
+    """Log every row the two tables disagree on now.  The application's and the stream's
+    triggers log ids at the same time: a deadlock with one of them (a writer logging
+    several ids in several statements) costs this statement a retry, nothing else."""
+    statement = q(
+        "INSERT INTO {k} SELECT run_id FROM ({d}) AS d ORDER BY 1 ON CONFLICT DO NOTHING"
+    ).format(k=relation(schema), d=compare.differing(schema, target))
+    for attempt in range(1, 6):
+        try:
+            conn.execute(statement)
+            conn.commit()
+            return
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            conn.rollback()
+            if attempt == 5:
+                raise
+            log.warning("pending log: deadlock with a writer; trying again")
 
 
 def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
@@ -81,10 +95,13 @@ def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
     chunk = q("SELECT run_id FROM {k} WHERE run_id > %(after)s ORDER BY run_id LIMIT {n}").format(
         k=k, n=sql.Literal(CHUNK)
     )
+    # the rows to take out are locked in key order, as the writers' triggers log them
     take = q(
-        "WITH c AS MATERIALIZED ({chunk}), d AS MATERIALIZED ({diff})"
-        " DELETE FROM {k} AS p USING c WHERE p.run_id = c.run_id"
-        " AND NOT EXISTS (SELECT FROM d WHERE d.run_id = c.run_id)"
+        "WITH c AS MATERIALIZED ({chunk}), d AS MATERIALIZED ({diff}),"
+        " equal AS MATERIALIZED (SELECT p.run_id FROM {k} AS p JOIN c ON c.run_id = p.run_id"
+        " WHERE NOT EXISTS (SELECT FROM d WHERE d.run_id = c.run_id)"
+        " ORDER BY p.run_id FOR UPDATE OF p)"
+        " DELETE FROM {k} AS p USING equal WHERE p.run_id = equal.run_id"
     ).format(chunk=chunk, diff=compare.differing(schema, target, q("c")), k=k)
     last = q("SELECT max(run_id) FROM ({chunk}) AS c").format(chunk=chunk)
     left = -1

@@ -187,9 +187,11 @@ class PostgresSink:
                     f"a snapshot generation of {stamped[0]} was recorded after generation"
                     f" {stamped[1]}: re-reading from the stored positions"
                 )
-            self.checkpoint.check(conn, fenced)
             if folded:
                 result = self._write(conn, folded)
+            # after the rows: positions are locked in the order every writer takes them
+            # (versions, rows, positions; the cutover too)
+            self.checkpoint.check(conn, fenced)
             stored = self.checkpoint.store(conn, positions)
             if then is not None:
                 then(conn, result)
