@@ -53,7 +53,6 @@ class Intake:
         batch.bytes += len(value) if value else 0
         event: ChangeEvent | None = None
         generations = self.positioning.generations
-        generation = generations.at(partition, offset)
         try:
             event = self.decode(msg.key(), value, KafkaPosition(msg.topic(), partition, offset))
             if event is None:
@@ -64,11 +63,13 @@ class Intake:
             if event.op is Op.TRUNCATE and self.truncated(event):
                 return
             self.tracker.columns(event.after)
-            change = to_row_change(event, self.cost, generation)
+            change = to_row_change(event, self.cost, generations.at(partition, offset))
         except EventError as exc:
             self.dead_letters.send(msg, exc.reason, str(exc))
             batch.dead_letters += 1
-            hold = held_back(event, generation) if event is not None else None
+            hold = None
+            if event is not None:  # a row event the mapping refused
+                hold = held_back(event, generations.at(partition, offset))
             if hold is not None:
                 batch.add(hold, msg, None, generations.latest)
             batch.advance(partition, offset, None)
