@@ -11,6 +11,13 @@ same question asked of ``workflow_runs`` (the plan's column names); the measured
 * **storage efficiency increased by 20%**: bytes per row of ``workflow_runs`` (heap,
   indexes and TOAST) at most 1/1.2 of the legacy table's;
 * **zero data loss**: verify finds the tables in sync, and the row counts are equal.
+  After a cutover (the migrated state): verify finds the archive and ``workflow_runs``
+  equal on every row the application has not written since, so a rollback would lose
+  nothing; after the finalize nothing is left to compare, and the criterion is reported
+  as not measured (it neither passes nor fails).
+
+After a cutover the legacy questions are asked of the archive (:func:`on_table`): the
+legacy table as it was, with its indexes.
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ class Storage:
 @dataclass(frozen=True, slots=True)
 class Criterion:
     name: str
-    passed: bool
+    passed: bool | None  # None: not measured (it neither passes nor fails)
     figure: str
 
 
@@ -147,6 +154,30 @@ def loss_criterion(verify_status: str, source_rows: int, target_rows: int) -> Cr
         verify_status == "in_sync" and source_rows == target_rows,
         f"verify {verify_status}, {source_rows:,} source rows, {target_rows:,} target rows",
     )
+
+
+def migrated_loss_criterion(verify_status: str, changed_since: int | None) -> Criterion:
+    """Pure. After a cutover: the archive agrees with ``workflow_runs`` on every row not
+    written since (a rollback would lose nothing); not measured once finalized."""
+    name = "zero data loss"
+    if verify_status == "finalized":
+        return Criterion(
+            name,
+            None,
+            "not measured: the cutover is finalized, the change log ended (the switch"
+            " compared every row when it cut over)",
+        )
+    return Criterion(
+        name,
+        verify_status == "in_sync",
+        f"verify {verify_status}: the archive against workflow_runs on every row not written"
+        f" since the cutover ({changed_since or 0:,} written since)",
+    )
+
+
+def on_table(query: str, table: str) -> str:
+    """Pure. A legacy query asked of ``table`` (the archive, after the cutover)."""
+    return query.replace("FROM workflow_processes", f'FROM "{table}"')
 
 
 def index_used(plan: Any) -> bool:

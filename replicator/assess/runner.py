@@ -4,6 +4,11 @@ Read-only: counts, ``verify``, the consumer's lag and the slot's retained WAL, t
 set of :mod:`replicator.assess.criteria` (each query run once to warm, then ``runs``
 times; the median, and EXPLAIN to tell whether an index served it), the size of each
 table.  Works as the service role (SELECT on both tables, pg_monitor for the slot).
+
+After a cutover the legacy side is the archive (the legacy table, frozen at the
+cutover): its queries and its storage are measured there, ``verify`` compares it with
+``workflow_runs`` on every row the application has not written since, and the stream's
+figures (lag, slot) are reported as closed, not as a lag nobody will ever apply.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from replicator.assess.criteria import (
     index_used,
     loss_criterion,
     median,
+    migrated_loss_criterion,
+    on_table,
     query_criterion,
     storage_criterion,
 )
@@ -61,6 +68,9 @@ class Assessment:
     source: Storage | None = None
     target: Storage | None = None
     verify_status: str = "unverified"
+    legacy_table: str = SOURCE_TABLE  # the archive after a cutover
+    cut_over: str | None = None  # after a cutover: what is true (cutover/guard.py)
+    changed_since_cutover: int | None = None
     consumer_lag: int | None = None
     slot_retained_bytes: int | None = None
     queries: dict[str, tuple[QueryTiming | None, QueryTiming]] = field(default_factory=dict)
@@ -71,7 +81,8 @@ class Assessment:
     def exit_code(self) -> int:
         if self.error is not None:
             return 2
-        return 0 if self.criteria and all(c.passed for c in self.criteria) else 1
+        measured = [c.passed for c in self.criteria if c.passed is not None]
+        return 0 if measured and all(measured) else 1
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -104,25 +115,37 @@ def assess(settings: Settings, *, runs: int = 7) -> Assessment:
     try:
         report = verify(settings, options=Options(catch_up_timeout_s=30))
         out.verify_status = report.status
-        out.consumer_lag = _lag(settings)
-        with connect(source_dsn, "the source database") as source:
-            out.source = _storage(source, SOURCE_TABLE)
-            out.slot_retained_bytes = _slot(source, settings.slot_name)
+        out.cut_over, out.changed_since_cutover = report.cut_over, report.changed_since_cutover
+        out.legacy_table = report.source_table
+        # the archive lives beside workflow_runs (a cutover needs one database)
+        legacy_dsn = source_dsn if out.cut_over is None else target_dsn
+        if out.cut_over is None:
+            out.consumer_lag = _lag(settings)
+        with connect(legacy_dsn, "the source database") as source:
+            out.source = _storage(source, out.legacy_table)
+            if out.cut_over is None:
+                out.slot_retained_bytes = _slot(source, settings.slot_name)
         with connect(target_dsn, "the target database") as target:
             out.target = _storage(target, "workflow_runs")
             params = _parameters(target)
             timings = {q.name: _time(target, q.new, params, runs) for q in QUERIES}
-        with connect(source_dsn, "the source database") as source:
+        with connect(legacy_dsn, "the source database") as source:
             for q in QUERIES:
-                old = None if q.legacy is None else _time(source, q.legacy, params, runs)
+                legacy = None if q.legacy is None else on_table(q.legacy, out.legacy_table)
+                old = None if legacy is None else _time(source, legacy, params, runs)
                 out.queries[q.name] = (old, timings[q.name])
     except ReplicatorError as exc:
         out.error = str(exc)
         return out
+    loss = (
+        loss_criterion(out.verify_status, out.source.rows, out.target.rows)
+        if out.cut_over is None
+        else migrated_loss_criterion(out.verify_status, out.changed_since_cutover)
+    )
     out.criteria = [
         query_criterion(out.queries),
         storage_criterion(out.source, out.target),
-        loss_criterion(out.verify_status, out.source.rows, out.target.rows),
+        loss,
     ]
     return out
 

@@ -111,9 +111,8 @@ def load_chunk_in_database(names: Names, chunk: Chunk) -> sql.Composed:
         " (SELECT count(*) FROM claimed), (SELECT count(*) FROM refused)"
     ).format(
         claim=versions.claim_snapshot_reads(
-            names.versions, q("SELECT p.id FROM {} p WHERE {} AND ({}) IS NULL").format(
-                names.source, rng, bad
-            )
+            names.versions,
+            q("SELECT p.id FROM {} p WHERE {} AND ({}) IS NULL").format(names.source, rng, bad),
         ),
         t=t,
         src=names.source,

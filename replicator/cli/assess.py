@@ -34,27 +34,36 @@ def cmd_assess(args: argparse.Namespace) -> int:
         print(f"replicator: could not assess: {result.error}")
         return result.exit_code
     assert result.source is not None and result.target is not None
-    print("replication")
-    print(f"  rows                workflow_processes {result.source.rows:,}")
-    print(f"                      workflow_runs      {result.target.rows:,}")
-    print(f"  verify              {result.verify_status}")
-    print(f"  consumer lag        {_n(result.consumer_lag)} events")
-    print(f"  slot retains        {_n(result.slot_retained_bytes)} bytes of WAL")
+    legacy = result.legacy_table
+    print("replication" if result.cut_over is None else "the migrated state")
+    print(f"  rows                {legacy:<26} {result.source.rows:,}")
+    print(f"                      {'workflow_runs':<26} {result.target.rows:,}")
+    print(f"  verify              {result.verify_status.replace('_', ' ')}")
+    if result.cut_over is not None:
+        print(f"  written since       {_n(result.changed_since_cutover)} rows (not compared)")
+        print(f"  stream              closed: {result.cut_over}")
+    else:
+        print(f"  consumer lag        {_n(result.consumer_lag)} events")
+        print(f"  slot retains        {_n(result.slot_retained_bytes)} bytes of WAL")
     print("queries (median ms; * = served by an index)")
-    print(f"  {'':<30}{'workflow_processes':>20}{'workflow_runs':>16}")
+    print(f"  {'':<30}{legacy:>26}{'workflow_runs':>16}")
     for name, (old, new) in result.queries.items():
-        legacy = "n/a" if old is None else f"{old.median_ms:.2f}{'*' if old.index_used else ' '}"
-        print(f"  {name:<30}{legacy:>20}{new.median_ms:>15.2f}{'*' if new.index_used else ' '}")
-    print("storage (bytes)       heap       indexes         toast         total     per row")
-    for side, s in (("workflow_processes", result.source), ("workflow_runs", result.target)):
+        was = "n/a" if old is None else f"{old.median_ms:.2f}{'*' if old.index_used else ' '}"
+        print(f"  {name:<30}{was:>26}{new.median_ms:>15.2f}{'*' if new.index_used else ' '}")
+    print(
+        f"{'storage (bytes)':<28}{'heap':>12}{'indexes':>14}{'toast':>14}{'total':>14}"
+        f"{'per row':>12}"
+    )
+    for side, s in ((legacy, result.source), ("workflow_runs", result.target)):
         per_row = f"{s.bytes_per_row:,.0f}" if s.bytes_per_row else "-"
         print(
-            f"  {side:<18}{s.heap_bytes:>12,}{s.index_bytes:>14,}{s.toast_bytes:>14,}"
+            f"  {side:<26}{s.heap_bytes:>12,}{s.index_bytes:>14,}{s.toast_bytes:>14,}"
             f"{s.total_bytes:>14,}{per_row:>12}"
         )
     print("the plan's success criteria")
     for c in result.criteria:
-        print(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.figure}")
+        mark = "n/a " if c.passed is None else "PASS" if c.passed else "FAIL"
+        print(f"  {mark}  {c.name}: {c.figure}")
     return result.exit_code
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,10 @@ def cmd_connector(args: argparse.Namespace) -> int:
     spec = load_connector_file(Path(args.file) if args.file else None)
     client = ConnectClient(settings.connect_url)
     name = spec["name"]
+    if args.action != "delete":
+        closed = _closed_by_cutover(settings)
+        if closed is not None:
+            return _after_cutover(args, client, name, closed)
     if args.resnapshot:
         return _resnapshot(args, settings, client, spec)
     if args.snapshot_mode:
@@ -101,6 +106,35 @@ def cmd_connector(args: argparse.Namespace) -> int:
         and all(t["state"] == "RUNNING" for t in tasks)
     )
     return EXIT_OK if running else EXIT_FAILED
+
+
+def _closed_by_cutover(settings: Any) -> Any:
+    """The cutover that closed the stream, if one did (unknown when the database is out of
+    reach: the connector commands then act as before, they do not need the database)."""
+    from replicator.cutover.guard import closed_by
+    from replicator.errors import ReplicatorError
+
+    try:
+        return closed_by(settings.as_admin().target_dsn.get_secret_value())
+    except ReplicatorError as exc:
+        print(f"replicator: cannot read the cutover record ({exc})", file=sys.stderr)
+        return None
+
+
+def _after_cutover(args: argparse.Namespace, client: Any, name: str, closed: Any) -> int:
+    """After a cutover the connector is gone by design: status says so (exit 0 when it is
+    gone); apply, restart and --resnapshot are refused (they would stream from a view, or
+    create again the slot the cutover dropped)."""
+    from replicator.cutover.guard import describe
+
+    if args.action == "status":
+        if name in client.names():
+            print(f"connector {name} is still registered after the cutover: run `replicator"
+                  " cutover` again to delete it and drop its slot")  # fmt: skip
+            return EXIT_FAILED
+        print(f"connector {name}: not registered, by design: {describe(closed)}")
+        return EXIT_OK
+    raise ConfigurationError(f"connector {args.action} refused: {describe(closed)}")
 
 
 def _resnapshot(args: argparse.Namespace, settings: Any, client: Any, spec: dict[str, Any]) -> int:

@@ -139,8 +139,11 @@ def cmd_cutover(args: argparse.Namespace) -> int:
             return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
         print(f"cut over at {when} and finalized: nothing left to do")
         return EXIT_OK
-    print("readiness")
-    if not _print_checks(readiness.cutover_checks(settings)):
+    print("readiness", flush=True)
+    checks = readiness.cutover_checks(
+        settings, say=lambda line: print(f"  ...   {line}", flush=True)
+    )
+    if not _print_checks(checks):
         return EXIT_FAILED
     if args.dry_run:
         return EXIT_OK

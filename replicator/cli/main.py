@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replicator: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TransientError as exc:
+        # one rule for every command: 2 when it could not do its work (bad input, a
+        # configuration, a part it needs out of reach), 1 when it did and the answer is no
         print(f"replicator: unavailable: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     except ReplicatorError as exc:
         print(f"replicator: {exc}", file=sys.stderr)
         return EXIT_FAILED

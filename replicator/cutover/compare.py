@@ -11,13 +11,13 @@ from replicator.mapping.sql import MAPPED, comparable, problem
 q = sql.SQL
 
 
-def _mapped(schema: str, where: sql.Composable) -> sql.Composed:
+def _mapped(schema: str, where: sql.Composable, source: str = SOURCE_TABLE) -> sql.Composed:
     return q("SELECT {cols} FROM {s}.{t} AS p {where}").format(
         cols=q(", ").join(
             q("{} AS {}").format(MAPPED[c], sql.Identifier(c)) for c in TARGET_COLUMNS
         ),
         s=sql.Identifier(schema),
-        t=sql.Identifier(SOURCE_TABLE),
+        t=sql.Identifier(source),
         where=where,
     )
 
@@ -29,18 +29,21 @@ def _same() -> dict[str, sql.Composable]:
     }
 
 
-def differing(schema: str, target: str, among: sql.Composable | None = None) -> sql.Composed:
-    """``(run_id, gone)`` of every row where the mapped legacy table and ``target`` differ
-    (``gone``: the target has a row the source has not): all of them, or only those whose
-    id is in the relation ``among`` (one column, ``run_id``), found through both tables'
-    primary keys, so the cost is that of the log, not of the tables."""
+def differing(
+    schema: str, target: str, among: sql.Composable | None = None, source: str = SOURCE_TABLE
+) -> sql.Composed:
+    """``(run_id, gone)`` of every row where the mapped legacy table (``source``: the
+    archive, after the cutover) and ``target`` differ (``gone``: the target has a row the
+    source has not): all of them, or only those whose id is in the relation ``among`` (one
+    column, ``run_id``), found through both tables' primary keys, so the cost is that of
+    the log, not of the tables."""
     s, t = sql.Identifier(schema), sql.Identifier(target)
     if among is None:
         return q(
             "SELECT coalesce(s.run_id, t.run_id) AS run_id, s.run_id IS NULL AS gone"
             " FROM ({src}) AS s FULL JOIN {s}.{t} AS t ON t.run_id = s.run_id"
             " WHERE s.run_id IS NULL OR t.run_id IS NULL OR ({a}) IS DISTINCT FROM ({b})"
-        ).format(src=_mapped(schema, q("")), s=s, t=t, **_same())
+        ).format(src=_mapped(schema, q(""), source), s=s, t=t, **_same())
     return q(
         "SELECT k.run_id, s.run_id IS NULL AS gone FROM {k} AS k"
         " LEFT JOIN LATERAL ({src}) AS s ON true"
@@ -48,7 +51,7 @@ def differing(schema: str, target: str, among: sql.Composable | None = None) -> 
         " WHERE (s.run_id IS NULL) <> (t.run_id IS NULL)"
         " OR (s.run_id IS NOT NULL AND ({a}) IS DISTINCT FROM ({b}))"
     ).format(
-        src=_mapped(schema, q("WHERE p.id = k.run_id")),
+        src=_mapped(schema, q("WHERE p.id = k.run_id"), source),
         s=s,
         t=t,
         k=among,

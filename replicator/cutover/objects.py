@@ -52,10 +52,19 @@ class Record:
     repaired_rows: int
     positions: list[PartitionPosition]
     archive_table: str
+    target_table: str = "workflow_runs"
 
 
-def ensure_state(conn: psycopg.Connection[Any]) -> None:
+def ensure_state(conn: psycopg.Connection[Any], reader: str | None = None) -> None:
+    """The record's tables; ``reader`` (the service role) may read the record and the
+    change log: the status commands, ``verify`` and ``assess`` run as that role."""
     conn.execute(read_sql("cutover_state.sql"))
+    if reader:
+        conn.execute(
+            q("GRANT SELECT ON replicator_cutover, {} TO {}").format(
+                sql.Identifier(CHANGES), sql.Identifier(reader)
+            )
+        )
 
 
 def latest(conn: psycopg.Connection[Any], source: str) -> Record | None:
@@ -64,14 +73,14 @@ def latest(conn: psycopg.Connection[Any], source: str) -> Record | None:
         return None
     row = conn.execute(
         "SELECT id, state, cut_at, cut_lsn::text, source_rows, target_rows, blocked_ms,"
-        " repaired_rows, positions, archive_table FROM replicator_cutover"
+        " repaired_rows, positions, archive_table, target_table FROM replicator_cutover"
         " WHERE source_table = %s ORDER BY id DESC LIMIT 1",
         [source],
     ).fetchone()
     if row is None:
         return None
     positions = [PartitionPosition(**p) for p in row[8]]
-    return Record(*row[:8], positions=positions, archive_table=row[9])  # type: ignore[misc]
+    return Record(*row[:8], positions=positions, archive_table=row[9], target_table=row[10])  # type: ignore[misc]
 
 
 def cut_over_into(conn: psycopg.Connection[Any], target: str) -> datetime | None:

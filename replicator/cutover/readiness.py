@@ -5,6 +5,7 @@ refuses to start when one fails.  Read-only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,11 @@ def same_database(source_dsn: str, target_dsn: str) -> tuple[bool, str]:
     )
 
 
-def cutover_checks(settings: Settings, *, verify_first: bool = True) -> list[Check]:
-    """Everything the switch needs, checked now (as the tables' owner)."""
+def cutover_checks(
+    settings: Settings, *, verify_first: bool = True, say: Callable[[str], None] | None = None
+) -> list[Check]:
+    """Everything the switch needs, checked now (as the tables' owner); ``say`` hears how
+    the waits go (the catch-up may take 30 s)."""
     admin = settings.as_admin()
     if admin.source_dsn is None:
         return [Check("source", False, "set REPLICATOR_SOURCE_DSN")]
@@ -64,7 +68,7 @@ def cutover_checks(settings: Settings, *, verify_first: bool = True) -> list[Che
         return checks
     with connect(admin.target_dsn.get_secret_value(), "the database") as conn:
         checks += _catalog_checks(conn, settings)
-    checks.append(_caught_up(settings))
+    checks.append(_caught_up(settings, say))
     checks.append(_connector(settings))
     if verify_first and all(c.ok for c in checks):
         checks.append(_in_sync(settings))
@@ -126,7 +130,7 @@ def unmappable(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute(compare.unmappable(schema))]
 
 
-def _caught_up(settings: Settings) -> Check:
+def _caught_up(settings: Settings, say: Callable[[str], None] | None = None) -> Check:
     """The stored positions reach the ends the topic has now (within 30 s: under a writing
     application the ends move on, and the replicator follows)."""
     try:
@@ -140,6 +144,7 @@ def _caught_up(settings: Settings) -> Check:
             settings.topic,
             ends,
             30.0,
+            progress=say,
         )
     except ReplicatorError as exc:
         return Check("replicator caught up", False, str(exc))

@@ -110,7 +110,7 @@ def cut_over(
         ) as conn,
         mapped_errors("cut over"),
     ):
-        objects.ensure_state(conn)
+        objects.ensure_state(conn, service_role(settings))
         conn.commit()
         schema = catalog.schema_of(conn, SOURCE_TABLE)
         pending.prepare(conn, schema, target, locking)
@@ -251,6 +251,12 @@ def _create_view(
         ).format(s=s, v=v, fn=sql.Identifier(objects.WRITE_FUNCTION))
     )
     return catalog.copy_grants(conn, ARCHIVE, SOURCE_TABLE)
+
+
+def service_role(settings: Settings) -> str | None:
+    """The role the service's target DSN logs in as (None: libpq's default, the OS user)."""
+    dsn = settings.target_dsn.get_secret_value()
+    return psycopg.conninfo.conninfo_to_dict(dsn).get("user")  # type: ignore[return-value]
 
 
 def finish(settings: Settings, say: Say) -> bool:

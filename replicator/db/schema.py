@@ -183,13 +183,25 @@ def apply_source_schema(dsn: str) -> list[str]:
     with connect(dsn, "the source database") as conn:
         for table, file in SOURCE_TABLES:
             with mapped_errors(f"create {table}"):
-                (existed,) = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", [table]
-                ).fetchone() or (False,)
-                if not existed:  # a role that may not create it is not blamed for it
+                kind = _relkind(conn, table)
+                if kind is None:  # a role that may not create it is not blamed for it
                     conn.execute(read_sql(file), prepare=False)
-            lines.append(f"table {table} already present" if existed else f"created table {table}")
+            lines.append(
+                f"created table {table}"
+                if kind is None
+                else f"{table} is the cutover's compatibility view: left as it is"
+                if kind == "v"
+                else f"table {table} already present"
+            )
     return lines
+
+
+def _relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
+    """``r`` table, ``v`` view, ... (None: absent)."""
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", [table]
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def grant_to_service_role(
@@ -231,15 +243,32 @@ def roles_script(part: str) -> str:
 
 def apply_roles(source_dsn: str, target_dsn: str) -> list[str]:
     """Run schemas/roles.sql (as the tables' owner): in one database when source and target
-    are the same, else each database's part in it."""
+    are the same, else each database's part in it.
+
+    After a cutover (``workflow_processes`` is the compatibility view) the source part,
+    the stream's grants and publication, is not run again: nothing streams from a view,
+    and after the finalize the publication is gone for good (a rollback restores the
+    stream with what the cutover kept)."""
     same = psycopg.conninfo.conninfo_to_dict(source_dsn) == psycopg.conninfo.conninfo_to_dict(
         target_dsn
     )
-    parts = [(source_dsn, "all")] if same else [(source_dsn, "source"), (target_dsn, "target")]
+    with connect(source_dsn, "the source database") as conn, mapped_errors("read the source"):
+        cut_over = _relkind(conn, "workflow_processes") == "v"
+    if same:
+        parts = [(source_dsn, "target" if cut_over else "all")]
+    else:
+        parts = [] if cut_over else [(source_dsn, "source")]
+        parts.append((target_dsn, "target"))
     for dsn, part in parts:
         with connect(dsn, "the database") as conn, mapped_errors(f"run schemas/roles.sql ({part})"):
             conn.execute(roles_script(part), prepare=False)
-    return ["roles replicator_debezium and replicator_app granted (schemas/roles.sql)"]
+    lines = ["roles replicator_debezium and replicator_app granted (schemas/roles.sql)"]
+    if cut_over:
+        lines.append(
+            "the stream's grants and publication not set up: workflow_processes is the"
+            " cutover's view (schemas/roles.sql's source part is for a table that streams)"
+        )
+    return lines
 
 
 def create_backfill_state(conn: psycopg.Connection[Any], tables: list[str]) -> None:

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from replicator.clients.connect import ConnectClient, load_connector_file
-from replicator.errors import StackError
+from replicator.cutover.guard import closed_by, describe
+from replicator.cutover.objects import Record
+from replicator.errors import ReplicatorError, StackError
 from replicator.local.binaries import default_cache_dir, tansu_binary
 from replicator.local.postgres import LocalPostgres
 from replicator.local.processes import free_port, pid_alive, port_open, spawn, stop_pid, wait_for
@@ -135,7 +137,11 @@ class LocalStack:
         self._connect_up()
         settings = self.connection_settings()
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        self._register_connector(settings["REPLICATOR_CONNECT_URL"])
+        closed = self._closed_by_cutover()
+        if closed is None:
+            self._register_connector(settings["REPLICATOR_CONNECT_URL"])
+        else:  # registering it again would stream from a view, or re-create a dropped slot
+            self.log(f"connector: not registered: {describe(closed)}")
         return settings
 
     def down(self) -> list[str]:
@@ -190,10 +196,37 @@ class LocalStack:
                 "log": str(self._logfile("kafka-connect")),
             },
         }
-        parts["connector"] = (
-            self._connector_status() if parts["kafka-connect"]["healthy"] else {"healthy": False}
-        )
+        closed = self._closed_by_cutover() if parts["postgresql"]["healthy"] else None
+        if closed is not None:
+            parts["connector"] = self._connector_after(closed)
+        elif parts["kafka-connect"]["healthy"]:
+            parts["connector"] = self._connector_status()
+        else:
+            parts["connector"] = {"healthy": False}
         return parts
+
+    def _closed_by_cutover(self) -> Record | None:
+        """The cutover that closed the stream (None: it streams, or its state is unknown)."""
+        try:
+            return closed_by(self.connection_settings()["REPLICATOR_ADMIN_TARGET_DSN"])
+        except ReplicatorError:
+            return None
+
+    def _connector_after(self, closed: Record) -> dict[str, object]:
+        """After a cutover the connector is gone by design: healthy when it is gone."""
+        name = load_connector_file()["name"]
+        try:
+            still = name in ConnectClient(self.connect_url).names()
+        except ReplicatorError:
+            still = False
+        if still:
+            return {
+                "name": name,
+                "state": "still registered after the cutover: run `replicator cutover` again",
+                "healthy": False,
+            }
+        return {"name": name, "state": f"not registered, by design: {describe(closed)}",
+                "healthy": True}  # fmt: skip
 
     def _connector_status(self) -> dict[str, object]:
 

@@ -98,7 +98,10 @@ class Report:
     unmappable: dict[str, KeyDiff] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # still changing at every re-check
     error: str | None = None  # why it could not verify
-    cut_over: str | None = None  # the table was cut over: nothing streams, nothing to compare
+    # after a cutover: what is true (the source is then the archive, after_cutover.py) ...
+    cut_over: str | None = None
+    changed_since_cutover: int | None = None  # ... the rows written since (not compared)
+    finalized: bool = False  # ... and the rollback window closed: nothing left to compare
     seconds: float = 0.0
     repair: RepairSummary | None = None
 
@@ -107,15 +110,15 @@ class Report:
 
     @property
     def status(self) -> str:
-        if self.cut_over is not None:
-            return "cut_over"
         if self.error is not None:
             return "unverified"
+        if self.finalized:
+            return "finalized"
         return "drift" if self.drift else "in_sync"
 
     @property
     def exit_code(self) -> int:
-        codes = {"in_sync": EXIT_IN_SYNC, "cut_over": EXIT_IN_SYNC, "drift": EXIT_DRIFT}
+        codes = {"in_sync": EXIT_IN_SYNC, "finalized": EXIT_IN_SYNC, "drift": EXIT_DRIFT}
         return codes.get(self.status, EXIT_UNVERIFIED)
 
     def to_dict(self, max_report: int = 20) -> dict[str, Any]:
@@ -151,6 +154,7 @@ class Report:
             "seconds": round(self.seconds, 3),
             "error": self.error,
             "cut_over": self.cut_over,
+            "changed_since_cutover": self.changed_since_cutover,
         }
         if self.repair is not None:
             out["repair"] = {
@@ -210,8 +214,7 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
             lines.append(
                 f"cannot be repaired by re-reading ({len(r.unrepaired)}): the replicator applied"
                 " all the topic holds and they still differ; their re-read events were"
-                " dead-lettered (`replicator dlq list` says why): "
-                + _join(r.unrepaired[:20])
+                " dead-lettered (`replicator dlq list` says why): " + _join(r.unrepaired[:20])
             )
     return lines
 
@@ -231,14 +234,24 @@ def rich_table(report: Report, max_report: int = 20) -> Any:
     head.add_column(style="bold")
     head.add_column()
     head.add_row("status", f"[{style}]{d['status'].replace('_', ' ')}[/]")
+    if report.cut_over:
+        head.add_row("after the cutover", report.cut_over)
     head.add_row("rows", f"source {report.source_rows:,} / target {report.target_rows:,}")
+    if report.changed_since_cutover is not None:
+        head.add_row(
+            "written since",
+            f"{report.changed_since_cutover:,} rows (the application's; a rollback copies them"
+            " back; every other row compared)",
+        )
+    if report.finalized:
+        return head
+    if report.error:
+        head.add_row("could not verify", f"[yellow]{report.error}[/]")
     head.add_row("chunks differing", f"{report.chunks_differing} of {report.chunks}")
     head.add_row("re-checked", f"{report.suspects} keys, {report.rechecks} round(s)")
     for kind in ("missing", "extra", "different", "unmappable", "still_changing"):
         head.add_row(kind.replace("_", " "), f"{d[kind]['total']:,}")
     head.add_row("time", f"{report.seconds:.1f}s")
-    if report.error:
-        head.add_row("could not verify", f"[yellow]{report.error}[/]")
     parts: list[Any] = [head]
     rows = Table(title=f"first {max_report} of each kind", show_lines=False)
     rows.add_column("run_id")

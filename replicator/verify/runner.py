@@ -63,10 +63,10 @@ from replicator.events import RowChange
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
-from replicator.stream.apply.checkpoint import Checkpoint
 from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.source.ends import NotCaughtUp, probe_ends, wait_for_positions
 from replicator.verify import sql as vs
+from replicator.verify.after_cutover import verify_after_cutover
 from replicator.verify.report import KeyDiff, RepairSummary, Report, diff_rows
 from replicator.verify.tables import Tables, merge_chunks, prefetched
 
@@ -321,30 +321,19 @@ def wait_for_replicator(settings: Settings, target_table: str) -> CatchUp:
     return catch_up
 
 
-def _cut_over(settings: Settings, table: str) -> str | None:
-    """Why there is nothing to compare after ``replicator cutover`` (None: there is)."""
-    assert settings.source_dsn is not None
+def _after_cutover(settings: Settings, table: str, repair_drift: bool) -> Report | None:
+    """The report when ``table`` was cut over (after_cutover.py); None while it streams."""
     with (
-        connect(settings.source_dsn.get_secret_value(), "the source database") as source,
-        mapped_errors("read the source table's kind"),
+        connect(settings.target_dsn.get_secret_value(), "the target database") as conn,
+        mapped_errors("compare the archive with the target"),
     ):
-        row = source.execute(
-            "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [SOURCE_TABLE]
-        ).fetchone()
-    if row is None or row[0] != "v":
-        return None
-    checkpoint = Checkpoint(settings.offsets_table, table)
-    with (
-        connect(settings.target_dsn.get_secret_value(), "the target database") as target,
-        mapped_errors("read the positions"),
-    ):
-        if not checkpoint.closed(target, settings.topic):
-            return None
-    return (
-        f"{SOURCE_TABLE} is a view of {table} since the cutover: the application writes"
-        f" {table} itself, nothing streams, there is nothing to compare"
-        " (replicator rollback undoes the cutover)"
-    )
+        report = verify_after_cutover(conn, table)
+    if report is not None and repair_drift:
+        raise ConfigurationError(
+            "--repair refused after the cutover: nothing streams into"
+            f" {table} any more, the application writes it; {report.cut_over}"
+        )
+    return report
 
 
 def verify(
@@ -366,9 +355,9 @@ def verify(
         settings.source_dsn.get_secret_value(), settings.target_dsn.get_secret_value(), table
     )
     catch_up = catch_up or wait_for_replicator(settings, table)
-    note = _cut_over(settings, table)
-    if note is not None:
-        return Report(SOURCE_TABLE, table, cut_over=note)
+    after = _after_cutover(settings, table, repair_drift)
+    if after is not None:
+        return after
     report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
     if not repair_drift or report.status != "drift":
         return report

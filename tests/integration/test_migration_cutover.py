@@ -5,6 +5,7 @@ that finalizes runs last because nothing can follow it."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -196,7 +197,7 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             dry = cli("cutover", "--dry-run").stdout  # what is true, not readiness advice
             assert "rollback --dry-run" in dry and "replicator run` running" not in dry, dry
             assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
-            assert "cut over" in cli("verify").stdout
+            after_the_cutover_every_command_says_what_is_true(own_stack)
             assert query(
                 owner, "SELECT relkind FROM pg_class WHERE relname = 'workflow_processes'"
             ) == [("v",)]
@@ -244,6 +245,52 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
         if run.poll() is None:
             run.send_signal(signal.SIGTERM)
             assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+
+
+def after_the_cutover_every_command_says_what_is_true(own_stack: OwnStack) -> None:
+    """Between the cutover and the rollback: status and set-up commands know the cutover;
+    verify compares the archive with workflow_runs on the rows not written since."""
+    cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
+    verified = cli("verify", "--json")  # the service role reads the record and the log
+    report = json.loads(verified.stdout)
+    assert report["source"]["table"] == "workflow_processes_archive", report
+    assert report["status"] == "in_sync" and report["changed_since_cutover"] > 0, report
+    # a row changed behind the change log's back (triggers off) is drift, and is named
+    untouched = "co-text"
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        (was,) = conn.execute(
+            "SELECT description FROM workflow_runs WHERE run_id = %s", [untouched]
+        ).fetchone()
+        conn.execute(
+            "UPDATE workflow_runs SET description = 'tampered' WHERE run_id = %s", [untouched]
+        )
+        try:
+            drift = cli("verify", ok=False)
+            assert drift.returncode == 1 and untouched in drift.stdout, drift.stdout
+        finally:
+            conn.execute(
+                "UPDATE workflow_runs SET description = %s WHERE run_id = %s", [was, untouched]
+            )
+    # setting up again: the connector is not registered, its slot not re-created
+    up = cli("stack", "up")
+    assert "not registered" in up.stderr and "cut over at" in up.stderr, up.stderr
+    assert "compatibility view: left as it is" in up.stderr, up.stderr
+    assert not slot_exists(owner)
+    status = cli("stack", "status")  # exit 0: the connector is gone by design
+    assert "not registered, by design" in status.stdout, status.stdout
+    connector = cli("connector", "status")
+    assert "by design" in connector.stdout and "rollback" in connector.stdout, connector.stdout
+    refused = cli("connector", "apply", ok=False)
+    assert refused.returncode == 2 and "refused" in refused.stderr, refused.stderr
+    assert not slot_exists(owner)
+    assessed = cli("assess", "--runs", "1", ok=False)
+    assert assessed.returncode in (0, 1), assessed.stdout + assessed.stderr
+    assert "the migrated state" in assessed.stdout and "stream              closed" in (
+        assessed.stdout
+    )
+    assert "PASS  zero data loss" in assessed.stdout, assessed.stdout
+    assert "consumer lag" not in assessed.stdout
 
 
 class Incrementer:
@@ -514,6 +561,18 @@ def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
     assert "nothing left to do" in cli("cutover").stdout
     dry = cli("cutover", "--dry-run").stdout
     assert "the rollback window is closed" in dry and "replicator run` running" not in dry
+    # setting up again after the finalize: no publication, no slot, no connector come back
+    up = cli("stack", "up")
+    assert "not registered" in up.stderr and "finalized" in up.stderr, up.stderr
+    assert query(owner, "SELECT count(*) FROM pg_publication") == [(0,)]
+    assert not slot_exists(owner)
+    status = cli("stack", "status")  # exit 0: everything is as it should be
+    assert "not registered, by design" in status.stdout, status.stdout
+    verified = cli("verify", "--json")
+    assert json.loads(verified.stdout)["status"] == "finalized", verified.stdout
+    assessed = cli("assess", "--runs", "1", ok=False)
+    assert assessed.returncode in (0, 1), assessed.stdout + assessed.stderr
+    assert "n/a   zero data loss: not measured" in assessed.stdout, assessed.stdout
     with psycopg.connect(owner, autocommit=True) as conn:  # the view still serves the application
         conn.execute("UPDATE workflow_processes SET message = 'after' WHERE id = 'co-null'")
     assert query(owner, "SELECT description FROM workflow_runs WHERE run_id = 'co-null'") == [

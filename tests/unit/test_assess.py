@@ -9,6 +9,8 @@ from replicator.assess.criteria import (
     index_used,
     loss_criterion,
     median,
+    migrated_loss_criterion,
+    on_table,
     query_criterion,
     storage_criterion,
 )
@@ -64,3 +66,26 @@ def test_every_question_is_asked_of_the_new_table_and_all_but_one_of_the_old() -
     assert all("workflow_runs" in q.new for q in QUERIES)
     assert [q.name for q in QUERIES if q.legacy is None] == ["by user and status"]
     assert all("workflow_processes" in q.legacy for q in QUERIES if q.legacy)
+
+
+def test_after_a_cutover_no_loss_is_the_archive_agreeing_and_finalized_is_not_measured() -> None:
+    from replicator.assess.runner import Assessment
+
+    agreed = migrated_loss_criterion("in_sync", 12)
+    assert agreed.passed and "12 written since" in agreed.figure
+    assert migrated_loss_criterion("drift", 0).passed is False
+    finalized = migrated_loss_criterion("finalized", None)
+    assert finalized.passed is None and "not measured" in finalized.figure
+    # a criterion not measured neither passes nor fails the assessment
+    passing = migrated_loss_criterion("in_sync", 0)
+    assert Assessment(criteria=[passing, finalized]).exit_code == 0
+    assert Assessment(criteria=[finalized]).exit_code == 1  # nothing measured: not a pass
+    assert Assessment(criteria=[migrated_loss_criterion("drift", 0), finalized]).exit_code == 1
+
+
+def test_legacy_questions_are_asked_of_the_archive_after_a_cutover() -> None:
+    for q in QUERIES:
+        if q.legacy is not None:
+            asked = on_table(q.legacy, "workflow_processes_archive")
+            assert 'FROM "workflow_processes_archive"' in asked
+            assert "FROM workflow_processes " not in asked + " "

@@ -164,7 +164,7 @@ def test_a_closed_output_pipe_ends_the_command_quietly() -> None:
         "c.cmd_config = flood\n"
         "sys.exit(m.main(['config', 'show']))\n"
     )
-    shell = f"{sys.executable} -c {shlex.quote(script)} | head -3; echo \"exit=${{PIPESTATUS[0]}}\""
+    shell = f'{sys.executable} -c {shlex.quote(script)} | head -3; echo "exit=${{PIPESTATUS[0]}}"'
     res = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
     assert res.stdout.splitlines()[:3] == ["line 0", "line 1", "line 2"]
     assert "exit=141" in res.stdout, res.stdout + res.stderr
@@ -193,3 +193,21 @@ def test_dlq_show_origin_must_be_partition_colon_offset(
         main(["dlq", "show", "--origin", "7"])
     assert exit_.value.code == 2
     assert "PARTITION:OFFSET" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["cutover", "--dry-run"], ["cutover"], ["rollback", "--dry-run"], ["verify"]],
+)
+def test_a_database_out_of_reach_is_exit_2_for_every_command(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from replicator.local.processes import free_port
+
+    dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    for name in ("SOURCE", "TARGET", "ADMIN_SOURCE", "ADMIN_TARGET"):
+        monkeypatch.setenv(f"REPLICATOR_{name}_DSN", dsn)
+    monkeypatch.setenv("REPLICATOR_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "replicator: " in err and "Traceback" not in err

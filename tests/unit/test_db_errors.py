@@ -15,7 +15,7 @@ from replicator.errors import ConfigurationError, TargetUnavailable
         'connection failed: FATAL:  role "nobody" does not exist',
         'connection failed: FATAL:  password authentication failed for user "app"',
         'connection failed: FATAL:  database "nowhere" does not exist',
-        "connection failed: FATAL:  no pg_hba.conf entry for host \"10.0.0.1\"",
+        'connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1"',
     ],
 )
 def test_a_connection_the_server_refuses_for_who_is_asking_is_a_configuration_error(

@@ -143,9 +143,7 @@ def test_nothing_at_runtime_imports_the_local_stack() -> None:
     """``replicator/local/`` is the development stack: only it and the commands that
     drive it (``stack``, ``sample``) import it, so no production command loads it."""
     users = {
-        name(p)
-        for p in MODULES
-        if any(m.startswith("replicator.local") for m in imports_of(p))
+        name(p) for p in MODULES if any(m.startswith("replicator.local") for m in imports_of(p))
     }
     assert {u for u in users if not u.startswith("replicator/local/")} == {
         "replicator/cli/stack.py"

@@ -65,7 +65,7 @@ def test_repeated_librdkafka_lines_are_held_back_and_counted() -> None:
     ("error", "code", "prefix"),
     [
         (ConfigurationError("bad table name"), 2, "replicator: configuration error: bad"),
-        (TargetUnavailable("connection refused"), 1, "replicator: unavailable: connection"),
+        (TargetUnavailable("connection refused"), 2, "replicator: unavailable: connection"),
         (PositionGap("offsets 2..4 are gone"), 1, "replicator: offsets 2..4 are gone"),
     ],
 )
@@ -121,3 +121,25 @@ def test_describe_a_step_without_a_rate_or_a_total() -> None:
     assert describe("verify", 0, 0, "rows", 0.0).endswith("0/0 rows, 0 rows/s, ETA 0:00:00")
     assert describe("verify", 5, 10, "rows", 0.0).endswith("ETA ?")
     assert describe("verify", 5, 10, "rows", 1.0).endswith("ETA 0:00:05")
+
+
+def test_a_wait_for_the_replicator_says_where_it_is_while_it_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cutover's readiness wait (up to 30 s) is not silent: every few seconds it says
+    how far the replicator is, then it ends as soon as the positions reach the ends."""
+    from replicator.stream.source import ends as ends_module
+    from replicator.stream.source.ends import PartitionEnd, wait_for_positions
+
+    positions = iter([{0: 3}, {0: 5}, {0: 8}, {0: 10}])
+    monkeypatch.setattr(ends_module, "read_positions", lambda *a: next(positions))
+    heard: list[str] = []
+    wait_for_positions(
+        "dsn", "offsets", "workflow_runs", "t", {0: PartitionEnd(0, 0, 10)}, 30.0,
+        interval=0.01, progress=heard.append, every=0.0,
+    )  # fmt: skip
+    assert heard == [
+        f"waiting for the replicator of 'workflow_runs' to reach the ends of t: partition 0"
+        f" at {n} of 10 ({0} of 30 s)"
+        for n in (3, 5, 8)
+    ]

@@ -201,9 +201,7 @@ class RecordingSink:
             raise EventError(f"{bad[0]} rejected", reason="target_rejected")
         floor = self.floor.get("table")
         kept = [
-            c
-            for c in changes
-            if floor is None or c.lsn is None or (c.generation, c.lsn) >= floor
+            c for c in changes if floor is None or c.lsn is None or (c.generation, c.lsn) >= floor
         ]
         result = ApplyResult(len(kept), 0, 0, (), len(changes) - len(kept))
         changes = kept

@@ -396,3 +396,25 @@ def test_a_re_read_row_that_never_arrives_is_reported_as_not_repairable_once_cau
     tables.rounds = [({"a": a}, {})] * 5
     with pytest.raises(NotCaughtUp, match="is `replicator run` running"):
         runner._await_resync(tables, {"a"}, options, behind)  # type: ignore[arg-type]
+
+
+def test_after_a_cutover_drift_still_fails_and_finalized_is_no_comparison() -> None:
+    from replicator.verify.report import KeyDiff, Report
+
+    agreed = Report("workflow_processes_archive", "workflow_runs", cut_over="cut over at ...")
+    agreed.changed_since_cutover = 3
+    assert (agreed.status, agreed.exit_code) == ("in_sync", 0)
+    assert agreed.to_dict()["changed_since_cutover"] == 3
+    drifted = Report("workflow_processes_archive", "workflow_runs", cut_over="cut over at ...")
+    drifted.drift["a"] = KeyDiff("a", "different")
+    assert (drifted.status, drifted.exit_code) == ("drift", 1)
+    done = Report("workflow_processes_archive", "workflow_runs", cut_over="...", finalized=True)
+    assert (done.status, done.exit_code) == ("finalized", 0)
+
+
+def test_the_drift_query_after_a_cutover_leaves_out_the_logged_rows() -> None:
+    from replicator.verify.after_cutover import drift_query
+
+    text = drift_query("public", "workflow_processes_archive", "workflow_runs").as_string(None)
+    assert '"public"."workflow_processes_archive" AS p' in text
+    assert 'NOT EXISTS (SELECT FROM "public"."replicator_cutover_changes" c' in text

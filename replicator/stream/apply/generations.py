@@ -153,6 +153,7 @@ _DUE = f"""
                       AND w.topic = g.topic AND w.generation >= g.generation)
     ORDER BY g.generation DESC LIMIT 1"""
 
+
 def due(conn: psycopg.Connection[Any], table: str, topic: str) -> Generation | None:
     """The newest completed generation of ``topic`` not swept on ``table`` yet."""
     row = conn.execute(_DUE, {"topic": topic, "table": table}).fetchone()

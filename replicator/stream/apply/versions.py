@@ -61,28 +61,30 @@ def claim(versions: str, table: str, stage: sql.Composable) -> str:
     changes, changes older than the table's truncate floor (``behind_floor``), and
     partial changes whose target row is missing (``unresolved``)."""
     v, t, s = sql.Identifier(versions), sql.Identifier(table), stage
-    return q(
-        "WITH won AS ("
-        " INSERT INTO {v} AS v (run_id, generation, source_lsn, deleted)"
-        " SELECT s.run_id, s.gen, COALESCE(s.lsn, {none}), s.del FROM {s} s"
-        " WHERE (s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id))"
-        " AND NOT {behind}"
-        " ON CONFLICT (run_id) DO UPDATE"
-        " SET generation = CASE WHEN EXCLUDED.source_lsn = {none} THEN v.generation"
-        " ELSE EXCLUDED.generation END, source_lsn = CASE WHEN EXCLUDED.source_lsn = {none}"
-        " THEN v.source_lsn ELSE EXCLUDED.source_lsn END,"
-        " deleted = EXCLUDED.deleted"
-        " WHERE EXCLUDED.source_lsn = {none}"
-        " OR (EXCLUDED.generation, EXCLUDED.source_lsn) >= (v.generation, v.source_lsn)"
-        " RETURNING v.run_id)"
-        " DELETE FROM {s} s WHERE NOT EXISTS (SELECT FROM won WHERE won.run_id = s.run_id)"
-        " RETURNING s.run_id, s.del, s.unavail IS NOT NULL AND NOT {behind}"
-        " AND NOT EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
-        " AND NOT EXISTS (SELECT FROM {v} v WHERE v.run_id = s.run_id"
-        " AND (v.generation, v.source_lsn) > (s.gen, s.lsn)), {behind}"
-    ).format(
-        s=s, t=t, v=v, none=sql.Literal(NO_VERSION), behind=_behind_floor(table)
-    ).as_string(None)
+    return (
+        q(
+            "WITH won AS ("
+            " INSERT INTO {v} AS v (run_id, generation, source_lsn, deleted)"
+            " SELECT s.run_id, s.gen, COALESCE(s.lsn, {none}), s.del FROM {s} s"
+            " WHERE (s.unavail IS NULL OR EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id))"
+            " AND NOT {behind}"
+            " ON CONFLICT (run_id) DO UPDATE"
+            " SET generation = CASE WHEN EXCLUDED.source_lsn = {none} THEN v.generation"
+            " ELSE EXCLUDED.generation END, source_lsn = CASE WHEN EXCLUDED.source_lsn = {none}"
+            " THEN v.source_lsn ELSE EXCLUDED.source_lsn END,"
+            " deleted = EXCLUDED.deleted"
+            " WHERE EXCLUDED.source_lsn = {none}"
+            " OR (EXCLUDED.generation, EXCLUDED.source_lsn) >= (v.generation, v.source_lsn)"
+            " RETURNING v.run_id)"
+            " DELETE FROM {s} s WHERE NOT EXISTS (SELECT FROM won WHERE won.run_id = s.run_id)"
+            " RETURNING s.run_id, s.del, s.unavail IS NOT NULL AND NOT {behind}"
+            " AND NOT EXISTS (SELECT FROM {t} t WHERE t.run_id = s.run_id)"
+            " AND NOT EXISTS (SELECT FROM {v} v WHERE v.run_id = s.run_id"
+            " AND (v.generation, v.source_lsn) > (s.gen, s.lsn)), {behind}"
+        )
+        .format(s=s, t=t, v=v, none=sql.Literal(NO_VERSION), behind=_behind_floor(table))
+        .as_string(None)
+    )
 
 
 def truncate(versions: str, table: str) -> tuple[str, str, str, str]:

@@ -24,7 +24,7 @@ be covered, so everything published before that moment lies below the ends.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -161,16 +161,27 @@ def wait_for_positions(
     ends: Mapping[int, PartitionEnd],
     timeout: float,
     interval: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+    every: float = 5.0,
 ) -> None:
     """Wait until the positions stored for ``target_table`` reach ``ends``; raise
-    :class:`NotCaughtUp` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    :class:`NotCaughtUp` after ``timeout`` seconds.  ``progress`` hears where the
+    replicator is every ``every`` seconds of waiting (a person waits less blindly)."""
+    started = time.monotonic()
+    deadline, told = started + timeout, started
     while True:
         stored = read_positions(conninfo, offsets_table, target_table, topic)
         lag = lagging(stored, ends)  # type: ignore[arg-type]
         if not lag:
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if progress is not None and now - told >= every:
+            told = now
+            progress(
+                f"waiting for the replicator of {target_table!r} to reach the ends of {topic}:"
+                f" {describe_lag(lag)} ({now - started:.0f} of {timeout:g} s)"
+            )
+        if now >= deadline:
             raise NotCaughtUp(
                 f"the replicator of {target_table!r} did not catch up with {topic} within"
                 f" {timeout:g}s ({describe_lag(lag)}); is `replicator run` running for it?",
