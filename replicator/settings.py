@@ -1,8 +1,10 @@
 """The one typed settings model.
 
 Sources, highest precedence first: command-line flags, ``REPLICATOR_*`` environment
-variables, the env file (``--env-file``, ``REPLICATOR_ENV_FILE``, or the local stack's
-``.replicator/stack/stack.env`` when it exists), the defaults on the fields.  Every
+variables, the env file (``--env-file`` or ``REPLICATOR_ENV_FILE``), the defaults on the
+fields.  The local stack's ``.replicator/stack/stack.env`` is read only by the local
+stack's own commands (``stack``, ``sample``) or when named: a production command started
+in a directory that happens to hold one must not connect where that file points.  Every
 value is validated when the process starts; a bad one raises
 :class:`~replicator.errors.ConfigurationError` naming the field and how to fix it.
 """
@@ -176,6 +178,10 @@ class Settings(BaseSettings):
             raise ValueError("value_format=avro needs schema_registry_url")
         return self
 
+    def __repr_args__(self) -> Any:  # repr() and str() never show a Kafka secret
+        for name, value in super().__repr_args__():
+            yield name, mask_kafka_config(value) if name == "kafka_config" else value
+
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq_topic or f"{self.topic}.dlq"
@@ -218,6 +224,19 @@ def mask_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
+#: Words in a librdkafka setting's name that make its value a secret (``sasl.password``,
+#: ``sasl.jaas.config``, ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ...).
+SECRET_WORDS = ("password", "secret", "jaas", "key", "token", "oauthbearer.config")
+
+
+def mask_kafka_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Pure. ``config`` with every secret value masked: for logs, errors and ``config show``."""
+    return {
+        k: "********" if any(w in k.lower() for w in SECRET_WORDS) else v
+        for k, v in config.items()
+    }
+
+
 def effective(settings: Settings) -> dict[str, Any]:
     """Every setting's effective value, secrets masked (``replicator config show``)."""
     out: dict[str, Any] = {}
@@ -226,10 +245,7 @@ def effective(settings: Settings) -> dict[str, Any]:
         if isinstance(value, SecretStr):
             value = mask_dsn(value.get_secret_value())
         elif name == "kafka_config":
-            value = {
-                k: "********" if any(w in k for w in ("password", "secret", "jaas", "key")) else v
-                for k, v in value.items()
-            }
+            value = mask_kafka_config(value)
         out[name] = value
     out["dlq_topic"] = settings.dead_letter_topic  # the effective one, not "None"
     out["versions_table"] = settings.versions_table
@@ -237,9 +253,14 @@ def effective(settings: Settings) -> dict[str, Any]:
 
 
 def default_env_file() -> Path | None:
+    """The env file named by ``REPLICATOR_ENV_FILE`` (None: none named)."""
     explicit = os.environ.get("REPLICATOR_ENV_FILE")
-    if explicit:
-        return Path(explicit)
+    return Path(explicit) if explicit else None
+
+
+def local_stack_env_file() -> Path | None:
+    """The local stack's settings (``$REPLICATOR_STACK_DIR/stack.env``), when present: the
+    default env file of the local stack's own commands only."""
     stack_dir = Path(os.environ.get("REPLICATOR_STACK_DIR", DEFAULT_STACK_DIR))
     candidate = stack_dir / "stack.env"
     return candidate if candidate.exists() else None
@@ -263,13 +284,16 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    env_file: Path | None = None, *, local: bool = False, **overrides: Any
+) -> Settings:
     """Build and validate the settings; ``overrides`` are the command's flags (None = unset).
+    ``local``: a local stack's command, which also falls back on the stack's env file.
 
     A bad value raises :class:`ConfigurationError` naming where it came from: the flag,
     the environment variable or the env file."""
     file_values: dict[str, Any] = {}
-    path = env_file or default_env_file()
+    path = env_file or default_env_file() or (local_stack_env_file() if local else None)
     if path is not None:
         for key, value in read_env_file(path).items():
             if key.startswith("REPLICATOR_"):
@@ -328,6 +352,10 @@ class Sources:
         return f"set {env} (environment or env file){flag}"
 
 
+def _masked(value: Any) -> Any:
+    return mask_kafka_config(value) if isinstance(value, dict) else value
+
+
 def describe_validation_error(exc: ValidationError, sources: Sources | None = None) -> str:
     sources = sources or Sources()
     lines = ["invalid settings:"]
@@ -339,10 +367,19 @@ def describe_validation_error(exc: ValidationError, sources: Sources | None = No
             err = {**err, "msg": "must be a string, a number or a boolean"}
         if err["type"] == "missing":
             lines.append(f"  {name}: missing; {sources.how_to_set(name)}")
+            stack_env = local_stack_env_file()
+            if sources.file is None and stack_env is not None and len(lines) == 2:
+                lines.append(
+                    f"  (the local stack's settings are in {stack_env}: name it with --env-file"
+                    " or REPLICATOR_ENV_FILE; production commands do not read it by themselves)"
+                )
         else:
             shown = err.get("input")
             if "dsn" in name or "password" in name:
                 shown = "<hidden>"
+            elif name == "kafka_config":
+                secret = len(loc) > 1 and mask_kafka_config({loc[1]: 0}) != {loc[1]: 0}
+                shown = "<hidden>" if secret else _masked(shown)
             line = f"  {what}={shown!r}: {err['msg']} (set via {sources.where(name)})"
             if line not in lines:
                 lines.append(line)

@@ -48,11 +48,23 @@ END
 $$;
 
 -- source: the replicator reads the legacy table (verify, backfill) and the slot's lag, and
--- asks Debezium for incremental snapshots (verify --repair).
+-- asks Debezium for incremental snapshots (verify --repair).  The slot's lag needs no
+-- grant: pg_replication_slots and the WAL positions (pg_current_wal_lsn) are readable by
+-- every role.  pg_monitor would bring pg_read_all_stats (other sessions' query text):
+-- taken back from installations that granted it.
 GRANT USAGE ON SCHEMA public TO replicator_app;
 GRANT SELECT ON workflow_processes TO replicator_app;
 GRANT INSERT ON debezium_signal TO replicator_app;
-GRANT pg_monitor TO replicator_app;
+DO $$
+BEGIN
+    IF pg_has_role('replicator_app', 'pg_monitor', 'MEMBER')
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = 'replicator_app') THEN
+        REVOKE pg_monitor FROM replicator_app;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'replicator_app is a member of pg_monitor, which it does not need: revoke it as a superuser';
+END
+$$;
 
 -- [target]
 -- target: rows, versions and positions, nothing else (TEMP for the staging table is

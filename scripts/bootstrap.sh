@@ -11,6 +11,7 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 compgen -G "/usr/share/java/jetty9-server-9.4.*.jar" >/dev/null || need+=(libjetty9-java)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v promtool >/dev/null || need+=(prometheus)  # the alert rules' tests, a real Prometheus
+command -v kubectl >/dev/null || need+=(kubernetes-client)  # renders the Kubernetes kit
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   sudo=""
@@ -23,10 +24,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# every dependency from the lock file, each file checked against its hash (the local
+# broker's wheel included), then the project itself
+stamp=.venv/.installed-$(cat pyproject.toml requirements-dev.lock | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  echo "bootstrap: pip install -e '.[dev]'" >&2
+  echo "bootstrap: pip install --require-hashes -r requirements-dev.lock; pip install -e ." >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-* && touch "$stamp"
 fi

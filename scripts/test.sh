@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check replicator tests
+.venv/bin/ruff check replicator tests deploy bench
 rm -f .coverage .coverage.*
 log=$(mktemp)
 set +e

@@ -3,7 +3,8 @@
 Read-only: counts, ``verify``, the consumer's lag and the slot's retained WAL, the query
 set of :mod:`replicator.assess.criteria` (each query run once to warm, then ``runs``
 times; the median, and EXPLAIN to tell whether an index served it), the size of each
-table.  Works as the service role (SELECT on both tables, pg_monitor for the slot).
+table.  Works as the service role (SELECT on both tables; the slot's
+position is readable by every role).
 
 After a cutover the legacy side is the archive (the legacy table, frozen at the
 cutover): its queries and its storage are measured there, ``verify`` compares it with

@@ -16,17 +16,18 @@ EXIT_SIGPIPE = 141
 Subparsers = Any  # argparse's private _SubParsersAction
 
 
-def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """The settings: flags (``overrides``), environment, env file, defaults."""
+def settings_from(args: argparse.Namespace, *, local: bool = False, **overrides: Any) -> Settings:
+    """The settings: flags (``overrides``), environment, env file, defaults (``local``: a
+    local stack's command, which falls back on the stack's env file)."""
     env_file = Path(args.env_file) if getattr(args, "env_file", None) else None
-    return load_settings(env_file, **overrides)
+    return load_settings(env_file, local=local, **overrides)
 
 
 def with_env(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--env-file",
-        help="KEY=VALUE settings file (default: $REPLICATOR_ENV_FILE, "
-        "else .replicator/stack/stack.env when present)",
+        help="KEY=VALUE settings file (default: $REPLICATOR_ENV_FILE; the local stack's"
+        " .replicator/stack/stack.env only when named)",
     )
     return p
 

@@ -94,7 +94,8 @@ def add_sample_parser(sub: Subparsers) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     from replicator.local.sample import insert_rows
 
-    settings = settings_from(args).as_admin()  # it writes legacy rows, as the application would
+    # it writes legacy rows, as the application would
+    settings = settings_from(args, local=True).as_admin()
     if settings.source_dsn is None:
         raise ConfigurationError("source_dsn is not set; set REPLICATOR_SOURCE_DSN")
     count = insert_rows(

@@ -75,6 +75,7 @@ def started_own_stack() -> Iterator[OwnStack]:
     home = Path(tempfile.mkdtemp(prefix="replicator-faults-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
     env["REPLICATOR_STACK_DIR"] = str(home / "state")
+    env["REPLICATOR_ENV_FILE"] = str(home / "state" / "stack.env")  # named, as an operator must
     own = OwnStack(home, env)
     try:
         own.cli("stack", "up")

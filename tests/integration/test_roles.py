@@ -113,3 +113,28 @@ def test_schema_apply_roles_is_idempotent(stack: StackInfo, cli_env: dict[str, s
             " WHERE pubname = 'replicator_workflow_processes'"
         ).fetchone()
     assert tables == ["debezium_heartbeat", "debezium_signal", "workflow_processes"]
+
+
+def test_the_service_role_reads_no_other_session_and_still_sees_the_slot(
+    stack: StackInfo, roles: None
+) -> None:
+    """Least privilege: no pg_monitor (it brings pg_read_all_stats, other sessions' query
+    text), and what the product reads as that role, the slot's lag, still reads."""
+    from replicator.observe.tracker import SLOT_LAG
+
+    with psycopg.connect(stack.source_dsn, autocommit=True) as owner:
+        owner.execute("GRANT pg_monitor TO replicator_app")  # as an older roles.sql did
+        owner.execute(ROLES.read_text())  # the current one takes it back
+        assert owner.execute(
+            "SELECT pg_has_role('replicator_app', 'pg_read_all_stats', 'MEMBER')"
+        ).fetchone() == (False,)
+        slots = owner.execute("SELECT slot_name FROM pg_replication_slots").fetchall()
+    assert slots, "the session's connector has a slot"
+    with psycopg.connect(as_role(stack.source_dsn, "replicator_app")) as app:
+        hidden = app.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename <> current_user"
+            " AND query <> '<insufficient privilege>' AND query <> ''"
+        ).fetchone()
+        assert hidden == (0,)
+        (lag,) = app.execute(SLOT_LAG, [slots[0][0]]).fetchone()
+        assert lag is not None and lag >= 0

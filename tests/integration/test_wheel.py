@@ -51,6 +51,7 @@ def run_from_wheel(home: Path) -> None:
     work.mkdir()
     state = home / "state"
     env["REPLICATOR_STACK_DIR"] = str(state)
+    env["REPLICATOR_ENV_FILE"] = str(state / "stack.env")
     replicator = str(venv / "bin" / "replicator")
 
     def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:

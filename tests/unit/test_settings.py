@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,42 @@ def test_admin_dsns_replace_the_service_ones_only_for_admin_commands(
     from replicator.settings import effective
 
     assert "pw" not in str(effective(settings)["admin_target_dsn"])  # masked
+
+
+def test_the_local_stack_env_file_is_read_only_by_local_commands_or_when_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A production command started where a stack.env lies does not connect where it points."""
+    state = tmp_path / "state"
+    state.mkdir()
+    write(state, "REPLICATOR_TARGET_DSN=postgresql://stack@h/db\nREPLICATOR_KAFKA_BOOTSTRAP=h:1\n")
+    monkeypatch.setenv("REPLICATOR_STACK_DIR", str(state))
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(None)
+    assert "target_dsn: missing" in str(refused.value)
+    assert f"{state / 'stack.env'}: name it with --env-file" in str(refused.value)
+    local = load_settings(None, local=True)  # `replicator sample`, a local stack command
+    assert local.target_dsn.get_secret_value() == "postgresql://stack@h/db"
+    monkeypatch.setenv("REPLICATOR_ENV_FILE", str(state / "stack.env"))  # named
+    assert load_settings(None).kafka_bootstrap == "h:1"
+
+
+def test_kafka_secrets_are_masked_in_repr_and_in_errors(monkeypatch) -> None:
+    from replicator.settings import effective
+
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    secret = {"sasl.password": "hunter2", "sasl.jaas.config": "pw=hunter2", "acks": "all"}
+    monkeypatch.setenv("REPLICATOR_KAFKA_CONFIG", json.dumps(secret))
+    settings = load_settings(None)
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    assert "hunter2" not in json.dumps(effective(settings))
+    assert "'acks': 'all'" in repr(settings)  # what is not secret stays readable
+    for bad in (
+        {**secret, "group.protocol": "consumer"},  # a refused value beside the secrets
+        {**secret, "sasl.password": ["hunter2"]},  # a secret of the wrong type
+    ):
+        monkeypatch.setenv("REPLICATOR_KAFKA_CONFIG", json.dumps(bad))
+        with pytest.raises(ConfigurationError) as err:
+            load_settings(None)
+        assert "kafka_config" in str(err.value) and "hunter2" not in str(err.value), err.value
