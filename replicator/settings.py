@@ -232,8 +232,7 @@ SECRET_WORDS = ("password", "secret", "jaas", "key", "token", "oauthbearer.confi
 def mask_kafka_config(config: dict[str, Any]) -> dict[str, Any]:
     """Pure. ``config`` with every secret value masked: for logs, errors and ``config show``."""
     return {
-        k: "********" if any(w in k.lower() for w in SECRET_WORDS) else v
-        for k, v in config.items()
+        k: "********" if any(w in k.lower() for w in SECRET_WORDS) else v for k, v in config.items()
     }
 
 

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check replicator tests deploy bench
+.venv/bin/mypy  # strict on replicator/ (pyproject.toml, [tool.mypy])
 rm -f .coverage .coverage.*
 log=$(mktemp)
 set +e

@@ -162,7 +162,7 @@ def _lag(settings: Settings) -> int:
     )
     return sum(
         end - (pos if pos is not None else ends[p].low)
-        for p, (pos, end) in lagging(stored, ends).items()  # type: ignore[arg-type]
+        for p, (pos, end) in lagging(stored, ends).items()
     )
 
 

@@ -32,7 +32,7 @@ def identity(conn: psycopg.Connection[Any]) -> Identity:
         sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
     except psycopg.errors.InsufficientPrivilege:
         sysid = None
-    return (row[0], int(row[1]), sysid[0] if sysid else None, conn.info.host)  # type: ignore[index]
+    return (row[0], int(row[1]), sysid[0] if sysid else None, conn.info.host)  # type: ignore[index]  # function calls: always one row
 
 
 def same_database(a: Identity, b: Identity) -> bool:
@@ -100,7 +100,7 @@ def create_state_tables(conn: psycopg.Connection[Any]) -> None:
 
 def check_target(conn: psycopg.Connection[Any], table: str, versions: str) -> None:
     for name in (table, versions):
-        (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{name}"']).fetchone()  # type: ignore[misc]
+        (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{name}"']).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         if not exists:
             raise ConfigurationError(
                 f"the target database has no table {name!r}; create it first"

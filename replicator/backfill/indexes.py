@@ -64,7 +64,7 @@ def restore_indexes(conn: psycopg.Connection[Any], table: str) -> int:
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
             (missing,) = conn.execute(
                 "SELECT to_regclass(%s) IS NULL", [sql.Identifier(name).as_string(conn)]
-            ).fetchone()  # type: ignore[misc]
+            ).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
             if missing:
                 conn.execute(definition)
             conn.execute(

@@ -232,7 +232,7 @@ class _Run:
                 require_slot(src)
             check_target(tgt, self.table, self.versions)
             same = same_database(identity(src), identity(tgt))
-            path: LoadPath = ("sql" if same else "copy") if via == "auto" else via  # type: ignore[assignment]
+            path: LoadPath = ("sql" if same else "copy") if via == "auto" else via  # type: ignore[assignment]  # argparse's choices are LoadPath's values
             if path == "sql" and not same:
                 raise ConfigurationError("--via sql needs the source table in the target database")
             locked = tgt.execute(
@@ -248,12 +248,12 @@ class _Run:
                 f"SELECT coalesce(sum(rows_read), 0) FROM {bsql.CHUNKS_TABLE}"
                 " WHERE target_table = %s AND finished_at IS NOT NULL",
                 [self.table],
-            ).fetchone()[0]  # type: ignore[index]
+            ).fetchone()[0]  # type: ignore[index]  # an aggregate or a function call: always one row
             report.rows_before = int(done_rows)
             if not todo:
                 (report.source_rows,) = src.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self.job.source)
-                ).fetchone()  # type: ignore[misc]
+                ).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
             total = int(done_rows) + sum(c.planned_rows for c in todo)
             log.info("backfill %s: %d chunks to load via %s", self.table, len(todo), path)
             if defer and todo:
@@ -299,7 +299,7 @@ class _Run:
             with src.transaction():
                 src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 count = src.execute(sql.SQL("SELECT count(*) FROM {}").format(self.job.source))
-                total = int(count.fetchone()[0])  # type: ignore[index]
+                total = int(count.fetchone()[0])  # type: ignore[index]  # an aggregate or a function call: always one row
                 bounds = [r[0] for r in src.execute(bsql.plan_boundaries(self.job.source, rows))]
             plan = bsql.plan_chunks(bounds, total, rows)
             with tgt.cursor() as cur:

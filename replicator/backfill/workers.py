@@ -94,7 +94,9 @@ class Worker:
         """(read, loaded, skipped, rejected), committed with the chunk's finished mark."""
         raise NotImplementedError
 
-    def finish(self, conn: psycopg.Connection[Any], chunk: bsql.Chunk, counts: tuple) -> None:
+    def finish(
+        self, conn: psycopg.Connection[Any], chunk: bsql.Chunk, counts: tuple[int, ...]
+    ) -> None:
         conn.execute(_FINISH, [*counts, self.job.table, chunk.number])
 
     def reset(self) -> None:
@@ -119,7 +121,7 @@ class SqlWorker(Worker):
         conn = self.target
         with conn.transaction():
             conn.execute("SET LOCAL jit = off")  # compiling costs more than it saves here
-            read, claimed, rejected = conn.execute(statement).fetchone()  # type: ignore[misc]
+            read, claimed, rejected = conn.execute(statement).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
             counts = (read, claimed, read - claimed - rejected, rejected)
             self.finish(conn, chunk, counts)
         return counts
@@ -153,7 +155,7 @@ class CopyWorker(Worker):
                     into.write(data)
             conn.execute("SET LOCAL jit = off")
             conn.execute("SET LOCAL enable_nestloop = off")  # the stage has no statistics
-            read, claimed, rejected = conn.execute(statement).fetchone()  # type: ignore[misc]
+            read, claimed, rejected = conn.execute(statement).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
             counts = (read, claimed, read - claimed - rejected, rejected)
             self.finish(conn, chunk, counts)
         return counts
@@ -247,6 +249,6 @@ class TolerantTimestampLoader(Loader):
     def load(self, data: Buffer) -> datetime | int:
         (micros,) = _INT8.unpack(data)
         try:
-            return _PG_EPOCH + timedelta(microseconds=micros)
+            return _PG_EPOCH + timedelta(microseconds=int(micros))
         except OverflowError:
-            return micros + _PG_TO_UNIX_US
+            return int(micros) + _PG_TO_UNIX_US

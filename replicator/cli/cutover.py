@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from replicator.cli.common import (
     EXIT_FAILED,
@@ -82,7 +83,7 @@ def add_parser(sub: Subparsers) -> None:
     r.set_defaults(func=cmd_rollback)
 
 
-def _print_checks(checks: list) -> bool:  # type: ignore[type-arg]
+def _print_checks(checks: list[Any]) -> bool:
     for c in checks:
         print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.reason}")
     ready = all(c.ok for c in checks)

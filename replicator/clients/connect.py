@@ -56,10 +56,10 @@ class ConnectClient:
         return json.loads(raw) if raw else None
 
     def put_config(self, name: str, config: dict[str, str]) -> dict[str, Any]:
-        return self._call("PUT", f"/connectors/{name}/config", config)
+        return dict(self._call("PUT", f"/connectors/{name}/config", config))
 
     def get_config(self, name: str) -> dict[str, str]:
-        return self._call("GET", f"/connectors/{name}/config")
+        return dict(self._call("GET", f"/connectors/{name}/config"))
 
     def status(self, name: str) -> dict[str, Any]:
         """The connector's and its tasks' state; :class:`ConnectError` when it is not
@@ -69,7 +69,7 @@ class ConnectClient:
                 f"connector {name} is not registered with Kafka Connect at {self.url};"
                 " register it with `replicator connector apply`"
             )
-        return self._call("GET", f"/connectors/{name}/status")
+        return dict(self._call("GET", f"/connectors/{name}/status"))
 
     def names(self) -> list[str]:
         return list(self._call("GET", "/connectors") or [])
@@ -152,7 +152,7 @@ class ConnectClient:
         raise ConnectError(f"connector {name} not RUNNING after {timeout:.0f}s: {last}")
 
 
-def load_connector_file(path: Path | None = None) -> dict:
+def load_connector_file(path: Path | None = None) -> dict[str, Any]:
     """The connector config (default: the bundled ``connectors/workflow-processes.json``)."""
     path = path or connector_file()
     try:

@@ -129,7 +129,7 @@ def copy_grants(conn: psycopg.Connection[Any], source: str, view: str, *, only: 
             else sql.Identifier(
                 conn.execute(
                     "SELECT rolname FROM pg_roles WHERE oid = %s", [grantee_oid]
-                ).fetchone()[0]  # type: ignore[index]
+                ).fetchone()[0]  # type: ignore[index]  # an aggregate or a function call: always one row
             )
         )
         conn.execute(

@@ -228,7 +228,7 @@ def unwrap(document: Any, key: str) -> str | None:
     if value == {}:
         return None
     if isinstance(value, dict) and set(value) == {key} and isinstance(value[key], str):
-        return value[key]
+        return str(value[key])
     return document if isinstance(document, str) else json.dumps(value)
 
 

@@ -80,7 +80,7 @@ def latest(conn: psycopg.Connection[Any], source: str) -> Record | None:
     if row is None:
         return None
     positions = [PartitionPosition(**p) for p in row[8]]
-    return Record(*row[:8], positions=positions, archive_table=row[9], target_table=row[10])  # type: ignore[misc]
+    return Record(*row[:8], positions=positions, archive_table=row[9], target_table=row[10])  # type: ignore[misc]  # the row's columns in Record's order
 
 
 def cut_over_into(conn: psycopg.Connection[Any], target: str) -> datetime | None:

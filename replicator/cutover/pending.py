@@ -109,7 +109,7 @@ def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
         after, tries = "", 0
         while True:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            (upto,) = conn.execute(last, {"after": after}).fetchone()  # type: ignore[misc]
+            (upto,) = conn.execute(last, {"after": after}).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
             if upto is None:
                 conn.commit()
                 break
@@ -124,7 +124,7 @@ def narrow(conn: psycopg.Connection[Any], schema: str, target: str) -> int:
                 if tries < 5:
                     continue
             after, tries = upto, 0
-        (left,) = conn.execute(q("SELECT count(*) FROM {}").format(k)).fetchone()  # type: ignore[misc]
+        (left,) = conn.execute(q("SELECT count(*) FROM {}").format(k)).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         conn.commit()
         if left <= SMALL:
             break

@@ -145,10 +145,10 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
         conn.execute(q("ALTER TABLE {s}.{a} RENAME TO {v}").format(s=s, a=archive, v=wp))
         log = q("{}.{}").format(s, sql.Identifier(objects.CHANGES))
         _restore(conn, schema, target, legacy, log, settings.topic)
-        (restored,) = conn.execute(q("SELECT count(*) FROM {}").format(log)).fetchone()  # type: ignore[misc]
+        (restored,) = conn.execute(q("SELECT count(*) FROM {}").format(log)).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         objects.drop_change_log(conn, schema, target)
         checkpoint.reopen(conn, settings.topic, record.positions)
-        (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+        (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         blocked_ms = int((time.monotonic() - blocked_from) * 1000)
         objects.record_rollback(conn, record, lsn, blocked_ms, int(restored))
         conn.commit()

@@ -124,7 +124,7 @@ def cut_over(
         counts = [
             conn.execute(
                 q("SELECT count(*) FROM {}.{}").format(s, sql.Identifier(name))
-            ).fetchone()[0]  # type: ignore[index]
+            ).fetchone()[0]  # type: ignore[index]  # an aggregate or a function call: always one row
             for name in (ARCHIVE, target)
         ]
         objects.record_counts(conn, SOURCE_TABLE, counts[0], counts[1])
@@ -148,7 +148,7 @@ def _switch(
     wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
     tries = lock(conn, q("{}.{}").format(s, wp), *locking)
     blocked_from = time.monotonic()
-    (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+    (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
     bad = [r[0] for r in conn.execute(compare.unmappable(schema, logged))]
     if bad:
         raise TerminalError(
@@ -221,7 +221,7 @@ def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str)
         q("SELECT run_id, gone FROM replicator_cutover_diff"),
         generations.latest(conn, topic),
     )
-    (n,) = conn.execute("SELECT count(*) FROM replicator_cutover_diff").fetchone()  # type: ignore[misc]
+    (n,) = conn.execute("SELECT count(*) FROM replicator_cutover_diff").fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
     return int(n)
 
 
@@ -256,7 +256,7 @@ def _create_view(
 def service_role(settings: Settings) -> str | None:
     """The role the service's target DSN logs in as (None: libpq's default, the OS user)."""
     dsn = settings.target_dsn.get_secret_value()
-    return psycopg.conninfo.conninfo_to_dict(dsn).get("user")  # type: ignore[return-value]
+    return psycopg.conninfo.conninfo_to_dict(dsn).get("user")  # type: ignore[return-value]  # libpq's conninfo values are strings
 
 
 def finish(settings: Settings, say: Say) -> bool:

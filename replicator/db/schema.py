@@ -275,7 +275,7 @@ def create_backfill_state(conn: psycopg.Connection[Any], tables: list[str]) -> N
     """The backfill's state tables (``schemas/backfill_state.sql``) when one is missing."""
     (missing,) = conn.execute(
         "SELECT bool_or(to_regclass(t) IS NULL) FROM unnest(%s::text[]) t", [tables]
-    ).fetchone()  # type: ignore[misc]
+    ).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
     if not missing:
         return
     try:

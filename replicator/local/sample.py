@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -16,7 +17,7 @@ WORKFLOWS = ("code-review", "bug-fix", "refactor", "docs", "release", "triage")
 STATUSES = ("pending", "running", "completed", "failed", "cancelled", None)
 
 
-def legacy_row(rng: random.Random, run_id: str) -> tuple:
+def legacy_row(rng: random.Random, run_id: str) -> tuple[Any, ...]:
     """One ``workflow_processes`` row (values in :data:`SOURCE_COLUMNS` order)."""
     created = datetime(2025, 1, 1) + timedelta(microseconds=rng.randrange(10**14))
     started = created + timedelta(microseconds=rng.randrange(10**9)) if rng.random() < 0.8 else None
@@ -48,7 +49,7 @@ def legacy_row(rng: random.Random, run_id: str) -> tuple:
 
 def legacy_rows(
     count: int, *, seed: int = 7, prefix: str = "wp-", start: int = 0
-) -> Iterator[tuple]:
+) -> Iterator[tuple[Any, ...]]:
     rng = random.Random(seed)
     width = max(8, len(str(start + count)))
     for n in range(start, start + count):

@@ -65,7 +65,7 @@ def worker_properties(broker_port: int, rest_port: int) -> str:
 def rest_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/", timeout=2) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except OSError:
         return False
 

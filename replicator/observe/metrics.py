@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -74,7 +75,7 @@ class BatchHistogram(Collector):
         cumulative, running = [], 0
         for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
             running += count
-            cumulative.append((floatToGoString(bound), running))
+            cumulative.append((str(floatToGoString(bound)), running))  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
         yield HistogramMetricFamily(
             self.name, self.documentation, buckets=cumulative, sum_value=total
         )
@@ -88,6 +89,8 @@ def _at_zero(counter: Counter, labels: Iterable[str]) -> None:
 
 
 class Metrics:
+    _health: HealthCollector | None
+
     def watch(self, health: Health) -> None:
         """Expose ``health`` as ``replicator_unready{reason}`` (the latest one watched)."""
         if self._health is None:
@@ -97,7 +100,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._health: HealthCollector | None = None
+        self._health = None
         r = self.registry
         self.tally = Tally()
         self.events = Counter(
@@ -251,7 +254,7 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread; return a stopper."""
     metrics_app = make_wsgi_app(metrics.registry)
 
-    def app(environ: dict, start_response: Callable) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
@@ -262,7 +265,7 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
             start_response(status, [("Content-Type", "text/plain")])
             return [("\n".join(problems) or "ready").encode() + b"\n"]
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            return list(metrics_app(environ, start_response))
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics, /healthz or /readyz\n"]
 

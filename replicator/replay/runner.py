@@ -136,7 +136,7 @@ class Replay:
                 stored = read_positions(
                     s.target_dsn.get_secret_value(), s.offsets_table, self.table, s.topic
                 )
-                lag = lagging(stored, ends)  # type: ignore[arg-type]
+                lag = lagging(stored, ends)
                 if not lag:
                     break
                 stalled = stalled + 1 if stored == previous else 0
@@ -252,7 +252,7 @@ def _require_table(settings: Settings, table: str) -> None:
     ):
         (exists,) = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(table).as_string(None)]
-        ).fetchone()  # type: ignore[misc]
+        ).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
     if not exists:
         raise ConfigurationError(
             f"the target database has no table {table!r}; create it with `replicator schema"

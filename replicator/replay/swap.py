@@ -188,7 +188,8 @@ def _swap(
     locking: tuple[float, int],
 ) -> None:
     def exists(name: str) -> bool:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_regclass(name)]).fetchone()[0]  # type: ignore[index]
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_regclass(name)]).fetchone()
+        return row is not None and bool(row[0])
 
     have_live = exists(plan.live)
     conn.rollback()

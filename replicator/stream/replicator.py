@@ -236,7 +236,7 @@ class Replicator:
         deadline = time.monotonic() + seconds
         while not self.stop_event.is_set() and time.monotonic() < deadline:
             with contextlib.suppress(TransientError):
-                self.source.poll(0.2)  # type: ignore[union-attr]
+                self.source.poll(0.2)  # type: ignore[union-attr]  # a source exists whenever the loop runs
 
     def _truncated(self, event: ChangeEvent) -> bool:
         """Invariant 7 (False: not applied, ``on_truncate=ignore``)."""

@@ -22,7 +22,7 @@ from psycopg import sql
 from replicator.cutover import catalog, compare, objects
 from replicator.cutover.guard import describe
 from replicator.mapping.columns import SOURCE_TABLE
-from replicator.verify.report import KeyDiff, Report
+from replicator.verify.report import KeyDiff, Kind, Report
 
 q = sql.SQL
 
@@ -65,7 +65,7 @@ def verify_after_cutover(conn: psycopg.Connection[Any], table: str) -> Report | 
         report.changed_since_cutover = _count(conn, s, objects.CHANGES)
         report.chunks = 1
         for run_id, gone, absent in conn.execute(drift_query(schema, record.archive_table, table)):
-            kind = "extra" if gone else "missing" if absent else "different"
+            kind: Kind = "extra" if gone else "missing" if absent else "different"
             report.drift[run_id] = KeyDiff(run_id, kind)
         report.chunks_differing = int(bool(report.drift))
     return report
@@ -73,4 +73,4 @@ def verify_after_cutover(conn: psycopg.Connection[Any], table: str) -> Report | 
 
 def _count(conn: psycopg.Connection[Any], schema: sql.Identifier, name: str) -> int:
     row = conn.execute(q("SELECT count(*) FROM {}.{}").format(schema, sql.Identifier(name)))
-    return int(row.fetchone()[0])  # type: ignore[index]
+    return int(row.fetchone()[0])  # type: ignore[index]  # an aggregate or a function call: always one row

@@ -132,7 +132,7 @@ END_OF_TABLE = "(4294967295,0)"
 def checksums(side: Side, sliced: bool) -> sql.Composed:
     """Per chunk: (chunk, rows, sum of row hashes); with ``sliced``, only over the rows
     with ``%(first)s <= ctid < %(last)s`` (tids, see :func:`block_slices`)."""
-    where = q("")
+    where: sql.Composable = q("")
     if sliced:
         where = q(" WHERE {a}.ctid >= %(first)s::tid AND {a}.ctid < %(last)s::tid").format(
             a=sql.Identifier(side.alias)

@@ -219,13 +219,15 @@ def prefetched(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
         thread.join(30)
 
 
-def merge_chunks(source: Iterator[Any], target: Iterator[Any]) -> Iterator[tuple[int, dict, dict]]:
+def merge_chunks(
+    source: Iterator[Any], target: Iterator[Any]
+) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
     """Pair the chunks of both sides (either may lack a chunk)."""
     s, t = next(source, None), next(target, None)
     while s is not None or t is not None:
         chunk = min(x[0] for x in (s, t) if x is not None)
-        source_part: dict = {}
-        target_part: dict = {}
+        source_part: dict[str, Any] = {}
+        target_part: dict[str, Any] = {}
         if s is not None and s[0] == chunk:
             source_part = s[1]
             s = next(source, None)

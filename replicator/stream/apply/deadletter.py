@@ -17,7 +17,8 @@ import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable, EventError

@@ -276,7 +276,7 @@ class PostgresSink:
                         n_partial += 1
                         write((ch.generation, ch.lsn, False, *_partial_row(ch)))
                     else:
-                        write((ch.generation, ch.lsn, False, None, *ch.values))  # type: ignore[misc]
+                        write((ch.generation, ch.lsn, False, None, *ch.values))  # type: ignore[misc]  # a change that is not a delete has values
             except (TypeError, OverflowError, psycopg.DataError) as exc:
                 run_id = ch.run_id if ch else "?"
                 raise EventError(
@@ -344,7 +344,7 @@ class _Rehearsed(Exception):
 
 def _partial_row(ch: RowChange) -> tuple[Any, ...]:
     """Unavailable columns are staged as NULL: their placeholder must not reach a cast."""
-    values = list(ch.values)  # type: ignore[arg-type]
+    values = list(ch.values)  # type: ignore[arg-type]  # a change that is not a delete has values
     for name in ch.unavailable:
         index = TARGET_INDEX.get(name, 0)
         if index == 0:  # unknown name or run_id: a mapping bug, not bad data

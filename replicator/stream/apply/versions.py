@@ -172,7 +172,7 @@ def as_of_now(
     )
 
 
-def empty(versions: str, table: str) -> list[str]:
+def empty(versions: str, table: str) -> list[sql.Composed]:
     """Forget every version of ``table``, its truncate floor with them, and its rows (a
     replay's shadow table, rebuilt from the start of the topic)."""
     return [

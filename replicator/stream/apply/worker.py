@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -90,17 +90,18 @@ class ApplyWorker(Generic[Item, Result]):
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            got = self._queue.get()
+            if got is _STOP:
                 return
+            item = cast(Item, got)  # everything but the sentinel was submitted as an Item
             if self._failed.is_set():
-                self._done.put(Finished(item, None, None, 0.0))  # type: ignore[arg-type]
+                self._done.put(Finished(item, None, None, 0.0))
                 continue
             started = time.monotonic()
             try:
-                result = self._apply(item)  # type: ignore[arg-type]
+                result = self._apply(item)
             except BaseException as exc:  # handed to the submitting thread
                 self._failed.set()
-                self._done.put(Finished(item, None, exc, time.monotonic() - started))  # type: ignore[arg-type]
+                self._done.put(Finished(item, None, exc, time.monotonic() - started))
             else:
-                self._done.put(Finished(item, result, None, time.monotonic() - started))  # type: ignore[arg-type]
+                self._done.put(Finished(item, result, None, time.monotonic() - started))

@@ -53,7 +53,7 @@ from replicator.stream.source.envelope import (
 try:  # about 3x faster than the stdlib on a Debezium event; the stdlib is the fallback
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - exercised by tests through monkeypatching
-    from json import loads as _loads
+    from json import loads as _loads  # type: ignore[assignment]  # the same call, str or bytes
 
 __all__ = ["decode_json", "decoder_for"]
 

@@ -73,7 +73,7 @@ def _avro_scales(schema: Any) -> Scales | None:
         for member in _avro_members(column.get("type")):
             if member.__class__ is not dict:
                 continue
-            scale = TIME_SCALE.get(member.get("connect.name"), 1)
+            scale = TIME_SCALE.get(str(member.get("connect.name")), 1)
             logical = member.get("logicalType", "")
             if logical.endswith(("timestamp-millis", "timestamp-micros")):
                 scale = 0  # fastavro returns a datetime: _rescale converts it
@@ -196,6 +196,9 @@ def registry_lookup(url: str) -> Callable[[int], dict[str, Any]]:
             raise TransientError(f"schema registry {url} is unreachable: {exc}") from exc
         if (registered.schema_type or "AVRO") != "AVRO":
             raise LookupError(f"schema id {schema_id} is {registered.schema_type}, not AVRO")
-        return json.loads(registered.schema_str)
+        if registered.schema_str is None:
+            raise LookupError(f"schema id {schema_id} has no schema text")
+        schema: dict[str, Any] = json.loads(registered.schema_str)
+        return schema
 
     return schema_for_id

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -87,7 +88,7 @@ def describe_lag(lag: Mapping[int, tuple[int | None, int]]) -> str:
 
 
 def probe_ends(
-    bootstrap: str, topic: str, extra: Mapping[str, str] | None = None, timeout: float = 30.0
+    bootstrap: str, topic: str, extra: Mapping[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[int, PartitionEnd]:
     """The exact end of every partition of ``topic`` now ({} when the topic does not exist)."""
     consumer = Consumer(
@@ -141,15 +142,19 @@ def _probe(consumer: Consumer, topic: str, timeout: float) -> dict[int, Partitio
             missing = sorted(set(lows) - set(ends))
             raise BrokerUnavailable(f"no fetch answer from {topic} {missing} in {timeout}s")
         for msg in consumer.consume(1000, timeout=0.2):
-            p, err = msg.partition(), msg.error()
+            p, err, offset = msg.partition(), msg.error(), msg.offset()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise BrokerUnavailable(f"reading {topic}: {err.str()}")
+                continue
+            if p is None or offset is None:  # not a partition's message: nothing to learn
+                continue
             if err is None:
                 if p not in ends:  # the fetch answer that carried it also carried the end
                     _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                    ends[p] = max(high, msg.offset() + 1)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                ends.setdefault(p, msg.offset())
-            elif err.fatal():
-                raise BrokerUnavailable(f"reading {topic}: {err.str()}")
+                    ends[p] = max(high, offset + 1)
+            else:  # the end of the partition
+                ends.setdefault(p, offset)
     return {p: PartitionEnd(p, min(lows[p], ends[p]), ends[p]) for p in lows}
 
 
@@ -171,7 +176,7 @@ def wait_for_positions(
     deadline, told = started + timeout, started
     while True:
         stored = read_positions(conninfo, offsets_table, target_table, topic)
-        lag = lagging(stored, ends)  # type: ignore[arg-type]
+        lag = lagging(stored, ends)
         if not lag:
             return
         now = time.monotonic()
