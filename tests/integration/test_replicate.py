@@ -513,3 +513,38 @@ def test_a_snapshot_reads_old_timestamps_exactly(stack: StackInfo, table: str) -
             )
         }
     assert got == want and len(got) == 3
+
+
+def test_a_partition_paused_when_lost_fetches_again_once_assigned(stack: StackInfo) -> None:
+    """librdkafka keeps a pause across unassign and assign.  A member whose partitions
+    were paused when it lost them (an abandoned batch: a SIGSTOP past the session timeout,
+    a target outage) got them back paused and never fetched again, while /readyz said
+    ready (the fault campaign's seed 7, bench/chaos.py)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from replicator.clients.kafka import client_config
+    from replicator.stream.source.consumer import KafkaSource
+    from replicator.stream.source.ends import probe_ends
+
+    insert_rows(stack.source_dsn, 20, prefix=f"{unique('pause')}-")
+    ends = probe_ends(stack.bootstrap, stack.topic)
+    partition = max(ends, key=lambda p: ends[p].end)
+    config = client_config("group", stack.bootstrap, {}, **{"group.id": unique("pause")})
+    source = KafkaSource(Consumer(config), stack.topic, stack.bootstrap)
+
+    def first_message(timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if source.poll(0.5):
+                return True
+        return False
+
+    try:
+        source._assign([TopicPartition(stack.topic, partition)], lambda ps: {partition: 0})
+        assert first_message()
+        source.pause([partition])  # the loop pauses what it abandons ...
+        source._consumer.unassign()  # ... and then the partition is lost
+        source._assign([TopicPartition(stack.topic, partition)], lambda ps: {partition: 0})
+        assert first_message(), "assigned again with a position, but still paused"
+    finally:
+        source.close()

@@ -95,8 +95,14 @@ class KafkaSource:
             start = (starts or {}).get(tp.partition)
             tp.offset = OFFSET_BEGINNING if start is None else start
         self._consumer.assign(partitions)
+        # librdkafka keeps a partition's pause across unassign and assign: one paused when
+        # it was lost or revoked (an abandoned batch, a held lane) would come back paused
+        # and never fetch again, with the member looking healthy.  So every assignment
+        # sets the pause itself: paused until re-positioned, else fetching.
         if starts is None:
             self._consumer.pause(partitions)
+        else:
+            self._consumer.resume(partitions)
 
     def poll(self, timeout: float) -> list[Any]:
         """The messages fetched so far, waiting up to ``timeout`` for the first one.

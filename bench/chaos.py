@@ -1,0 +1,492 @@
+"""A randomized fault campaign: every part of the stack killed, paused or restarted in
+any order, while an application writes, then a checker that knows what must be true.
+
+    python bench/chaos.py --minutes 30 --seed 1 --out bench/results
+    python bench/chaos.py --minutes 2 --seed 7            # what the test suite runs
+
+A stack of its own (``replicator/local``), 300 sample rows, one ``replicator run``
+member (a second one joins and leaves as a fault), the application of
+bench/chaos_parts.py.  The nemesis draws a fault every ``--every`` seconds (weighted,
+from the seed), each healing on its own thread after a random delay, so a fault may hit
+while another is still healing.  Stack operations (``stack up`` and the connector's
+commands) are serialized; everything else is not.
+
+At the end the writers stop, the faults stop, everything is healed (the stack up, the
+connector running, the member running), and the system has ``--converge`` seconds to
+converge.  Then: ``workflow_runs`` equals the mapped source exactly; every acknowledged
+write of the model is in the source with its final value (so, with the first check, in
+the target); no key's (generation, LSN) in ``workflow_runs_versions`` ever went back
+(sampled during the run); no event was dead-lettered (the application writes nothing a
+mapping refuses); ``replicator verify`` exits 0.  A failure prints the seed and the
+fault sequence; the same seed draws the same sequence.
+
+Figures: faults by kind, time to converge after each (the end-to-end lag of a probe row
+written every second falls below 5 s), the largest lag, and a chart of the lag over time
+with the faults marked (JSON, Markdown and PNG under ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from chaos_parts import Application, Member, VersionSampler, source_kept  # noqa: E402
+
+from replicator.local.processes import free_port  # noqa: E402
+from replicator.local.sample import insert_rows  # noqa: E402
+from replicator.local.stack import LocalStack  # noqa: E402
+from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS  # noqa: E402
+from replicator.mapping.rows import map_to_tuple  # noqa: E402
+
+SESSION_TIMEOUT_MS = 6000
+#: kind -> weight: how often the nemesis draws it
+WEIGHTS = {
+    "kill_replicator": 3,
+    "pause_replicator": 2,
+    "second_member": 2,
+    "kill_connect": 2,
+    "kill_postgres": 1,
+    "terminate_sink": 2,
+    "broker_restart_empty": 1,
+    "connector_restart": 2,
+    "resnapshot": 1,
+}
+JSON_COLUMNS = {
+    "result_data",
+    "error_details",
+    "tags",
+    "metadata",
+    "progress_data",
+    "resource_usage",
+}
+
+
+class Campaign:
+    def __init__(self, home: Path, seed: int, say: Callable[[str], None]) -> None:
+        self.home, self.seed, self.say = home, seed, say
+        self.rng = random.Random(seed)
+        self.stack = LocalStack(home / "state", log=lambda line: None)
+        self.stack_lock = threading.Lock()
+        self.faults: list[dict[str, Any]] = []
+        self.heals: list[threading.Thread] = []
+        self.lag: list[tuple[float, float]] = []  # (seconds since start, end-to-end lag)
+        self.product_errors: list[str] = []
+        self.started = time.monotonic()
+
+    # ---- set-up ------------------------------------------------------------------
+
+    def up(self) -> None:
+        settings = self.stack.up()
+        self.settings = settings
+        self.source = settings["REPLICATOR_ADMIN_SOURCE_DSN"]
+        self.target = settings["REPLICATOR_ADMIN_TARGET_DSN"]
+        insert_rows(self.source, 300, seed=self.seed)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")},
+            **settings,
+            "REPLICATOR_ENV_FILE": os.devnull,
+            "REPLICATOR_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+            "REPLICATOR_GROUP_ID": "chaos",
+        }
+        self.main = Member(self.env, self.home, "member-1", free_port())
+        self.second = Member(self.env, self.home, "member-2", free_port())
+        self.main.start()
+
+    def cli(self, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "replicator", *argv],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+    # ---- the faults ----------------------------------------------------------------
+
+    def later(
+        self, delay: float, what: str, heal: Callable[[], None], fault: dict[str, Any]
+    ) -> None:
+        def run() -> None:
+            time.sleep(delay)
+            try:
+                heal()
+            except Exception as exc:  # a heal that fails is reported, the campaign goes on
+                fault["heal_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            fault["healed_at"] = self.now()
+
+        fault["heal"] = f"{what} after {delay:.1f} s"
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.heals.append(thread)
+
+    def stack_up(self) -> None:
+        with self.stack_lock:
+            self.stack.up()
+
+    def connector_running(self) -> None:
+        """What the README tells an operator: the connector RUNNING again, registered anew
+        if it is gone (a broker restarted empty forgets it)."""
+        with self.stack_lock:
+            status = self.cli("connector", "status")
+            if status.returncode != 0:
+                again = self.cli(
+                    "connector", "restart" if "not registered" not in status.stderr else "apply"
+                )
+                if again.returncode != 0:
+                    self.cli("connector", "apply")
+
+    def fault(self, kind: str) -> dict[str, Any]:
+        rng = self.rng
+        fault: dict[str, Any] = {"at": self.now(), "kind": kind}
+        if kind == "kill_replicator":
+            self.main.signal(signal.SIGKILL)
+            self.later(rng.uniform(1, 5), "restarted", self._restart_main, fault)
+        elif kind == "pause_replicator":
+            self.main.signal(signal.SIGSTOP)
+            pause = SESSION_TIMEOUT_MS / 1000 + rng.uniform(1, 4)
+            self.later(pause, "SIGCONT", lambda: self.main.signal(signal.SIGCONT), fault)
+        elif kind == "second_member":
+            if not self.second.alive():
+                self.second.start()
+            self.later(rng.uniform(5, 15), "left the group", self.second.stop, fault)
+        elif kind == "kill_connect":
+            self._kill(self.stack.state.connect.pid)
+            self.later(rng.uniform(1, 4), "stack up", self.stack_up, fault)
+        elif kind == "kill_postgres":
+            self._kill(self.stack.pg.postmaster_pid())
+            self.later(rng.uniform(1, 3), "stack up, connector running", self._pg_back, fault)
+        elif kind == "terminate_sink":
+            with psycopg.connect(self.source, autocommit=True, connect_timeout=3) as conn:
+                (n,) = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE usename = 'replicator_app'"
+                ).fetchone() or (0,)
+            fault["detail"] = f"{n} sessions"
+        elif kind == "broker_restart_empty":  # Connect keeps its state in the broker: both
+            self._kill(self.stack.state.broker.pid)
+            self._kill(self.stack.state.connect.pid)
+            self.later(rng.uniform(1, 4), "stack up (topics empty)", self._broker_back, fault)
+        elif kind == "connector_restart":
+            with self.stack_lock:
+                res = self.cli("connector", "restart")
+            fault["detail"] = f"exit {res.returncode}"
+        elif kind == "resnapshot":
+            self.later(0.0, "connector apply --resnapshot", lambda: self._resnapshot(fault), fault)
+        return fault
+
+    def _kill(self, pid: int | None) -> None:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _restart_main(self) -> None:
+        if not self.main.alive():
+            self.main.start()
+
+    def _pg_back(self) -> None:
+        self.stack_up()
+        time.sleep(3)
+        self.connector_running()
+
+    def _broker_back(self) -> None:
+        self.stack_up()  # the broker, Connect, the connector registered again
+        self.connector_running()
+
+    def _resnapshot(self, fault: dict[str, Any]) -> None:
+        with self.stack_lock:
+            res = self.cli("connector", "apply", "--resnapshot", "--timeout", "120", timeout=600)
+        fault["detail"] = f"exit {res.returncode}"
+        if res.returncode != 0:  # said by the product, not silent: kept for the report
+            fault["product_error"] = (res.stderr.strip().splitlines() or ["?"])[-1][:300]
+            self.connector_running()
+
+    # ---- the probe -------------------------------------------------------------------
+
+    def probe(self, stop: threading.Event, sampler: VersionSampler) -> None:
+        """Every second: write the time into a row of its own, read it back from the
+        target (the end-to-end lag), and sample the versions."""
+        n = 0
+        while not stop.is_set():
+            n += 1
+            stamp = time.monotonic() - self.started
+            try:
+                with psycopg.connect(self.source, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute(
+                        "INSERT INTO workflow_processes (id, workflow_name, message)"
+                        " VALUES ('cx-probe', 'probe', %s) ON CONFLICT (id)"
+                        " DO UPDATE SET message = EXCLUDED.message",
+                        [f"{stamp:.3f}"],
+                    )
+                with psycopg.connect(self.target, connect_timeout=2) as conn:
+                    row = conn.execute(
+                        "SELECT description FROM workflow_runs WHERE run_id = 'cx-probe'"
+                    ).fetchone()
+                if row is not None:
+                    self.lag.append((round(stamp, 2), round(stamp - float(row[0]), 2)))
+                if n % 2 == 0:
+                    sampler.sample()
+            except (psycopg.Error, ValueError):
+                pass  # a database down: the lag grows, the next sample says by how much
+            stop.wait(1.0)
+
+    # ---- the run ---------------------------------------------------------------------
+
+    def run(self, minutes: float, every: float, converge_s: float) -> dict[str, Any]:
+        app = Application(self.source, self.seed).start()
+        sampler = VersionSampler(self.target)
+        stop_probe = threading.Event()
+        probe = threading.Thread(target=self.probe, args=(stop_probe, sampler), daemon=True)
+        probe.start()
+        kinds, weights = zip(*WEIGHTS.items(), strict=True)
+        deadline = time.monotonic() + minutes * 60
+        time.sleep(min(10.0, every))
+        while time.monotonic() < deadline:
+            kind = self.rng.choices(kinds, weights)[0]
+            try:
+                fault = self.fault(kind)
+            except Exception as exc:  # e.g. the database is down: the fault could not act
+                fault = {"at": self.now(), "kind": kind, "detail": f"not done: {exc}"[:200]}
+            self.faults.append(fault)
+            self.say(f"{fault['at']:8.1f}s  {kind} {fault.get('detail', '')}".rstrip())
+            time.sleep(self.rng.uniform(0.5, 1.5) * every)
+        app.finish()
+        self.say(f"writers stopped: {app.commits} commits, errors {app.errors}")
+        for thread in self.heals:
+            thread.join(600)
+        healed_at = self.now()
+        self.stack_up()
+        self.connector_running()
+        self.second.stop()
+        if not self.main.alive():
+            self.main.start()
+        converged_at = self.converge(converge_s)
+        stop_probe.set()
+        probe.join(10)
+        sampler.sample()
+        return self.check(app, sampler, healed_at, converged_at)
+
+    def converge(self, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if mapped_source(self.source) == target_rows(self.target):
+                    return self.now()
+            except psycopg.Error:
+                pass
+            time.sleep(2)
+        return None
+
+    def check(
+        self,
+        app: Application,
+        sampler: VersionSampler,
+        healed_at: float,
+        converged_at: float | None,
+    ) -> dict[str, Any]:
+        expected, actual = mapped_source(self.source), target_rows(self.target)
+        missing = sorted(set(expected) - set(actual))
+        extra = sorted(set(actual) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+        kept = source_kept(self.source)
+        lost = sorted(
+            rid for rid, want in app.model.items()
+            if rid not in app.uncertain and kept.get(rid) != want
+        )  # fmt: skip
+        letters = dead_letters([self.main.log, self.second.log])
+        verify = self.cli("verify", "--json", "--catch-up-timeout", "60", timeout=600)
+        checks = {
+            "converged": converged_at is not None and not (missing or extra or wrong),
+            "acknowledged writes in place": not lost,
+            "versions never went back": not sampler.backwards,
+            "no dead letters": not letters,
+            "verify exits 0": verify.returncode == 0,
+        }
+        return {
+            "seed": self.seed,
+            "passed": all(checks.values()),
+            "checks": checks,
+            "faults": self.faults,
+            "faults_by_kind": {k: sum(f["kind"] == k for f in self.faults) for k in WEIGHTS},
+            "healed_at_s": healed_at,
+            "converged_at_s": converged_at,
+            "rows": {"source": len(expected), "target": len(actual)},
+            "missing": missing[:20], "extra": extra[:20], "wrong": wrong[:20],
+            "lost_writes": lost[:20],
+            "uncertain_writes": len(app.uncertain),
+            "commits": app.commits,
+            "application_errors": app.errors,
+            "versions_backwards": sampler.backwards[:20],
+            "version_samples": sampler.samples,
+            "dead_letters": letters[:20],
+            "verify": verify.stdout[-2000:] if verify.returncode else "in sync",
+            "lag": self.lag,
+            "max_lag_s": max((lag for _, lag in self.lag), default=None),
+            "recovery_s": recovery(self.faults, self.lag),
+            "product_errors": errors_in([self.main.log, self.second.log]),
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def mapped_source(dsn: str) -> dict[str, tuple[Any, ...]]:
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        rows = conn.execute(f"SELECT {', '.join(SOURCE_COLUMNS)} FROM workflow_processes")
+        out = {}
+        for row in rows:
+            values, _ = map_to_tuple(dict(zip(SOURCE_COLUMNS, row, strict=True)))
+            out[values[0]] = values
+    return out
+
+
+def target_rows(dsn: str) -> dict[str, tuple[Any, ...]]:
+    cols = ", ".join(f"{c}::text" if c in JSON_COLUMNS else c for c in TARGET_COLUMNS)
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        return {r[0]: tuple(r) for r in conn.execute(f"SELECT {cols} FROM workflow_runs")}
+
+
+def dead_letters(logs: list[Path]) -> list[str]:
+    return [
+        line.strip()[:300]
+        for log in logs if log.exists()
+        for line in log.read_text(errors="replace").splitlines()
+        if "event dead-lettered" in line
+    ]  # fmt: skip
+
+
+def errors_in(logs: list[Path]) -> list[str]:
+    """The product's own ERROR lines (what it said when something could not go on)."""
+    return [
+        line.strip()[:300]
+        for log in logs if log.exists()
+        for line in log.read_text(errors="replace").splitlines()
+        if " ERROR " in line or "CRITICAL" in line
+    ][-20:]  # fmt: skip
+
+
+def recovery(faults: list[dict[str, Any]], lag: list[tuple[float, float]]) -> list[float | None]:
+    """Per fault: seconds from its heal (or itself) until the probe's lag is below 5 s."""
+    out: list[float | None] = []
+    for f in faults:
+        since = f.get("healed_at", f["at"])
+        back = next((t for t, value in lag if t >= since and value < 5.0), None)
+        out.append(None if back is None else round(back - since, 1))
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def markdown(r: dict[str, Any], minutes: float) -> str:
+    rec = [x for x in r["recovery_s"] if x is not None]
+    lines = [
+        f"# Fault campaign, seed {r['seed']}, {minutes:g} minutes: "
+        + ("PASSED" if r["passed"] else "FAILED"),
+        "",
+        "| check | result |", "| --- | --- |",
+        *(f"| {k} | {'ok' if v else 'FAILED'} |" for k, v in r["checks"].items()),
+        "",
+        f"{len(r['faults'])} faults; the application committed {r['commits']:,} transactions"
+        f" ({r['uncertain_writes']} ids left uncertain by a commit without answer; errors"
+        f" it rode out: {r['application_errors']}); rows at the end: {r['rows']['source']:,}"
+        f" source, {r['rows']['target']:,} target; largest end-to-end lag {r['max_lag_s']} s;"
+        f" converged {r['converged_at_s']} s into the run (healed at {r['healed_at_s']} s).",
+        "",
+        "| fault | count | time to converge after it (median, max) |", "| --- | ---: | --- |",
+    ]  # fmt: skip
+    for kind, count in r["faults_by_kind"].items():
+        times = sorted(
+            x for f, x in zip(r["faults"], r["recovery_s"], strict=True)
+            if f["kind"] == kind and x is not None
+        )  # fmt: skip
+        mid = f"{times[len(times) // 2]} s, {times[-1]} s" if times else "-"
+        lines.append(f"| {kind} | {count} | {mid} |")
+    if rec:
+        lines += ["", f"Every fault: median {sorted(rec)[len(rec) // 2]} s, max {max(rec)} s."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(12, 4))
+    if r["lag"]:
+        ax.plot([t for t, _ in r["lag"]], [v for _, v in r["lag"]], lw=0.8, label="end-to-end lag")
+    for f in r["faults"]:
+        ax.axvline(f["at"], color="red", alpha=0.25, lw=0.6)
+    ax.set_xlabel("seconds (red: a fault)")
+    ax.set_ylabel("lag, s")
+    ax.set_title(f"fault campaign, seed {r['seed']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=None, help="default: a random one, printed")
+    p.add_argument("--every", type=float, default=8.0, help="seconds between faults (mean)")
+    p.add_argument("--converge", type=float, default=240.0, help="seconds to converge")
+    p.add_argument("--out", help="write JSON, Markdown and PNG here")
+    args = p.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    print(f"chaos: seed {seed}", flush=True)
+    home = Path(tempfile.mkdtemp(prefix="replicator-chaos-"))
+    campaign = Campaign(home, seed, lambda line: print(line, flush=True))
+    try:
+        campaign.up()
+        result = campaign.run(args.minutes, args.every, args.converge)
+    finally:
+        campaign.main.stop()
+        campaign.second.stop()
+        campaign.stack.down()
+    print(json.dumps({k: result[k] for k in ("passed", "checks", "faults_by_kind")}, indent=2))
+    if not result["passed"]:
+        print(f"chaos: FAILED with seed {seed}; faults in order:")
+        for f in result["faults"]:
+            print(f"  {json.dumps(f)}")
+        for key in ("missing", "extra", "wrong", "lost_writes", "versions_backwards",
+                    "dead_letters", "verify", "product_errors"):  # fmt: skip
+            if result[key]:
+                print(f"  {key}: {result[key]}")
+        print(f"  logs: {home}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
+        base = out / f"{stamp}-chaos"
+        base.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        base.with_suffix(".md").write_text(markdown(result, args.minutes))
+        chart(result, base.with_suffix(".png"))
+        print(f"chaos: results in {base}.*")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
