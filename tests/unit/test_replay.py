@@ -79,9 +79,16 @@ class FakeConsumer:
         self.assigned: list[TopicPartition] = []
         self.seeks: list[TopicPartition] = []
         self.commits = 0
+        self.paused: set[int] = set()
 
     def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = partitions
+        self.assigned = partitions  # a pause outlives it, as librdkafka's does
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {tp.partition for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in partitions}
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append(tp)
@@ -117,7 +124,9 @@ def test_subscribe_assigns_every_partition_through_on_assign() -> None:
         seen.append(partitions)
         return {0: 2}
 
+    fake.paused = {0, 1}  # paused when they were last lost
     source.subscribe(on_assign, no_loss, no_loss)
+    assert not fake.paused  # a position for each: every one fetches
     assert seen == [[0, 1]] and [tp.partition for tp in fake.assigned] == [0, 1]
     assert [tp.offset for tp in fake.assigned] == [2, OFFSET_BEGINNING]
     assert source.read == {0: 2, 1: None} and not stop.is_set()
