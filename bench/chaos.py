@@ -54,7 +54,7 @@ from chaos_parts import Application, Member, VersionSampler, source_kept  # noqa
 from replicator.local.processes import free_port  # noqa: E402
 from replicator.local.sample import insert_rows  # noqa: E402
 from replicator.local.stack import LocalStack  # noqa: E402
-from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS  # noqa: E402
+from replicator.mapping.columns import JSON_COLUMNS, SOURCE_COLUMNS, TARGET_COLUMNS  # noqa: E402
 from replicator.mapping.rows import map_to_tuple  # noqa: E402
 
 SESSION_TIMEOUT_MS = 6000
@@ -69,14 +69,6 @@ WEIGHTS = {
     "broker_restart_empty": 1,
     "connector_restart": 2,
     "resnapshot": 1,
-}
-JSON_COLUMNS = {
-    "result_data",
-    "error_details",
-    "tags",
-    "metadata",
-    "progress_data",
-    "resource_usage",
 }
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.db.schema import relkind as relkind
+
 q = sql.SQL
 
 
@@ -17,14 +19,6 @@ class Column:
     name: str
     type: str
     default: str | None  # the expression, as pg_get_expr prints it
-
-
-def relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
-    """``r`` table, ``v`` view, ... of ``table`` in the search path; None when absent."""
-    row = conn.execute(
-        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", [table]
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def schema_of(conn: psycopg.Connection[Any], table: str) -> str:

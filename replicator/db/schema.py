@@ -177,13 +177,21 @@ def apply_target_schema(
         return ensure_target(conn, table, offsets_table, f"{table}_versions")
 
 
+def relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
+    """``r`` table, ``v`` view, ... of ``table`` in the search path (None: absent)."""
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", [table]
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def apply_source_schema(dsn: str) -> list[str]:
     """The source tables, each only where it is missing."""
     lines = []
     with connect(dsn, "the source database") as conn:
         for table, file in SOURCE_TABLES:
             with mapped_errors(f"create {table}"):
-                kind = _relkind(conn, table)
+                kind = relkind(conn, table)
                 if kind is None:  # a role that may not create it is not blamed for it
                     conn.execute(read_sql(file), prepare=False)
             lines.append(
@@ -194,14 +202,6 @@ def apply_source_schema(dsn: str) -> list[str]:
                 else f"table {table} already present"
             )
     return lines
-
-
-def _relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
-    """``r`` table, ``v`` view, ... (None: absent)."""
-    row = conn.execute(
-        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", [table]
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def grant_to_service_role(
@@ -253,7 +253,7 @@ def apply_roles(source_dsn: str, target_dsn: str) -> list[str]:
         target_dsn
     )
     with connect(source_dsn, "the source database") as conn, mapped_errors("read the source"):
-        cut_over = _relkind(conn, "workflow_processes") == "v"
+        cut_over = relkind(conn, "workflow_processes") == "v"
     if same:
         parts = [(source_dsn, "target" if cut_over else "all")]
     else:
