@@ -455,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         campaign.up()
         result = campaign.run(args.minutes, args.every, args.converge)
     finally:
-        campaign.main.stop()
-        campaign.second.stop()
+        for name in ("main", "second"):  # absent when the stack did not come up
+            if hasattr(campaign, name):
+                getattr(campaign, name).stop()
         campaign.stack.down()
     print(json.dumps({k: result[k] for k in ("passed", "checks", "faults_by_kind")}, indent=2))
     if not result["passed"]:

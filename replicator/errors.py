@@ -125,6 +125,12 @@ class ConnectError(TerminalError):
     """Kafka Connect's REST API answered with an error."""
 
 
+class ConnectBusy(ConnectError):
+    """Kafka Connect did not answer in time, refused the connection, or is rebalancing
+    (HTTP 409, or a 5xx): a worker just started answers like this until it has joined
+    its group, so the call may be tried again."""
+
+
 class CutOver(ReplicatorError):
     """``replicator cutover`` closed the stream: the application writes ``workflow_runs``
     now, and a consumer that finds its positions closed ends cleanly."""

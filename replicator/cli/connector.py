@@ -86,8 +86,7 @@ def cmd_connector(args: argparse.Namespace) -> int:
     if args.snapshot_mode:
         spec["config"]["snapshot.mode"] = args.snapshot_mode
     if args.action == "apply":
-        client.put_config(name, spec["config"])
-        status = client.wait_running(name, timeout=args.timeout)
+        status = client.apply(name, spec["config"], timeout=args.timeout)
         print(json.dumps(mask_config(client.get_config(name)), indent=2, sort_keys=True))
     elif args.action == "restart":
         client.restart(name)

@@ -11,14 +11,18 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from replicator.errors import ConfigurationError, ConnectError
+from replicator.errors import ConfigurationError, ConnectBusy, ConnectError
 from replicator.resources import connector_file
 
 #: Keys of a connector config whose values are never printed.
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "ssl.key")
+
+#: How many times :meth:`ConnectClient.wait_running` restarts a FAILED task.
+FAILED_TASK_RESTARTS = 3
 
 
 def mask_config(config: dict[str, str]) -> dict[str, str]:
@@ -50,9 +54,12 @@ class ConnectClient:
             detail = exc.read().decode(errors="replace")
             with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("message", detail)
-            raise ConnectError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+            busy = exc.code == 409 or exc.code >= 500
+            raise (ConnectBusy if busy else ConnectError)(
+                f"{method} {path}: HTTP {exc.code}: {detail}"
+            ) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise ConnectError(f"Kafka Connect at {self.url} is unreachable: {exc}") from exc
+            raise ConnectBusy(f"Kafka Connect at {self.url} is unreachable: {exc}") from exc
         return json.loads(raw) if raw else None
 
     def put_config(self, name: str, config: dict[str, str]) -> dict[str, Any]:
@@ -74,8 +81,38 @@ class ConnectClient:
     def names(self) -> list[str]:
         return list(self._call("GET", "/connectors") or [])
 
-    def restart(self, name: str) -> None:
-        self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=false")
+    def restart(self, name: str, only_failed: bool = False) -> None:
+        flag = "true" if only_failed else "false"
+        self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed={flag}")
+
+    def apply(self, name: str, config: dict[str, str], timeout: float = 60.0) -> dict[str, Any]:
+        """Write ``config`` and bring the connector to RUNNING; its settled status.
+
+        Writing a config leaves a STOPPED or PAUSED connector as it was, and a stop is
+        what an interrupted ``--resnapshot`` leaves behind: a connector the operator
+        applies is meant to run, so it is resumed (its stored offsets are kept)."""
+        deadline = time.monotonic() + timeout
+        self._until(deadline, lambda: self.put_config(name, config))
+        try:
+            state = self.status(name).get("connector", {}).get("state")
+        except ConnectError:  # just registered: no status yet, and a new connector runs
+            state = None
+        if state in ("STOPPED", "PAUSED"):
+            self._until(deadline, lambda: self.resume(name))
+        return self.wait_running(name, max(deadline - time.monotonic(), 1.0))
+
+    @staticmethod
+    def _until(deadline: float, call: Callable[[], object]) -> None:
+        """``call``, again while Connect is busy (a worker joining its group) until
+        ``deadline``; then the last error."""
+        while True:
+            try:
+                call()
+                return
+            except ConnectBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
 
     def pause(self, name: str) -> None:
         self._call("PUT", f"/connectors/{name}/pause")
@@ -115,15 +152,23 @@ class ConnectClient:
 
     def wait_running(self, name: str, timeout: float = 60.0, settle: float = 1.5) -> dict[str, Any]:
         """Wait until the connector and all its tasks have been RUNNING for ``settle``
-        seconds on end, and return that status; a FAILED task raises.
+        seconds on end, and return that status.
 
         One RUNNING answer is not enough: right after a config is written, Connect may
         still report the previous start, then rebalance and show the connector
         UNASSIGNED for a moment. A state that held across polls for ``settle`` seconds
-        is the one the caller can report."""
+        is the one the caller can report.
+
+        A task that FAILED is restarted, up to :data:`FAILED_TASK_RESTARTS` times with a
+        growing pause, then raises with its trace. Connect never restarts a failed task
+        itself, and a task fails when it starts while its database is still coming up
+        ("Couldn't obtain encoding for database"): one restart is then all it needs. A
+        task that fails for good (a wrong password) fails each restart, and the bound
+        reports it within seconds rather than at the timeout."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         since: float | None = None
+        restarts = 0
         while time.monotonic() < deadline:
             try:
                 last = self.status(name)
@@ -132,10 +177,18 @@ class ConnectClient:
                 time.sleep(0.5)
                 continue
             tasks = last.get("tasks", [])
-            for task in tasks:
-                if task.get("state") == "FAILED":
-                    trace = (task.get("trace") or "").splitlines()[:3]
-                    raise ConnectError(f"task {task.get('id')} FAILED: {' '.join(trace)}")
+            failed = [t for t in tasks if t.get("state") == "FAILED"]
+            if failed:
+                trace = " ".join((failed[0].get("trace") or "").splitlines()[:3])
+                if restarts == FAILED_TASK_RESTARTS or time.monotonic() >= deadline:
+                    raise ConnectError(
+                        f"task {failed[0].get('id')} FAILED (restarted {restarts} times): {trace}"
+                    )
+                restarts += 1
+                self.restart(name, only_failed=True)
+                since = None
+                time.sleep(2.0 * restarts)
+                continue
             running = (
                 last.get("connector", {}).get("state") == "RUNNING"
                 and tasks

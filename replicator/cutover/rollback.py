@@ -225,6 +225,5 @@ def reconnect(settings: Settings, say: Say, timeout_s: float = 60.0) -> None:
     spec = load_connector_file(None)
     spec["config"]["snapshot.mode"] = "no_data"
     client = ConnectClient(settings.connect_url)
-    client.put_config(spec["name"], spec["config"])
-    client.wait_running(spec["name"], timeout=timeout_s)
+    client.apply(spec["name"], spec["config"], timeout=timeout_s)
     say(f"connector {spec['name']} running again (snapshot.mode=no_data: no new snapshot)")

@@ -356,9 +356,8 @@ class LocalStack:
 
         spec = load_connector_file()
         client = ConnectClient(url)
-        client.put_config(spec["name"], spec["config"])
         try:
-            client.wait_running(spec["name"], timeout=60)
+            client.apply(spec["name"], spec["config"], timeout=60)
         except Exception as exc:
             raise StackError(
                 f"connector {spec['name']} did not reach RUNNING: {exc}; "

@@ -84,9 +84,7 @@ def resnapshot(
     slot = config.get("slot.name", settings.slot_name)
     if not drop_slot(settings.slot_dsn, slot, say):
         raise ConnectError(f"replication slot {slot} is still in use by another process")
-    client.put_config(name, {**config, "snapshot.mode": "initial"})
-    client.resume(name)
-    client.wait_running(name, timeout=timeout)
+    client.apply(name, {**config, "snapshot.mode": "initial"}, timeout=timeout)
     say(f"connector {name} RUNNING: taking a new initial snapshot")
     _wait_for_snapshot(client, name, timeout)
     ends = probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config)

@@ -15,6 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.local.processes import free_port
 from replicator.mapping.columns import TARGET_COLUMNS
 from tests.integration.conftest import (
@@ -61,16 +62,23 @@ def readyz(port: int) -> int:
         return 0
 
 
-def test_kafka_connect_killed_mid_stream_loses_nothing(own_stack: OwnStack) -> None:
+def test_kafka_connect_killed_with_its_connector_stopped_loses_nothing(own_stack: OwnStack) -> None:
     port = free_port()
     run = own_stack.spawn_run(port)
     stop = threading.Event()
     app = writer(own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"], stop, seed=11)
     try:
         time.sleep(5)
+        # what an interrupted `connector apply --resnapshot` leaves: a connector STOPPED
+        client = ConnectClient(own_stack.settings["REPLICATOR_CONNECT_URL"])
+        client.stop(load_connector_file()["name"])
+        time.sleep(2)
         os.kill(own_stack.pid("kafka-connect"), signal.SIGKILL)  # mid-stream, no goodbye
         time.sleep(3)
-        own_stack.cli("stack", "up")  # starts what is down; Connect resumes from its offsets
+        # starts what is down, and resumes the stopped connector from its offsets
+        own_stack.cli("stack", "up")
+        status = own_stack.cli("connector", "status").stdout
+        assert json.loads(status)["connector"]["state"] == "RUNNING", status
         time.sleep(5)
         stop.set()
         app.join(30)

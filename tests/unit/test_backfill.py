@@ -211,7 +211,8 @@ def test_connector_apply_overrides_the_snapshot_mode(monkeypatch: pytest.MonkeyP
         def put_config(self, name: str, config: dict[str, str]) -> None:
             sent.update(config)
 
-        def wait_running(self, name: str, timeout: float) -> dict:
+        def apply(self, name: str, config: dict[str, str], timeout: float) -> dict:
+            self.put_config(name, config)
             return self.status(name)
 
         def get_config(self, name: str) -> dict[str, str]:

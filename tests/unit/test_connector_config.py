@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from replicator.clients.connect import ConnectClient, load_connector_file, mask_config
-from replicator.errors import ConnectError
+from replicator.errors import ConnectBusy, ConnectError
 from replicator.local.stack import topic_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +132,122 @@ def test_wait_running_gives_up_on_a_connector_that_never_settles(
     client = scripted_client(monkeypatch, ["RUNNING", "UNASSIGNED"] * 100)
     with pytest.raises(ConnectError, match="not RUNNING after 10s"):
         client.wait_running("workflow-processes", timeout=10, settle=1.5)
+
+
+class ScriptedConnect:
+    """A Connect whose one task answers ``task_states`` in turn (then the last), and
+    which records the calls that change something."""
+
+    def __init__(self, connector: str, task_states: list[str]) -> None:
+        self.connector = connector
+        self.task_states = list(task_states)
+        self.calls: list[str] = []
+
+    def status(self, name: str) -> dict:
+        state = self.task_states.pop(0) if len(self.task_states) > 1 else self.task_states[0]
+        task = {"id": 0, "state": state}
+        if state == "FAILED":
+            task["trace"] = "io.debezium.DebeziumException: Couldn't obtain encoding\n\tat x"
+        return {"name": name, "connector": {"state": self.connector}, "tasks": [task]}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> ConnectClient:
+        monkeypatch.setattr("replicator.clients.connect.time", Clock())
+        client = ConnectClient("http://connect.invalid:8083")
+        monkeypatch.setattr(client, "status", self.status)
+        monkeypatch.setattr(client, "put_config", lambda n, c: self.calls.append("put_config"))
+        monkeypatch.setattr(client, "resume", lambda n: self.resume())
+        monkeypatch.setattr(
+            client,
+            "restart",
+            lambda n, only_failed=False: self.calls.append(f"restart {only_failed}"),
+        )
+        return client
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+        self.connector = "RUNNING"
+
+
+def test_a_task_that_failed_while_its_database_was_starting_is_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect = ScriptedConnect("RUNNING", ["FAILED", "RUNNING"])
+    client = connect.install(monkeypatch)
+    got = client.wait_running("workflow-processes", timeout=60)
+    assert got["tasks"][0]["state"] == "RUNNING"
+    assert connect.calls == ["restart True"]  # the failed task only
+
+
+def test_a_task_that_keeps_failing_is_reported_with_its_trace_after_a_few_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect = ScriptedConnect("RUNNING", ["FAILED"])
+    client = connect.install(monkeypatch)
+    with pytest.raises(ConnectError, match=r"FAILED \(restarted 3 times\).*obtain encoding"):
+        client.wait_running("workflow-processes", timeout=60)
+    assert connect.calls == ["restart True"] * 3
+
+
+def test_apply_resumes_a_connector_an_interrupted_resnapshot_left_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect = ScriptedConnect("STOPPED", ["RUNNING"])
+    client = connect.install(monkeypatch)
+    got = client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert got["connector"]["state"] == "RUNNING"
+    assert connect.calls == ["put_config", "resume"]
+
+
+def test_apply_leaves_a_running_connector_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    client = connect.install(monkeypatch)
+    client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert connect.calls == ["put_config"]
+
+
+def test_apply_waits_for_a_worker_still_joining_its_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a worker just started accepts connections, then holds requests until it has joined
+    connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    client = connect.install(monkeypatch)
+    answers = [ConnectBusy("timed out"), ConnectBusy("HTTP 409: rebalance"), None]
+
+    def put_config(name: str, config: dict[str, str]) -> None:
+        connect.calls.append("put_config")
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    monkeypatch.setattr(client, "put_config", put_config)
+    client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert connect.calls == ["put_config"] * 3
+
+
+def test_apply_of_a_new_connector_does_not_need_its_status_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    client = connect.install(monkeypatch)
+    statuses = [ConnectError("HTTP 404: No status found")]
+
+    def status(name: str) -> dict:
+        if statuses:
+            raise statuses.pop(0)
+        return connect.status(name)
+
+    monkeypatch.setattr(client, "status", status)
+    got = client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert got["connector"]["state"] == "RUNNING" and connect.calls == ["put_config"]
+
+
+def test_a_client_error_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    client = connect.install(monkeypatch)
+
+    def put_config(name: str, config: dict[str, str]) -> None:
+        connect.calls.append("put_config")
+        raise ConnectError("HTTP 400: Connector configuration is invalid")
+
+    monkeypatch.setattr(client, "put_config", put_config)
+    with pytest.raises(ConnectError, match="invalid"):
+        client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert connect.calls == ["put_config"]
