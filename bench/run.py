@@ -54,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cpu import PARTS, CpuMeter, per_event  # noqa: E402
 from bench.peer import edge_cases, peer_run  # noqa: E402
+from bench.stages import baseline_cpu, stage_costs, streaming_gc  # noqa: E402
+from bench.stages import markdown as stages_markdown  # noqa: E402
 from replicator.clients.connect import ConnectClient, load_connector_file  # noqa: E402
 from replicator.clients.kafka import client_config  # noqa: E402
 from replicator.db.schema import apply_target_schema  # noqa: E402
@@ -133,12 +135,18 @@ def baseline_in_db(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
     dsn = env["REPLICATOR_TARGET_DSN"]
     table = fresh_table(dsn, "bench_baseline")
     with psycopg.connect(dsn) as conn:
+        cpu = baseline_cpu(conn)
         started = time.perf_counter()
         conn.execute(BASELINE_SQL.format(table=f'"{table}"'), (prefix + "%",))
         conn.commit()
         seconds = time.perf_counter() - started
+        cpu = baseline_cpu(conn) - cpu
     assert count(dsn, table, prefix) == rows
-    return {"seconds": seconds, "rows_per_s": rows / seconds}
+    return {
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "backend_us_per_row": cpu / rows * 1e6,
+    }
 
 
 # ---- B: the broker's ceiling -----------------------------------------------------------
@@ -285,20 +293,21 @@ def in_memory(env: dict[str, str], events: list, batch_rows: int = 5000) -> dict
     )
     started = time.perf_counter()
     batches = [Batch(topic) for _ in sinks]
-    for key, value, partition, offset in events:
-        lane = lane_of(partition, len(sinks))
-        batch = batches[lane]
-        event = decode_json(key, value, KafkaPosition(topic, partition, offset))
-        change = to_row_change(event) if event else None
-        if change is not None:
-            batch.changes.append(change)
-        batch.advance(partition, offset, event.lsn if event else None)
-        if len(batch.changes) >= batch_rows:
+    with streaming_gc():  # the collector as `replicator run` sets it
+        for key, value, partition, offset in events:
+            lane = lane_of(partition, len(sinks))
+            batch = batches[lane]
+            event = decode_json(key, value, KafkaPosition(topic, partition, offset))
+            change = to_row_change(event) if event else None
+            if change is not None:
+                batch.changes.append(change)
+            batch.advance(partition, offset, event.lsn if event else None)
+            if len(batch.changes) >= batch_rows:
+                lanes.submit(lane, batch)
+                batches[lane] = Batch(topic)
+        for lane, batch in enumerate(batches):
             lanes.submit(lane, batch)
-            batches[lane] = Batch(topic)
-    for lane, batch in enumerate(batches):
-        lanes.submit(lane, batch)
-    failed = [f.error for f in lanes.finished(wait=True) if f.error is not None]
+        failed = [f.error for f in lanes.finished(wait=True) if f.error is not None]
     seconds = time.perf_counter() - started
     lanes.close()
     for sink in sinks:
@@ -709,6 +718,19 @@ def trial_ratios(trials: list[dict[str, Any]]) -> dict[str, list[float | None]]:
     }
 
 
+def cpu_ratios(trials: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Per trial: the replicator's CPU per event (microseconds), and the PostgreSQL
+    backends' CPU per event over A's backend CPU per row (both measured in the trial)."""
+    own: list[float | None] = []
+    backends: list[float | None] = []
+    for t in trials:
+        cpu = (t.get("run_replicator") or {}).get("cpu_us_per_event") or {}
+        own.append(round(cpu["replicator"], 2) if cpu else None)
+        a_row = (t.get("A_in_database") or {}).get("backend_us_per_row")
+        backends.append(ratio(cpu.get(PARTS[1]), a_row))
+    return {"replicator_us_per_event": own, "pg_backends/A": backends}
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -729,7 +751,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(results["run_replicator"]["peak_rss_mb"], 1),
     }
     if results.get("trials"):  # the ratios as medians of each trial's own ratio
-        for name, values in trial_ratios(results["trials"]).items():
+        per = {**trial_ratios(results["trials"]), **cpu_ratios(results["trials"])}
+        for name, values in per.items():
             known = [v for v in values if v is not None]
             out[name] = statistics.median(known) if known else None
             out[f"{name} trials"] = values
@@ -829,6 +852,17 @@ def markdown(report: dict[str, Any]) -> str:
             ratios = " | ".join(str(per[name][n]) for name in TRIAL_RATIOS)
             lines.append(f"| {n + 1} | {figures} | {ratios} |")
     lines += cpu_table(trials)
+    if s.get("replicator_us_per_event") is not None:
+        lines += [
+            "",
+            f"Medians over the trials: the replicator {s['replicator_us_per_event']} us of CPU"
+            f" per event; PostgreSQL's backends per event / A's backend per row"
+            f" {s.get('pg_backends/A')}.",
+        ]
+    if r.get("stages"):
+        a_rows = [(t.get("A_in_database") or {}).get("backend_us_per_row") for t in trials]
+        known = [a for a in a_rows if a]
+        lines += stages_markdown(r["stages"], statistics.median(known) if known else None)
     lines += ["", "| edge case | expected | C | replicator |", "| --- | --- | --- | --- |"]
     for case in r.get("edge_cases", {}).values():
         cells = (case["what"], case["expected"], case["C"], case["replicator"])
@@ -978,6 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
             trials.append(trial(env, prefix, args.rows, events))
         results.update(medians(trials))
         results["edge_cases"] = edge_cases(dsn, lambda name: fresh_table(dsn, name))
+        log("the replicator's stages, with the events in memory")
+        topic = env["REPLICATOR_TOPIC"]
+        results["stages"] = stage_costs(dsn, fresh_table(dsn, "bench_stages"), topic, events)
         del events
         log("5: initial load through a Debezium snapshot")
         results["initial_load_snapshot"] = snapshot_load(env, prefix, args.rows)

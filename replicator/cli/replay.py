@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from replicator.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, settings_from, with_env
+from replicator.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    settings_from,
+    tune_for_streaming,
+    with_env,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -43,6 +50,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = settings_from(args, target_table=args.target_table)
     logs.configure(settings.log_format, "WARNING")
+    tune_for_streaming()
     report = replay(
         settings, into=args.into, swap=args.swap, drop_old=args.drop_old, meter=Progress()
     )

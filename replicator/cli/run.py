@@ -11,6 +11,7 @@ from replicator.cli.common import (
     positive_int,
     positive_seconds,
     settings_from,
+    tune_for_streaming,
     with_env,
 )
 
@@ -94,4 +95,5 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    tune_for_streaming()
     return replicator.run(exit_when_idle_s=args.exit_when_idle)

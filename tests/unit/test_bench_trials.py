@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.run import medians, summarize, trial_ratios
+from bench.run import cpu_ratios, medians, summarize, trial_ratios
+from bench.stages import markdown as stages_markdown
 
 
 def trial(a: float, run: float, c: float, mem: float) -> dict[str, Any]:
@@ -46,3 +47,44 @@ def test_ratios_are_medians_of_each_trials_own_ratio() -> None:
     assert summary["run/C"] == 2.0  # not 2.5, the headline run over the headline C
     assert summary["in_memory/A"] == 0.5
     assert summary["run/B"] == 0.5
+
+
+def test_cpu_figures_are_taken_within_each_trial() -> None:
+    trials = [trial(100, 40, 20, 50), trial(120, 60, 40, 30), trial(80, 50, 10, 70)]
+    for t, (own, backends, a_row) in zip(
+        trials, [(20.0, 30.0, 15.0), (24.0, 36.0, 12.0), (22.0, 20.0, 20.0)], strict=True
+    ):
+        t["run_replicator"]["cpu_us_per_event"] = {
+            "replicator": own,
+            "PostgreSQL backends": backends,
+        }
+        t["A_in_database"]["backend_us_per_row"] = a_row
+    assert cpu_ratios(trials) == {
+        "replicator_us_per_event": [20.0, 24.0, 22.0],
+        "pg_backends/A": [2.0, 3.0, 1.0],
+    }
+    results = {
+        **medians(trials),
+        "trials": trials,
+        "B_bare_consumer": {"events_per_s": 100.0},
+        "initial_load_snapshot": {"seconds": 20.0},
+    }
+    summary = summarize(results)
+    assert summary["replicator_us_per_event"] == 22.0
+    assert summary["pg_backends/A"] == 2.0
+
+
+def test_the_stage_table_sums_the_replicators_own_stages() -> None:
+    costs = {
+        "events": 1000,
+        "us_per_event": {
+            "decode": 4.0,
+            "map": 5.0,
+            "batch + fold": 1.0,
+            "apply, client": 2.5,
+            "apply, server": 24.0,
+        },
+    }
+    text = "\n".join(stages_markdown(costs, 16.0))
+    assert "| the replicator's stages together | 12.50 |" in text
+    assert "(server / A 1.50)" in text

@@ -226,6 +226,11 @@ class PostgresSink:
             self.checkpoint.forget(conn)
         self.checkpoint.committed([], replace=True)
 
+    def backend_pid(self) -> int:
+        """The process id of this sink's PostgreSQL backend (the bench reads its CPU time)."""
+        with self._transaction("read the backend's process id") as conn:
+            return int(conn.info.backend_pid)
+
     def ping(self) -> None:
         """Raise :class:`TargetUnavailable` unless the target answers."""
         with self._transaction("ping") as conn:

@@ -47,10 +47,14 @@ NO_VERSION = -1
 
 
 def _behind_floor(table: str) -> sql.Composed:
-    """True for a staged change ``s`` older than ``table``'s truncate floor."""
+    """True for a staged change ``s`` older than ``table``'s truncate floor.
+
+    The floor is read by an uncorrelated subquery, which PostgreSQL runs once per
+    statement (an InitPlan) rather than once per staged row; in the statement's snapshot
+    either way.  No floor (no row) compares as NULL: not behind."""
     return q(
-        "(s.lsn IS NOT NULL AND EXISTS (SELECT FROM {f} f WHERE f.target_table = {t}"
-        " AND (s.gen, s.lsn) < (f.generation, f.source_lsn)))"
+        "(s.lsn IS NOT NULL AND COALESCE((s.gen, s.lsn) < (SELECT f.generation, f.source_lsn"
+        " FROM {f} f WHERE f.target_table = {t}), false))"
     ).format(f=sql.Identifier(TRUNCATED_TABLE), t=sql.Literal(table))
 
 
