@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import socket
@@ -249,7 +248,7 @@ def test_a_newer_snapshot_generation_wins_and_sweeps_what_it_lacked(target: Targ
         return [PartitionPosition(topic, 0, offset, None)]
 
     def of(generation: int, *changes: RowChange) -> list[RowChange]:
-        return [dataclasses.replace(c, generation=generation) for c in changes]
+        return [c._replace(generation=generation) for c in changes]
 
     sink.apply([up("a", 100, 1), up("b", 100, 1), up("c", 100, 1), delete("d", 100)], at(4))
     with psycopg.connect(target.dsn, autocommit=True) as conn:
