@@ -104,7 +104,35 @@ def cmd_connector(args: argparse.Namespace) -> int:
         and tasks
         and all(t["state"] == "RUNNING" for t in tasks)
     )
-    return EXIT_OK if running else EXIT_FAILED
+    unfinished = _unfinished_resnapshot(settings)
+    if unfinished:
+        print(unfinished)
+    return EXIT_OK if running and not unfinished else EXIT_FAILED
+
+
+def _unfinished_resnapshot(settings: Any) -> str | None:
+    """What to say when the newest snapshot generation never completed (a ``--resnapshot``
+    running now, or one interrupted): until one completes, rows deleted while nothing
+    streamed stay in the target.  None when the database is out of reach (said on stderr)."""
+    from replicator.db.connect import connect, mapped_errors
+    from replicator.errors import ReplicatorError
+    from replicator.stream.apply import generations
+
+    try:
+        dsn = settings.as_admin().target_dsn.get_secret_value()
+        with connect(dsn, "the target database") as conn, mapped_errors("read the generations"):
+            open_one = generations.unfinished(generations.load(conn, settings.topic))
+    except ReplicatorError as exc:
+        print(f"replicator: cannot read the snapshot generations ({exc})", file=sys.stderr)
+        return None
+    if open_one is None:
+        return None
+    return (
+        f"snapshot generation {open_one.number} was recorded and its snapshot has not"
+        " completed: a `connector apply --resnapshot` is running, or one was interrupted."
+        " Until one completes, rows deleted while nothing streamed stay in the target: if"
+        " none is running, run `replicator connector apply --resnapshot` again."
+    )
 
 
 def _closed_by_cutover(settings: Any) -> Any:
@@ -143,12 +171,22 @@ def _resnapshot(args: argparse.Namespace, settings: Any, client: Any, spec: dict
         raise ConfigurationError("--resnapshot goes with `connector apply`")
     if args.snapshot_mode not in (None, "initial"):
         raise ConfigurationError("--resnapshot takes an initial snapshot: drop --snapshot-mode")
-    resnapshot(
-        settings,
-        client,
-        spec["name"],
-        spec["config"],
-        timeout=args.timeout,
-        say=lambda line: print(line, flush=True),
-    )
+    from replicator.errors import ReplicatorError
+
+    try:
+        resnapshot(
+            settings,
+            client,
+            spec["name"],
+            spec["config"],
+            timeout=args.timeout,
+            say=lambda line: print(line, flush=True),
+        )
+    except ReplicatorError:
+        print(
+            "replicator: the re-snapshot did not finish; nothing is removed until one does:"
+            " run `replicator connector apply --resnapshot` again",
+            file=sys.stderr,
+        )
+        raise
     return EXIT_OK

@@ -13,13 +13,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from replicator.errors import ConfigurationError, ConnectBusy, ConnectError
 from replicator.resources import connector_file
 
 #: Keys of a connector config whose values are never printed.
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "ssl.key")
+
+T = TypeVar("T")
 
 #: How many times :meth:`ConnectClient.wait_running` restarts a FAILED task.
 FAILED_TASK_RESTARTS = 3
@@ -90,25 +92,24 @@ class ConnectClient:
 
         Writing a config leaves a STOPPED or PAUSED connector as it was, and a stop is
         what an interrupted ``--resnapshot`` leaves behind: a connector the operator
-        applies is meant to run, so it is resumed (its stored offsets are kept)."""
+        applies is meant to run, so one that was registered is resumed (its stored
+        offsets are kept; resuming a running connector does nothing).  Always, not after
+        reading its state: right after a config is written Connect may still report the
+        state before it."""
         deadline = time.monotonic() + timeout
+        registered = self._until(deadline, lambda: name in self.names())
         self._until(deadline, lambda: self.put_config(name, config))
-        try:
-            state = self.status(name).get("connector", {}).get("state")
-        except ConnectError:  # just registered: no status yet, and a new connector runs
-            state = None
-        if state in ("STOPPED", "PAUSED"):
+        if registered:
             self._until(deadline, lambda: self.resume(name))
         return self.wait_running(name, max(deadline - time.monotonic(), 1.0))
 
     @staticmethod
-    def _until(deadline: float, call: Callable[[], object]) -> None:
+    def _until(deadline: float, call: Callable[[], T]) -> T:
         """``call``, again while Connect is busy (a worker joining its group) until
         ``deadline``; then the last error."""
         while True:
             try:
-                call()
-                return
+                return call()
             except ConnectBusy:
                 if time.monotonic() >= deadline:
                     raise

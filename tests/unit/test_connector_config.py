@@ -142,6 +142,7 @@ class ScriptedConnect:
         self.connector = connector
         self.task_states = list(task_states)
         self.calls: list[str] = []
+        self.registered = ["workflow-processes"]
 
     def status(self, name: str) -> dict:
         state = self.task_states.pop(0) if len(self.task_states) > 1 else self.task_states[0]
@@ -154,6 +155,7 @@ class ScriptedConnect:
         monkeypatch.setattr("replicator.clients.connect.time", Clock())
         client = ConnectClient("http://connect.invalid:8083")
         monkeypatch.setattr(client, "status", self.status)
+        monkeypatch.setattr(client, "names", lambda: list(self.registered))
         monkeypatch.setattr(client, "put_config", lambda n, c: self.calls.append("put_config"))
         monkeypatch.setattr(client, "resume", lambda n: self.resume())
         monkeypatch.setattr(
@@ -198,8 +200,22 @@ def test_apply_resumes_a_connector_an_interrupted_resnapshot_left_stopped(
     assert connect.calls == ["put_config", "resume"]
 
 
-def test_apply_leaves_a_running_connector_running(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apply_resumes_without_trusting_the_state_read_right_after_the_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Connect may still answer RUNNING, the state before the write, for a connector that
+    # an interrupted --resnapshot left STOPPED: resuming is asked for all the same
     connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    client = connect.install(monkeypatch)
+    client.apply("workflow-processes", {"a": "b"}, timeout=30)
+    assert connect.calls == ["put_config", "resume"]
+
+
+def test_apply_registers_a_new_connector_without_resuming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    connect.registered = []
     client = connect.install(monkeypatch)
     client.apply("workflow-processes", {"a": "b"}, timeout=30)
     assert connect.calls == ["put_config"]
@@ -219,13 +235,14 @@ def test_apply_waits_for_a_worker_still_joining_its_group(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(client, "put_config", put_config)
     client.apply("workflow-processes", {"a": "b"}, timeout=30)
-    assert connect.calls == ["put_config"] * 3
+    assert connect.calls == ["put_config"] * 3 + ["resume"]
 
 
 def test_apply_of_a_new_connector_does_not_need_its_status_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     connect = ScriptedConnect("RUNNING", ["RUNNING"])
+    connect.registered = []
     client = connect.install(monkeypatch)
     statuses = [ConnectError("HTTP 404: No status found")]
 

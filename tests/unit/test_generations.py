@@ -3,7 +3,7 @@ Connect's committed offsets say the snapshot is wholly written."""
 
 from __future__ import annotations
 
-from replicator.stream.apply.generations import Generation, Generations
+from replicator.stream.apply.generations import Generation, Generations, unfinished
 from replicator.stream.resnapshot import snapshot_done
 
 
@@ -42,3 +42,13 @@ def test_the_snapshot_is_done_once_connect_committed_an_offset_past_it() -> None
     assert snapshot_done(offset(lsn=1, snapshot="INITIAL", last_snapshot_record=True))
     assert snapshot_done(offset(lsn=1, snapshot="INITIAL", snapshot_completed=True))
     assert snapshot_done(offset(lsn=2, txId=7, lsn_commit=2))  # streaming
+
+
+def test_an_unfinished_resnapshot_is_the_newest_generation_without_marks() -> None:
+    done = Generation(1, None, {0: 4}, {0: 9})
+    running = Generation(2, None, {0: 12})
+    assert unfinished([]) is None
+    assert unfinished([done]) is None
+    assert unfinished([done, running]) is running
+    # an interrupted one superseded by a newer generation that completed: nothing open
+    assert unfinished([Generation(1, None, {0: 4}), Generation(2, None, {0: 6}, {0: 9})]) is None

@@ -104,6 +104,15 @@ def load(conn: psycopg.Connection[Any], topic: str) -> list[Generation]:
     return [Generation(n, tid, _offsets(b), _offsets(m) if m else None) for n, tid, b, m in rows]
 
 
+def unfinished(rows: Sequence[Generation]) -> Generation | None:
+    """Pure. The newest generation when its snapshot never completed (no marks): a
+    ``--resnapshot`` still running, or one interrupted between recording it and
+    completing it.  Until one completes, the rows deleted while nothing streamed are not
+    removed (an older unfinished one is superseded by any newer generation)."""
+    newest = max(rows, key=lambda g: g.number, default=None)
+    return newest if newest is not None and newest.marks is None else None
+
+
 def latest(conn: psycopg.Connection[Any], topic: str) -> int:
     """The newest generation number of ``topic`` (0: none recorded)."""
     row = conn.execute(
