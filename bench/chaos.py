@@ -82,6 +82,7 @@ class Campaign:
         self.heals: list[threading.Thread] = []
         self.lag: list[tuple[float, float]] = []  # (seconds since start, end-to-end lag)
         self.product_errors: list[str] = []
+        self.regrouped: str | None = None  # what the product said, when it led to a new group
         self.started = time.monotonic()
 
     # ---- set-up ------------------------------------------------------------------
@@ -285,15 +286,17 @@ class Campaign:
         if not self.main.alive():
             self.main.start()
         told = self.finish_resnapshot()
-        converged_at = self.converge(converge_s)
+        log_mark = self.main.log.stat().st_size if self.main.log.exists() else 0
+        converged_at = self.converge(converge_s, lambda: self.regroup(log_mark))
         stop_probe.set()
         probe.join(10)
         sampler.sample()
         result = self.check(app, sampler, healed_at, converged_at)
         result["operator_told"] = told
+        result["regrouped"] = self.regrouped
         return result
 
-    def converge(self, timeout: float) -> float | None:
+    def converge(self, timeout: float, meanwhile: Callable[[], None]) -> float | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -301,8 +304,37 @@ class Campaign:
                     return self.now()
             except psycopg.Error:
                 pass
+            meanwhile()
             time.sleep(2)
         return None
+
+    def regroup(self, log_mark: int) -> None:
+        """What the product tells the operator when the group's rebalance never completes
+        (the broker's coordinator lost track of the group; the local stack's broker does
+        when the group's leader leaves while the group forms): give the members another
+        group id.  Done here once, as the operator would, and only when the product said
+        it after the last heal; what it said is kept for the report."""
+        if self.regrouped is not None or not self.main.log.exists():
+            return
+        with self.main.log.open("rb") as f:
+            f.seek(log_mark)
+            said = f.read().decode(errors="replace")
+        told = next(
+            (
+                line.strip()
+                for line in said.splitlines()
+                if "no partition assigned" in line and "rebalance has not completed" in line
+            ),
+            None,
+        )
+        if told is None:
+            return
+        self.regrouped = told[:400]
+        self.main.stop()
+        self.env = {**self.env, "REPLICATOR_GROUP_ID": "chaos-regrouped"}
+        self.main.env = self.env
+        self.main.start()
+        self.say(f"the product said: {told[:300]}\n  restarted with another group id")
 
     def check(
         self,
@@ -450,6 +482,13 @@ def markdown(r: dict[str, Any], minutes: float) -> str:
             "",
             "After the last heal the product reported what only the operator can finish, and"
             f" the campaign did it (`connector apply --resnapshot`): {r['operator_told']}",
+        ]
+    if r.get("regrouped"):
+        lines += [
+            "",
+            "After the last heal the member reported a group whose rebalance never completes"
+            " (the broker's coordinator lost track of it), and the campaign did what the"
+            f" report says (another `REPLICATOR_GROUP_ID`): {r['regrouped']}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -195,6 +195,7 @@ class Health:
         self.target_ok = False
         self.lag = 0
         self.last_progress = time.monotonic()
+        self.group_state: GroupState | None = None  # as the member's client last saw it
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
@@ -207,7 +208,7 @@ class Health:
             waited = time.monotonic() - self.unassigned_since
             out["no_partitions"] = (
                 f"no partitions assigned for {waited:.0f}s in group {self.group or '?'}"
-                f" ({unassigned_hint(self.topic)})"
+                f" ({unassigned_hint(self.topic, self.group_state)})"
             )
         if not self.target_ok:
             out["target_unreachable"] = "target database unreachable"
@@ -217,8 +218,36 @@ class Health:
         return out
 
 
-def unassigned_hint(topic: str) -> str:
-    """Pure. What to check when a member of the group gets no partition."""
+class GroupState(NamedTuple):
+    """The consumer group as the member's Kafka client sees it (librdkafka's statistics).
+
+    ``join_state`` is ``steady`` in a stable group; ``wait-join``, ``wait-sync`` and the
+    like while a rebalance is under way.  ``unsettled_s``: seconds since the member was
+    last in a stable group (since it started, if never)."""
+
+    join_state: str
+    unsettled_s: float
+
+
+def unassigned_hint(topic: str, group: GroupState | None = None) -> str:
+    """Pure. What to check when a member of the group gets no partition, told apart by
+    the group's state: a stable group that gave it nothing has enough members already; a
+    rebalance that never completes is the broker's coordinator, which a new group id
+    escapes (positions are in the target, so nothing is read twice or skipped)."""
+    if group is not None and group.join_state == "steady":
+        return (
+            f"the group is stable and gave this member no partition: other members hold"
+            f" every partition of {topic or '?'} (more members than partitions?)"
+        )
+    if group is not None and group.join_state not in ("", "init"):
+        return (
+            f"the group's rebalance has not completed for {group.unsettled_s:.0f}s (join"
+            f" state {group.join_state}): a member slow to rejoin holds it up to its"
+            " max.poll.interval.ms; longer than that, the broker's group coordinator has"
+            " lost track of the group: give the members another REPLICATOR_GROUP_ID"
+            " (positions are kept in the target: a new group resumes where this one"
+            " stopped)"
+        )
     return (
         f"does the topic {topic or '?'} exist? do other members of the group hold every"
         " partition? a member that left uncleanly holds its partitions until its session"

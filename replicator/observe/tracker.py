@@ -14,7 +14,7 @@ from replicator.db.connect import connect, first_line, mapped_errors
 from replicator.errors import ReplicatorError
 from replicator.events import ApplyResult
 from replicator.mapping.columns import SOURCE_COLUMNS
-from replicator.observe.metrics import Health, Metrics, unassigned_hint
+from replicator.observe.metrics import GroupState, Health, Metrics, unassigned_hint
 from replicator.settings import Settings
 
 log = logging.getLogger("replicator.consumer")
@@ -87,7 +87,7 @@ class Tracker:
         """A member without partitions for longer than a join takes says so (each
         progress interval): the group, the topic, what to check; ``/readyz`` and
         ``replicator_unready{reason="no_partitions"}`` say it too."""
-        s = self.settings
+        s, group = self.settings, self.health.group_state
         waited = now - self.health.unassigned_since
         if self.health.assigned or waited < max(30.0, 3 * s.session_timeout_ms / 1000):
             return
@@ -97,7 +97,8 @@ class Tracker:
                 "waited_s": round(waited),
                 "group": s.group_id,
                 "topic": s.topic,
-                "check": unassigned_hint(s.topic),
+                "join_state": group.join_state if group else "?",
+                "check": unassigned_hint(s.topic, group),
             },
         )
 
@@ -186,9 +187,13 @@ class Tracker:
         if row and row[0] is not None:
             self.metrics.slot_lag_bytes.labels(self.settings.slot_name).set(float(row[0]))
 
-    def progress(self, partitions: Iterable[int], force: bool = False) -> None:
+    def progress(
+        self, partitions: Iterable[int], force: bool = False, group: GroupState | None = None
+    ) -> None:
         """The consumed counters, and a progress log line every ``progress_interval_s``
-        (``force``: now)."""
+        (``force``: now); ``group``: the consumer group's state, when the client told."""
+        if group is not None:
+            self.health.group_state = group
         if self._consumed:
             self._count_consumed()
         now = time.monotonic()

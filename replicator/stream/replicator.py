@@ -153,7 +153,7 @@ class Replicator:
                     log.info("cut over; exiting", extra={"why": str(exc)})
                     cut_over = True  # nothing left to apply: the stream is closed
                     break
-                self.tracker.progress(self._assigned)
+                self.tracker.progress(self._assigned, group=source.group_state())
                 self.tracker.observe(lambda: source.lag(self._applied), self.control.ping)
                 if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
                     exit_code = 0 if self._assigned else 1

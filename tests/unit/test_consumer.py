@@ -135,3 +135,43 @@ def test_group_settings_reach_the_group_member_only() -> None:
         assert "max.poll.interval.ms" not in config and "session.timeout.ms" not in config
         assert config["client.rack"] == "r1"
     Consumer(client_config("reader", "k1:9092", extra)).close()  # librdkafka accepts it
+
+
+def test_the_group_watch_reads_the_join_state_from_the_client_statistics() -> None:
+    """librdkafka's statistics give the group's join state; the watch keeps how long the
+    member has gone without a stable group, and skips a document it cannot read."""
+    import json
+    import time
+
+    from replicator.stream.source.consumer import GroupWatch, KafkaSource
+
+    watch = GroupWatch()
+    assert watch.state is None
+    watch.stats(json.dumps({"cgrp": {"state": "up", "join_state": "steady"}}))
+    assert watch.state is not None and watch.state.join_state == "steady"
+    assert watch.state.unsettled_s == 0.0
+    watch._settled_at -= 90  # the group was last stable 90 s ago
+    watch.stats(json.dumps({"cgrp": {"state": "up", "join_state": "wait-sync"}}))
+    assert watch.state.join_state == "wait-sync" and watch.state.unsettled_s >= 90
+    before = watch.state
+    for broken in ("not json", "[]", json.dumps({"cgrp": None}), json.dumps({"name": "x"})):
+        watch.stats(broken)
+        assert watch.state == before
+    source = KafkaSource(None, "t", group=watch)
+    assert source.group_state() is before
+    assert KafkaSource(None, "t").group_state() is None
+    assert time.monotonic() - watch._settled_at >= 90
+
+
+def test_the_group_member_asks_its_client_for_statistics() -> None:
+    """A real consumer accepts the statistics settings (librdkafka refuses a stats_cb
+    without an interval) and starts without a report."""
+    from replicator.settings import Settings
+    from replicator.stream.source.consumer import KafkaSource
+
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    source = KafkaSource.group_member(settings)
+    try:
+        assert source.group_state() is None
+    finally:
+        source._consumer.close()

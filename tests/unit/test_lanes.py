@@ -107,6 +107,9 @@ class TwoPartitions:
         ends = {p: PartitionEnd(p, 0, len(m)) for p, m in self.messages.items()}
         return TopicView("topic-A", ends)
 
+    def group_state(self) -> None:
+        return None
+
     def subscribe(self, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.callbacks = (on_assign, on_revoke, on_lost)
 

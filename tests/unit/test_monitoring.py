@@ -169,3 +169,41 @@ def test_a_member_without_partitions_says_so_where_operators_look(
     tracker.assigned([0, 1])
     tracker.assigned([])  # revoked: the clock starts again
     assert time.monotonic() - health.unassigned_since < 5
+
+
+def test_a_member_tells_a_full_group_from_a_rebalance_that_never_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The group's join state, from the client's statistics, picks the hint: a stable
+    group that gave the member nothing has enough members; a rebalance that has not
+    completed for minutes is the broker's coordinator, escaped with a new group id."""
+    import logging
+    import time
+
+    from replicator.observe.metrics import GroupState, Health, Metrics, unassigned_hint
+    from replicator.observe.tracker import Tracker
+    from replicator.settings import Settings
+
+    full = unassigned_hint("t", GroupState("steady", 0.0))
+    assert "stable" in full and "more members than partitions" in full
+    assert "REPLICATOR_GROUP_ID" not in full
+    stuck = unassigned_hint("t", GroupState("wait-sync", 312.4))
+    assert "has not completed for 312s" in stuck and "wait-sync" in stuck
+    assert "another REPLICATOR_GROUP_ID" in stuck and "positions are kept" in stuck
+    assert unassigned_hint("t", GroupState("init", 40.0)) == unassigned_hint("t")
+
+    settings = Settings(
+        target_dsn="postgresql://a@b.invalid/c",
+        kafka_bootstrap="k.invalid:1",
+        group_id="g-wedged",
+        progress_interval_s=1,
+    )
+    health = Health(120, settings.group_id, settings.topic)
+    tracker = Tracker(settings, Metrics(), health)
+    health.unassigned_since = time.monotonic() - 120
+    with caplog.at_level(logging.WARNING):
+        tracker.progress([], force=True, group=GroupState("wait-join", 118.0))
+    record = next(r for r in caplog.records if r.getMessage() == "no partition assigned")
+    assert record.join_state == "wait-join"  # type: ignore[attr-defined]
+    assert "has not completed for 118s" in record.check  # type: ignore[attr-defined]
+    assert "has not completed for 118s" in health.problems()["no_partitions"]

@@ -97,6 +97,9 @@ class ScriptedSource:
     def describe(self) -> TopicView:
         return TopicView(self.uuid, {0: PartitionEnd(0, self.low, len(self.messages))})
 
+    def group_state(self) -> None:
+        return None
+
     def subscribe(self, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.callbacks = (on_assign, on_revoke, on_lost)
 

@@ -9,7 +9,9 @@ monitoring only (:meth:`KafkaSource.commit`).
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from replicator.clients.kafka import client_config
 from replicator.errors import BrokerUnavailable, PositionOutOfRange
+from replicator.observe.metrics import GroupState
 from replicator.settings import Settings
 from replicator.stream.source.origin import TopicView
 
@@ -35,6 +38,31 @@ log = logging.getLogger("replicator.consumer")
 OnAssign = Callable[[list[int]], Mapping[int, int | None] | None]
 OnLoss = Callable[[list[int]], None]
 
+#: How often librdkafka reports its statistics (read for the group's join state only).
+STATS_INTERVAL_MS = 5000
+
+
+class GroupWatch:
+    """The group's join state from librdkafka's statistics (``stats_cb``, called inside
+    ``poll`` on the loop's thread, so no lock): what tells a member that a stable group
+    gave it nothing from one whose rebalance never completes."""
+
+    def __init__(self) -> None:
+        self._settled_at = time.monotonic()
+        self.state: GroupState | None = None
+
+    def stats(self, doc: str) -> None:
+        try:
+            cgrp = json.loads(doc).get("cgrp")
+        except (ValueError, AttributeError):  # never from librdkafka; a broken one is skipped
+            return
+        if not isinstance(cgrp, dict):
+            return
+        join_state, now = str(cgrp.get("join_state", "")), time.monotonic()
+        if join_state == "steady":
+            self._settled_at = now
+        self.state = GroupState(join_state, now - self._settled_at)
+
 
 class KafkaSource:
     """One topic's partitions, read through a confluent-kafka consumer.
@@ -44,18 +72,25 @@ class KafkaSource:
     decides from :meth:`describe` (stream/origin.py)."""
 
     def __init__(
-        self, consumer: Any, topic: str, bootstrap: str = "", extra: Mapping[str, Any] = {}
+        self,
+        consumer: Any,
+        topic: str,
+        bootstrap: str = "",
+        extra: Mapping[str, Any] = {},
+        group: GroupWatch | None = None,
     ) -> None:
         self._consumer = consumer
         self.topic = topic
         self._bootstrap = bootstrap
         self._extra = dict(extra)
         self._admin: AdminClient | None = None
+        self._group = group
 
     @classmethod
     def group_member(cls, settings: Settings) -> KafkaSource:
         """``replicator run``'s source: a member of ``settings.group_id``."""
         session_ms = settings.session_timeout_ms
+        watch = GroupWatch()
         config = client_config(
             "group",
             settings.kafka_bootstrap,
@@ -65,11 +100,22 @@ class KafkaSource:
                 "auto.offset.reset": "error",
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(500, session_ms // 5),
+                "statistics.interval.ms": STATS_INTERVAL_MS,
+                "stats_cb": watch.stats,
             },
         )
         return cls(
-            Consumer(config), settings.topic, settings.kafka_bootstrap, settings.kafka_config
+            Consumer(config),
+            settings.topic,
+            settings.kafka_bootstrap,
+            settings.kafka_config,
+            group=watch,
         )
+
+    def group_state(self) -> GroupState | None:
+        """The group as this member's client last reported it; None before the first
+        report (or for a consumer built without a :class:`GroupWatch`)."""
+        return None if self._group is None else self._group.state
 
     def subscribe(self, on_assign: OnAssign, on_revoke: OnLoss, on_lost: OnLoss) -> None:
         """Join the group; the callbacks run inside :meth:`poll`."""
