@@ -489,8 +489,8 @@ class TailConsumer(threading.Thread):
 class TimedSource(KafkaSource):
     """``replicator run``'s source as is, noting ``now - record timestamp`` of what it hands out."""
 
-    def __init__(self, consumer: Consumer, topic: str, *args: Any) -> None:
-        super().__init__(consumer, topic, *args)
+    def __init__(self, consumer: Consumer, topic: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, topic, *args, **kwargs)
         self.delivered: list[float] = []
 
     def poll(self, timeout: float) -> list[Any]:
