@@ -129,7 +129,8 @@ def _unfinished_resnapshot(settings: Any) -> str | None:
         return None
     return (
         f"snapshot generation {open_one.number} was recorded and its snapshot has not"
-        " completed: a `connector apply --resnapshot` is running, or one was interrupted."
+        " completed: a `connector apply --resnapshot` is running, or one was interrupted,"
+        " or the topic was re-created by a broker that lost it (`replicator run` said so)."
         " Until one completes, rows deleted while nothing streamed stay in the target: if"
         " none is running, run `replicator connector apply --resnapshot` again."
     )

@@ -8,6 +8,7 @@ positions only inside ``apply``, as the real one does in its transaction.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -160,6 +161,13 @@ class RecordingSink:
 
     def load_generations(self, topic: str) -> list[Generation]:
         return list(self.generations)
+
+    def record_recreated(self, topic: str, topic_id: str, partitions: list[int]) -> int | None:
+        if any(g.topic_id == topic_id for g in self.generations):
+            return None
+        number = max((g.number for g in self.generations), default=0) + 1
+        self.generations.append(Generation(number, topic_id, {p: 0 for p in partitions}))
+        return number
 
     def sweep(self, topic: str) -> tuple[int, int] | None:
         self.sweeps += 1
@@ -348,17 +356,37 @@ def test_a_generation_of_an_older_topic_covers_the_whole_of_a_newer_one() -> Non
     assert {c.generation for c in sink.rows.values()} == {3}
 
 
-def test_a_position_stored_for_a_re_created_topic_is_set_aside_and_the_log_read_again() -> None:
-    # the broker restarted empty; the new log already holds more than the old position
+def test_a_position_stored_for_a_re_created_topic_is_set_aside_and_the_log_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the broker restarted empty; the new log already holds more than the old position.
+    # What the old topic held past the position is gone: the new topic is a generation of
+    # its own (its snapshot wins over older changes), and the operator is told.
     source = ScriptedSource([Message(n, f"wp-{n}") for n in range(6)])
     sink = RecordingSink()
     sink.positions, sink.topic_ids = {0: 4}, {0: "topic-old"}
-    replicator = replicate(source, sink)
+    sink.generations = [Generation(2, "topic-old", {0: 1}, {0: 3})]
+    with caplog.at_level(logging.ERROR):
+        replicator = replicate(source, sink)
     assert source.log[0] == ("assigned", {0: None})  # from the beginning, not from 4
     assert sorted(sink.rows) == [f"wp-{n}" for n in range(6)]
     assert sink.positions == {0: 6} and sink.topic_ids == {0: "topic-A"}
     reset = replicator.metrics.positions_reset.labels("topic_recreated")._value.get()
     assert reset == 1
+    assert sink.generations[-1] == Generation(3, "topic-A", {0: 0})  # no marks: unfinished
+    assert {c.generation for c in sink.rows.values()} == {3}
+    said = [r for r in caplog.records if "re-created under the stored positions" in r.getMessage()]
+    assert len(said) == 1 and "--resnapshot" in said[0].getMessage()
+
+
+def test_a_generation_recorded_for_the_new_topic_already_is_not_recorded_again() -> None:
+    source = ScriptedSource([Message(n, f"wp-{n}") for n in range(3)])
+    sink = RecordingSink()
+    sink.positions, sink.topic_ids = {0: 2}, {0: "topic-old"}
+    sink.generations = [Generation(1, "topic-A", {0: 0})]  # another member's, or a resnapshot
+    replicate(source, sink)
+    assert sink.generations == [Generation(1, "topic-A", {0: 0})]
+    assert {c.generation for c in sink.rows.values()} == {1}
 
 
 def test_a_position_beyond_the_end_is_never_used_even_without_a_topic_id() -> None:

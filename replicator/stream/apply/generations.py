@@ -35,8 +35,10 @@ The design.  A version is the pair ``(generation, lsn)``, compared in that order
    streamed later (``(N, lsn)``) still applies.
 5. A topic created later (a broker restarted empty) holds only events produced after
    every recorded generation: all of it is of the newest generation (boundaries are
-   offsets of one topic, recognised by its Kafka id).  Its own re-snapshot then only
-   fills rows (rule 2 within one generation), as before generations existed.
+   offsets of one topic, recognised by its Kafka id).  When the consumer finds its stored
+   positions in an older topic, it records a generation for the new one
+   (:func:`record_recreated`): the events the broker lost are known again only through
+   the connector's new snapshot, which must then win over the older changes.
 
 The consumer stamps each event from the generations it loaded; the sink checks, inside
 the batch's transaction, that no generation was recorded since (a new one is recorded
@@ -133,6 +135,30 @@ def record(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def record_recreated(
+    conn: psycopg.Connection[Any], topic: str, topic_id: str, partitions: Sequence[int]
+) -> int | None:
+    """Record the next generation of ``topic`` for the re-created topic ``topic_id``, from
+    its start, unless one is recorded for it already (another member, or a
+    ``--resnapshot`` since); its number, or None.
+
+    A topic re-created under stored positions (a broker that lost it) took with it every
+    event the table had not applied, and Connect's offsets went with the broker too, so
+    the connector snapshots again into the new topic.  That snapshot is the only account
+    of what was lost: as a new generation it wins over the older changes (rule 3) instead
+    of only filling rows (rule 5).  No marks: nothing here can tell when the snapshot is
+    whole, so the rows deleted meanwhile are removed only by a ``--resnapshot``, which
+    ``connector status`` asks for while this generation is unfinished."""
+    row = conn.execute(
+        f"INSERT INTO {TABLE} (topic, generation, topic_id, boundaries)"
+        f" SELECT %s, coalesce(max(generation), 0) + 1, %s, %s FROM {TABLE} WHERE topic = %s"
+        " HAVING NOT coalesce(bool_or(topic_id = %s), false)"
+        " ON CONFLICT (topic, generation) DO NOTHING RETURNING generation",
+        [topic, topic_id, _json({p: 0 for p in partitions}), topic, topic_id],
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def complete(

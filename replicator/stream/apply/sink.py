@@ -127,6 +127,12 @@ class PostgresSink:
         with self._transaction("read the snapshot generations") as conn:
             return generations.load(conn, topic)
 
+    def record_recreated(self, topic: str, topic_id: str, partitions: list[int]) -> int | None:
+        """A generation for the re-created topic ``topic_id`` (:func:`~replicator.stream.
+        apply.generations.record_recreated`); its number, None when one exists already."""
+        with self._transaction("record a snapshot generation") as conn:
+            return generations.record_recreated(conn, topic, topic_id, partitions)
+
     def sweep(self, topic: str) -> tuple[int, int] | None:
         """Remove the rows a completed re-snapshot of ``topic`` did not have, once this
         table's positions reach its marks (:func:`~replicator.stream.apply.generations.sweep`)."""

@@ -27,6 +27,7 @@ class Stored(Protocol):
     def load_positions(self, topic: str) -> dict[int, PartitionPosition]: ...
     def stream_closed(self, topic: str) -> bool: ...
     def load_generations(self, topic: str) -> list[Generation]: ...
+    def record_recreated(self, topic: str, topic_id: str, partitions: list[int]) -> int | None: ...
     def sweep(self, topic: str) -> tuple[int, int] | None: ...
 
 
@@ -62,7 +63,30 @@ class Positioning:
         for p, (kind, why) in found.reset.items():
             self._metrics.positions_reset.labels(kind).inc()
             log.warning("stored position set aside", extra={"partition": p, "reason": why})
+        recreated = any(kind == "topic_recreated" for kind, _ in found.reset.values())
+        if recreated and view.topic_id is not None:
+            self._recreated(view)
         return found.offsets
+
+    def _recreated(self, view: origin.TopicView) -> None:
+        """The topic was re-created under the stored positions: what the table had not
+        applied of the old one is gone from the stream.  Record a generation for the new
+        topic (its snapshot then wins over the older changes), and say what is left to
+        the operator.  Not sure whether anything was lost, so said whenever it happens."""
+        assert view.topic_id is not None
+        number = self._stored.record_recreated(self.topic, view.topic_id, sorted(view.ends))
+        if number is None:  # recorded by another member or a --resnapshot: said there
+            return
+        self.generations = Generations(self._stored.load_generations(self.topic), view.topic_id)
+        log.error(
+            "the topic was re-created under the stored positions (a broker that lost it):"
+            " the changes of the old topic this table had not applied are gone from the"
+            " stream. Recorded snapshot generation %d for the new topic, so the connector's"
+            " new snapshot wins over older changes; rows deleted meanwhile stay until"
+            " `replicator connector apply --resnapshot` runs (connector status asks for it)",
+            number,
+            extra={"topic": self.topic, "generation": number},
+        )
 
     def watch(self, source: Described) -> None:
         """Raise ``PositionOutOfRange`` when the topic was re-created under the running
