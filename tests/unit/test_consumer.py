@@ -141,7 +141,6 @@ def test_the_group_watch_reads_the_join_state_from_the_client_statistics() -> No
     """librdkafka's statistics give the group's join state; the watch keeps how long the
     member has gone without a stable group, and skips a document it cannot read."""
     import json
-    import time
 
     from replicator.stream.source.consumer import GroupWatch, KafkaSource
 
@@ -160,7 +159,6 @@ def test_the_group_watch_reads_the_join_state_from_the_client_statistics() -> No
     source = KafkaSource(None, "t", group=watch)
     assert source.group_state() is before
     assert KafkaSource(None, "t").group_state() is None
-    assert time.monotonic() - watch._settled_at >= 90
 
 
 def test_the_group_member_asks_its_client_for_statistics() -> None:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -136,6 +137,22 @@ def test_every_dead_letter_reason_is_a_series_at_zero_from_the_start() -> None:
         assert sample == 0.0, reason
 
 
+def _unassigned_member(group_id: str) -> tuple[Any, Any]:
+    """A tracker and its health for a member of ``group_id`` with a 1 s progress line."""
+    from replicator.observe.metrics import Health, Metrics
+    from replicator.observe.tracker import Tracker
+    from replicator.settings import Settings
+
+    settings = Settings(
+        target_dsn="postgresql://a@b.invalid/c",
+        kafka_bootstrap="k.invalid:1",
+        group_id=group_id,
+        progress_interval_s=1,
+    )
+    health = Health(120, settings.group_id, settings.topic)
+    return health, Tracker(settings, Metrics(), health)
+
+
 def test_a_member_without_partitions_says_so_where_operators_look(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -144,18 +161,7 @@ def test_a_member_without_partitions_says_so_where_operators_look(
     import logging
     import time
 
-    from replicator.observe.metrics import Health, Metrics
-    from replicator.observe.tracker import Tracker
-    from replicator.settings import Settings
-
-    settings = Settings(
-        target_dsn="postgresql://a@b.invalid/c",
-        kafka_bootstrap="k.invalid:1",
-        group_id="g-stuck",
-        progress_interval_s=1,
-    )
-    health = Health(120, settings.group_id, settings.topic)
-    tracker = Tracker(settings, Metrics(), health)
+    health, tracker = _unassigned_member("g-stuck")
     with caplog.at_level(logging.WARNING):
         tracker.progress([], force=True)  # just started: joining is normal
         assert "no partition assigned" not in caplog.text
@@ -180,9 +186,7 @@ def test_a_member_tells_a_full_group_from_a_rebalance_that_never_completes(
     import logging
     import time
 
-    from replicator.observe.metrics import GroupState, Health, Metrics, unassigned_hint
-    from replicator.observe.tracker import Tracker
-    from replicator.settings import Settings
+    from replicator.observe.metrics import GroupState, unassigned_hint
 
     full = unassigned_hint("t", GroupState("steady", 0.0))
     assert "stable" in full and "more members than partitions" in full
@@ -192,14 +196,7 @@ def test_a_member_tells_a_full_group_from_a_rebalance_that_never_completes(
     assert "another REPLICATOR_GROUP_ID" in stuck and "positions are kept" in stuck
     assert unassigned_hint("t", GroupState("init", 40.0)) == unassigned_hint("t")
 
-    settings = Settings(
-        target_dsn="postgresql://a@b.invalid/c",
-        kafka_bootstrap="k.invalid:1",
-        group_id="g-wedged",
-        progress_interval_s=1,
-    )
-    health = Health(120, settings.group_id, settings.topic)
-    tracker = Tracker(settings, Metrics(), health)
+    health, tracker = _unassigned_member("g-wedged")
     health.unassigned_since = time.monotonic() - 120
     with caplog.at_level(logging.WARNING):
         tracker.progress([], force=True, group=GroupState("wait-join", 118.0))
