@@ -25,7 +25,8 @@ from replicator.db.connect import connect as db_connect
 from replicator.errors import MappingError
 from replicator.events import SNAPSHOT_VERSION, ApplyResult, RowChange
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES
-from replicator.mapping.rows import map_to_tuple, real_value
+from replicator.mapping.reals import real_value
+from replicator.mapping.rows import map_to_tuple
 from replicator.stream.apply.sink import PostgresSink
 
 Counts = tuple[int, int, int, int]  # rows read, loaded, skipped (streamed), rejected

@@ -34,7 +34,8 @@ from replicator.events import SNAPSHOT_VERSION, UNAVAILABLE, RowChange
 from replicator.local.sample import insert_rows
 from replicator.mapping import sql as mapped_sql
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
-from replicator.mapping.rows import map_to_tuple, real_value
+from replicator.mapping.reals import real_value
+from replicator.mapping.rows import map_to_tuple
 from replicator.stream.apply.sink import PostgresSink
 from tests.integration.conftest import (
     JSON_COLUMNS,

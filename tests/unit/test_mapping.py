@@ -28,7 +28,8 @@ from replicator.mapping.columns import (
     TARGET_COLUMNS,
     TARGET_TYPES,
 )
-from replicator.mapping.rows import map_to_tuple, real_value
+from replicator.mapping.reals import real_value
+from replicator.mapping.rows import map_to_tuple
 from tests.unit.helpers import map_row
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -32,20 +32,26 @@ def to_row_change(
     target's ``total_cost`` type (:func:`~replicator.mapping.rows.map_to_tuple`);
     ``generation``: the event's snapshot generation
     (:mod:`~replicator.stream.apply.generations`)."""
-    if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
+    op = event.op
+    if op is _UPDATE or op is _CREATE or op is _READ:
         if event.after is None:  # decode guarantees an image; guard for other decoders
-            raise EventError(f"{event.op.value} event without an 'after' image")
-        after = _snapshot_calendar(event.after) if event.op is Op.READ else event.after
-        values, unavailable = map_to_tuple(after, cost)
-        lsn = event.lsn
-        if event.op is Op.READ:
+            raise EventError(f"{op.value} event without an 'after' image")
+        if op is _READ:
+            values, unavailable = map_to_tuple(_snapshot_calendar(event.after), cost)
             lsn = None if event.snapshot == "incremental" else SNAPSHOT_VERSION
-        return RowChange(str(values[0]), lsn, False, values, unavailable, generation)
-    if event.op is Op.DELETE:
-        return RowChange(str(event.key), event.lsn, True, None, frozenset(), generation)
+        else:
+            values, unavailable = map_to_tuple(event.after, cost)
+            lsn = event.lsn
+        # positional, and values[0] is the run_id as text (the mapping checked it)
+        return RowChange(values[0], lsn, False, values, unavailable, generation)
+    if op is _DELETE:
+        return RowChange(str(event.key), event.lsn, True, None, _NONE, generation)
     return None
 
 
+# the members, bound once: an Enum attribute costs a lookup per event
+_CREATE, _UPDATE, _READ, _DELETE = Op.CREATE, Op.UPDATE, Op.READ, Op.DELETE
+_NONE: frozenset[str] = frozenset()
 _TIMESTAMPS = tuple(c for c, t in SOURCE_TYPES.items() if t.startswith("timestamp"))
 #: Every column but the key: a hold keeps them all as the target has them.
 _ALL_KEPT = frozenset(TARGET_COLUMNS[1:])

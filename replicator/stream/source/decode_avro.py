@@ -13,7 +13,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from replicator.errors import ConfigurationError, DecodeError, TransientError
 from replicator.events import ChangeEvent, KafkaPosition
-from replicator.mapping.rows import real_value
+from replicator.mapping.reals import real_value
 from replicator.stream.source.envelope import (
     TIME_SCALE,
     Scales,
