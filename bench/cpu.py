@@ -18,7 +18,8 @@ _HZ = os.sysconf("SC_CLK_TCK")
 #: the parts, in report order
 PARTS = (
     "replicator",
-    "PostgreSQL backends",
+    "PostgreSQL, the replicator's sessions",
+    "PostgreSQL, the rest",
     "PostgreSQL WAL sender (Debezium's slot)",
     "broker",
     "Kafka Connect",
@@ -38,12 +39,22 @@ def _read(pid: str) -> tuple[str, str, float] | None:
     return comm, cmdline, (int(fields[11]) + int(fields[12])) / _HZ
 
 
+#: The role the replicator connects as on the local stack: its sessions' backends are
+#: the processes titled ``postgres: <role> <database> <client> <activity>``.
+REPLICATOR_ROLE = "replicator_app"
+
+
 def part_of(pid: int, comm: str, cmdline: str, replicator_pid: int | None) -> str:
-    """Pure. Which part of the pipeline a process is."""
+    """Pure. Which part of the pipeline a process is.  PostgreSQL's processes are split in
+    three: the backends of the replicator's own sessions (the SQL it runs, what A's backend
+    is compared with), the WAL sender of Debezium's slot, and the rest (autovacuum, the
+    checkpointer, the WAL writer, Debezium's and the bench's own queries)."""
     if pid == replicator_pid:
         return "replicator"
     if comm == "postgres":
-        return PARTS[2] if "walsender" in cmdline else PARTS[1]
+        if "walsender" in cmdline:
+            return PARTS[3]
+        return PARTS[1] if cmdline.startswith(f"postgres: {REPLICATOR_ROLE} ") else PARTS[2]
     if comm == "tansu":
         return "broker"
     if comm == "java":

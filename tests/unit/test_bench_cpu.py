@@ -13,7 +13,15 @@ def test_each_process_is_counted_in_its_part() -> None:
     walsender = "postgres: walsender replicator_debezium 127.0.0.1(4) START_REPLICATION"
     assert part_of(8, "postgres", walsender, 7) == "PostgreSQL WAL sender (Debezium's slot)"
     assert part_of(9, "postgres", "postgres: app workflows 127.0.0.1(5) idle", 7) == (
-        "PostgreSQL backends"
+        "PostgreSQL, the rest"
+    )
+    assert part_of(9, "postgres", "postgres: autovacuum worker workflows", 7) == (
+        "PostgreSQL, the rest"
+    )
+    ours = "postgres: replicator_app workflows 127.0.0.1(5) COPY"
+    assert part_of(9, "postgres", ours, 7) == "PostgreSQL, the replicator's sessions"
+    assert part_of(9, "postgres", "postgres: replicator_application db", 7) == (
+        "PostgreSQL, the rest"
     )
     assert part_of(10, "tansu", "tansu broker", 7) == "broker"
     assert part_of(11, "java", "java -cp ...", 7) == "Kafka Connect"

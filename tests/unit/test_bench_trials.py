@@ -51,16 +51,20 @@ def test_ratios_are_medians_of_each_trials_own_ratio() -> None:
 
 def test_cpu_figures_are_taken_within_each_trial() -> None:
     trials = [trial(100, 40, 20, 50), trial(120, 60, 40, 30), trial(80, 50, 10, 70)]
-    for t, (own, backends, a_row) in zip(
-        trials, [(20.0, 30.0, 15.0), (24.0, 36.0, 12.0), (22.0, 20.0, 20.0)], strict=True
+    for t, (own, sessions, rest, a_row) in zip(
+        trials,
+        [(20.0, 22.5, 7.5, 15.0), (24.0, 24.0, 12.0, 12.0), (22.0, 16.0, 4.0, 20.0)],
+        strict=True,
     ):
         t["run_replicator"]["cpu_us_per_event"] = {
             "replicator": own,
-            "PostgreSQL backends": backends,
+            "PostgreSQL, the replicator's sessions": sessions,
+            "PostgreSQL, the rest": rest,
         }
         t["A_in_database"]["backend_us_per_row"] = a_row
     assert cpu_ratios(trials) == {
         "replicator_us_per_event": [20.0, 24.0, 22.0],
+        "pg_sessions/A": [1.5, 2.0, 0.8],
         "pg_backends/A": [2.0, 3.0, 1.0],
     }
     results = {
@@ -72,6 +76,7 @@ def test_cpu_figures_are_taken_within_each_trial() -> None:
     summary = summarize(results)
     assert summary["replicator_us_per_event"] == 22.0
     assert summary["pg_backends/A"] == 2.0
+    assert summary["pg_sessions/A"] == 1.5
 
 
 def test_the_stage_table_sums_the_replicators_own_stages() -> None:
