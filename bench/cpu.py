@@ -39,22 +39,24 @@ def _read(pid: str) -> tuple[str, str, float] | None:
     return comm, cmdline, (int(fields[11]) + int(fields[12])) / _HZ
 
 
-#: The role the replicator connects as on the local stack: its sessions' backends are
-#: the processes titled ``postgres: <role> <database> <client> <activity>``.
-REPLICATOR_ROLE = "replicator_app"
-
-
-def part_of(pid: int, comm: str, cmdline: str, replicator_pid: int | None) -> str:
+def part_of(
+    pid: int,
+    comm: str,
+    cmdline: str,
+    replicator_pid: int | None,
+    sessions: frozenset[int] | set[int] = frozenset(),
+) -> str:
     """Pure. Which part of the pipeline a process is.  PostgreSQL's processes are split in
-    three: the backends of the replicator's own sessions (the SQL it runs, what A's backend
-    is compared with), the WAL sender of Debezium's slot, and the rest (autovacuum, the
-    checkpointer, the WAL writer, Debezium's and the bench's own queries)."""
+    three: the backends of the replicator's own sessions (``sessions``, their process ids:
+    the SQL it runs, what A's backend is compared with), the WAL sender of Debezium's slot,
+    and the rest (autovacuum, the checkpointer, the WAL writer, Debezium's and the bench's
+    own queries)."""
     if pid == replicator_pid:
         return "replicator"
     if comm == "postgres":
         if "walsender" in cmdline:
             return PARTS[3]
-        return PARTS[1] if cmdline.startswith(f"postgres: {REPLICATOR_ROLE} ") else PARTS[2]
+        return PARTS[1] if pid in sessions else PARTS[2]
     if comm == "tansu":
         return "broker"
     if comm == "java":
@@ -67,6 +69,8 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, dict[int, float]]] = []
+        #: process ids of the replicator's sessions' backends, as the caller learns them
+        self.sessions: set[int] = set()
         self._who: dict[int, tuple[str, str]] = {}
 
     def sample(self) -> None:
@@ -90,7 +94,7 @@ class CpuMeter:
         for pid, seconds in after[1].items():
             comm, cmdline = self._who.get(pid, ("", ""))
             spent = seconds - before[1].get(pid, 0.0)
-            out[part_of(pid, comm, cmdline, replicator_pid)] += max(0.0, spent)
+            out[part_of(pid, comm, cmdline, replicator_pid, self.sessions)] += max(0.0, spent)
         out["window_s"] = after[0] - before[0]
         return out
 

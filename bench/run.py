@@ -58,6 +58,7 @@ from bench.stages import baseline_cpu, stage_costs, streaming_gc  # noqa: E402
 from bench.stages import markdown as stages_markdown  # noqa: E402
 from replicator.clients.connect import ConnectClient, load_connector_file  # noqa: E402
 from replicator.clients.kafka import client_config  # noqa: E402
+from replicator.db.connect import APPLICATION_NAME  # noqa: E402
 from replicator.db.schema import apply_target_schema  # noqa: E402
 from replicator.events import KafkaPosition  # noqa: E402
 from replicator.local.sample import insert_rows  # noqa: E402
@@ -227,6 +228,7 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
                 time.sleep(0.05)
                 peak_kib = max(peak_kib, _hwm_kib(proc.pid))
                 if time.monotonic() - sampled >= 0.5:  # every process's CPU time
+                    meter.sessions.update(_sessions_of(watcher))
                     meter.sample()
                     sampled = time.monotonic()
             finished = time.time()
@@ -249,6 +251,14 @@ def replicator_run(env: dict[str, str], prefix: str, rows: int) -> dict[str, flo
         "peak_rss_mb": peak_kib / 1024,
         "cpu_us_per_event": per_event(meter.used(assigned, finished, proc.pid), events),
     }
+
+
+def _sessions_of(conn: psycopg.Connection[Any]) -> list[int]:
+    """The backends of the replicator's sessions (its connections name themselves)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [APPLICATION_NAME]
+    ).fetchall()
+    return [pid for (pid,) in rows]
 
 
 def _stored_reached(

@@ -18,11 +18,9 @@ def test_each_process_is_counted_in_its_part() -> None:
     assert part_of(9, "postgres", "postgres: autovacuum worker workflows", 7) == (
         "PostgreSQL, the rest"
     )
-    ours = "postgres: replicator_app workflows 127.0.0.1(5) COPY"
-    assert part_of(9, "postgres", ours, 7) == "PostgreSQL, the replicator's sessions"
-    assert part_of(9, "postgres", "postgres: replicator_application db", 7) == (
-        "PostgreSQL, the rest"
-    )
+    ours = "postgres: postgres workflows 127.0.0.1(5) COPY"
+    assert part_of(9, "postgres", ours, 7, {9}) == "PostgreSQL, the replicator's sessions"
+    assert part_of(8, "postgres", walsender, 7, {8}) == "PostgreSQL WAL sender (Debezium's slot)"
     assert part_of(10, "tansu", "tansu broker", 7) == "broker"
     assert part_of(11, "java", "java -cp ...", 7) == "Kafka Connect"
     assert part_of(12, "python3", "python -m replicator run", None) == "other"
