@@ -141,8 +141,15 @@ def test_a_broker_that_restarts_empty_loses_nothing(own_stack: OwnStack) -> None
             "UPDATE workflow_processes SET message = 'lost with the broker' WHERE id = ANY(%s)",
             [lost[:40]],
         )
+        before = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         conn.execute("DELETE FROM workflow_processes WHERE id = ANY(%s)", [lost[-15:]])
-    time.sleep(15)  # Connect commits its offsets every few seconds
+        # Debezium confirms a transaction to the slot once Connect committed its offset:
+        # the slot then never sends these changes again (offsets flushed every second)
+        confirmed = (
+            "SELECT bool_and(confirmed_flush_lsn > %s) FROM pg_replication_slots"
+            " WHERE slot_type = 'logical'"
+        )
+        wait_for(lambda: conn.execute(confirmed, before).fetchone()[0], timeout=60)
     # the local broker keeps its topics in memory: down/up re-creates them empty, and
     # Debezium re-snapshots into the new topic, whose offsets start again from 0
     cli("stack", "down")
