@@ -53,7 +53,7 @@ from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.apply.truncation import apply_truncate
 from replicator.stream.apply.worker import Finished
 from replicator.stream.intake import Intake
-from replicator.stream.source.consumer import KafkaSource
+from replicator.stream.source.consumer import POLL_MAX, KafkaSource
 from replicator.stream.source.decode import Decoder, decoder_for
 from replicator.stream.source.positioning import Positioning
 
@@ -102,6 +102,7 @@ class Replicator:
         self._limits = (settings.batch_max_rows, settings.batch_max_bytes)
         self._batches = self._new_batches()
         self._last_message = time.monotonic()
+        self._backlog = False  # the last poll came back full: more is waiting
         self.positioning = Positioning(settings, self.control, self.metrics)
         self.intake = Intake(
             decoder or decoder_for(settings),
@@ -178,6 +179,7 @@ class Replicator:
         messages = source.poll(0.05 if busy else 0.5)
         if messages:
             self._last_message = time.monotonic()
+        self._backlog = len(messages) >= POLL_MAX
         for msg in messages:
             partition = msg.partition()
             if partition in self._unpositioned or partition not in self._assigned:
@@ -252,13 +254,18 @@ class Replicator:
         return True
 
     def _batch_due(self, lane: int) -> bool:
-        """Apply at once when the lane is free (latency); while it is busy the batch
-        grows (throughput) until a limit is reached."""
+        """Apply at once when the lane is free and nothing more is waiting (latency);
+        while the lane is busy, or the last poll came back full (catching up), the batch
+        grows until a limit is reached (throughput), so that a backlog does not pay each
+        batch's fixed cost (its statements and commit: README, "Performance") per few
+        hundred events."""
         batch = self._batches[lane]
         if not batch.events or self._lanes is None:
             return False
         started_ms = (time.monotonic() - batch.started) * 1000
-        return self._lanes.lane_idle(lane) or started_ms >= self.settings.batch_max_ms
+        if started_ms >= self.settings.batch_max_ms:
+            return True
+        return self._lanes.lane_idle(lane) and not self._backlog
 
     def _submit(self, lane: int, *, wait: bool = False) -> None:
         """Hand a lane's batch to its worker; a lane applies its batches strictly in order.

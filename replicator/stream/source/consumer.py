@@ -42,6 +42,10 @@ OnLoss = Callable[[list[int]], None]
 STATS_INTERVAL_MS = 5000
 
 
+#: The most messages one :meth:`KafkaSource.poll` returns; as many means more are waiting.
+POLL_MAX = 1000
+
+
 class GroupWatch:
     """The group's join state from librdkafka's statistics (``stats_cb``, called inside
     ``poll`` on the loop's thread, so no lock): what tells a member that a stable group
@@ -151,7 +155,8 @@ class KafkaSource:
             self._consumer.resume(partitions)
 
     def poll(self, timeout: float) -> list[Any]:
-        """The messages fetched so far, waiting up to ``timeout`` for the first one.
+        """The messages fetched so far (at most :data:`POLL_MAX`), waiting up to
+        ``timeout`` for the first one.
 
         End-of-partition events and passing errors (the topic not created yet: Debezium
         creates it with its first event) are logged and skipped; a fatal error raises
@@ -162,7 +167,7 @@ class KafkaSource:
         if first is None:
             return []
         out = []
-        for msg in [first, *self._consumer.consume(999, timeout=0)]:
+        for msg in [first, *self._consumer.consume(POLL_MAX - 1, timeout=0)]:
             err = msg.error()
             if err is None:
                 out.append(msg)
