@@ -199,8 +199,7 @@ def _compile(plan: Plan) -> Mapper:
     out = [f"_d{i}" for i in range(len(TARGET_COLUMNS))]
     out[0] = "o0"
     for step, (column, index, convert, if_null, placeholder) in enumerate(plan):
-        env.update({f"_d{index}": _TEMPLATE[index], f"_c{step}": convert, f"_n{step}": if_null})
-        env[f"_p{step}"] = placeholder
+        env.update({f"_c{step}": convert, f"_n{step}": if_null, f"_p{step}": placeholder})
         out[index] = o = f"o{index}"
         null = (
             f"raise _fail({column!r}, row_id, 'is NULL but the column is NOT NULL')"
