@@ -224,16 +224,24 @@ def mask_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
-#: Words in a librdkafka setting's name that make its value a secret (``sasl.password``,
-#: ``sasl.jaas.config``, ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ...).
-SECRET_WORDS = ("password", "secret", "jaas", "key", "token", "oauthbearer.config")
+#: Parts of a setting's name that make its value a credential, in every config the product
+#: prints (librdkafka's, Kafka Connect's, the Schema Registry's): ``sasl.password``,
+#: ``sasl.jaas.config``, ``ssl.key.pem``, ``ssl.keystore.password``,
+#: ``sasl.oauthbearer.client.secret``, ``sasl.oauthbearer.config``,
+#: ``value.converter.basic.auth.user.info``, ``bearer.auth.token``, ``*.credentials.*``.
+SECRET_WORDS = ("password", "secret", "jaas", "ssl.key", "private.key", "token")
+SECRET_WORDS += ("oauthbearer.config", "user.info", "credential")
+
+
+def is_secret(name: str) -> bool:
+    """Pure. Whether the setting called ``name`` holds a credential (:data:`SECRET_WORDS`)."""
+    lowered = name.lower()
+    return any(w in lowered for w in SECRET_WORDS)
 
 
 def mask_kafka_config(config: dict[str, Any]) -> dict[str, Any]:
     """Pure. ``config`` with every secret value masked: for logs, errors and ``config show``."""
-    return {
-        k: "********" if any(w in k.lower() for w in SECRET_WORDS) else v for k, v in config.items()
-    }
+    return {k: "********" if is_secret(k) else v for k, v in config.items()}
 
 
 def effective(settings: Settings) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -15,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from replicator.clients.kafka import EVENT_MAX_BYTES
 from replicator.errors import ConfigurationError, ConnectBusy, ConnectError
 from replicator.resources import connector_file
-
-#: Keys of a connector config whose values are never printed.
-SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "ssl.key")
+from replicator.settings import is_secret
 
 T = TypeVar("T")
 
@@ -31,8 +31,7 @@ def mask_config(config: dict[str, str]) -> dict[str, str]:
     """The config with secret values replaced (placeholders like ``${env:X}`` are kept)."""
     out = {}
     for key, value in config.items():
-        secret = any(s in key.lower() for s in SECRET_KEYS)
-        out[key] = value if not secret or str(value).startswith("${") else "********"
+        out[key] = value if not is_secret(key) or str(value).startswith("${") else "********"
     return out
 
 
@@ -215,4 +214,96 @@ def load_connector_file(path: Path | None = None) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read the connector config {path}: {exc}") from exc
     if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
         raise ConfigurationError(f"{path} must be an object with 'name' and 'config'")
+    problems = kafka_rule_problems(spec["config"])
+    if problems:
+        raise ConfigurationError(
+            f"{path} would stop or lose events on Apache Kafka: " + "; ".join(problems)
+        )
     return spec
+
+
+#: Kafka's defaults where a connector config sets nothing: the producer's
+#: ``max.request.size``, the broker's ``message.max.bytes`` (a topic's
+#: ``max.message.bytes``), the producer's ``delivery.timeout.ms``.
+KAFKA_DEFAULTS = {
+    "max.request.size": 1_048_576,
+    "max.message.bytes": 1_048_588,
+    "delivery.timeout.ms": 120_000,
+}
+#: ``delivery.timeout.ms`` that never expires a record the broker cannot take yet.
+NEVER = 2_147_483_647
+
+
+def change_topic_config(config: dict[str, str]) -> dict[str, str]:
+    """Pure. The settings Kafka Connect creates the change topic with: those of the first
+    ``topic.creation.groups`` group whose ``include`` matches it (which takes only the
+    replication factor and partitions from the default group), else the default group's."""
+    topic = f"{config.get('topic.prefix', '')}.public.workflow_processes"
+    group = "default"
+    groups = (g.strip() for g in config.get("topic.creation.groups", "").split(","))
+    for name in filter(None, groups):
+        include = config.get(f"topic.creation.{name}.include", "")
+        if any(re.fullmatch(p.strip(), topic) for p in include.split(",") if p.strip()):
+            group = name
+            break
+    prefix = f"topic.creation.{group}."
+    own = {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
+    default = "topic.creation.default."
+    inherited = {k[len(default) :]: v for k, v in config.items() if k.startswith(default)}
+    if group != "default":
+        kept = ("replication.factor", "partitions")
+        inherited = {k: v for k, v in inherited.items() if k in kept}
+    return {**inherited, **own}
+
+
+def kafka_rule_problems(config: dict[str, str]) -> list[str]:
+    """Pure. Why the connector ``config`` would stop, or skip events silently, on Apache
+    Kafka, whose broker enforces what the local stack's does not (README, "Large rows and
+    truncates on Apache Kafka"); [] when nothing would.
+
+    * Debezium's TRUNCATE event has no key, and Apache Kafka refuses a keyless record on a
+      compacted topic: the task fails and the slot keeps WAL.
+    * The producer must refuse an event before the topic does, and a dead letter must be
+      able to carry any event whole (``EVENT_MAX_BYTES``).
+    * Skipping what the broker refuses (``errors.tolerance=all``) is safe only if nothing
+      retriable is ever given up: an outage longer than ``delivery.timeout.ms`` would
+      otherwise skip every event sent meanwhile."""
+    problems = []
+    topic = change_topic_config(config)
+    policy = {p.strip() for p in topic.get("cleanup.policy", "delete").split(",")}
+    skipped = {op.strip() for op in config.get("skipped.operations", "t").split(",")}
+    if "compact" in policy and "t" not in skipped:
+        problems.append(
+            "truncate events (skipped.operations does not include t) have no key and the"
+            " change topic is compacted (cleanup.policy includes compact): Apache Kafka refuses"
+            " them and the connector's task fails; create the topic with cleanup.policy=delete"
+        )
+
+    def number(value: str | None, default_of: str) -> int:
+        try:
+            return int(value) if value else KAFKA_DEFAULTS[default_of]
+        except ValueError:
+            problems.append(f"{default_of} {value!r} is not a number")
+            return KAFKA_DEFAULTS[default_of]
+
+    request = number(config.get("producer.override.max.request.size"), "max.request.size")
+    accepted = number(topic.get("max.message.bytes"), "max.message.bytes")
+    if request > accepted:
+        problems.append(
+            f"the producer sends events of up to {request} bytes (max.request.size) that the"
+            f" change topic refuses above {accepted} (max.message.bytes)"
+        )
+    if request > EVENT_MAX_BYTES:
+        problems.append(
+            f"events of up to {request} bytes (max.request.size) are larger than the"
+            f" {EVENT_MAX_BYTES} bytes a dead letter carries whole"
+        )
+    tolerance = config.get("errors.tolerance", "none")
+    timeout = number(config.get("producer.override.delivery.timeout.ms"), "delivery.timeout.ms")
+    if tolerance == "all" and timeout != NEVER:
+        problems.append(
+            "errors.tolerance=all skips every event the producer gives up on: with"
+            f" delivery.timeout.ms {timeout}, a broker outage that long skips events; set"
+            f" producer.override.delivery.timeout.ms to {NEVER}"
+        )
+    return problems

@@ -14,10 +14,26 @@ from replicator.observe.logs import kafka_logger
 
 Kind = Literal["group", "reader", "producer", "admin"]
 
+#: The largest change event that flows: the connector's producer refuses a larger one
+#: (``producer.override.max.request.size``) and the change topic is created to accept it
+#: (``topic.creation.default.max.message.bytes``), both in
+#: ``connectors/workflow-processes.json``; Apache Kafka's defaults (about 1 MB) would stop
+#: the connector at the first row of more than 1 MB.  A larger row is skipped by Connect
+#: (``errors.tolerance=all``), counted there, and written from the source by
+#: ``verify --repair`` (README, "Large rows and truncates on Apache Kafka").
+EVENT_MAX_BYTES = 16 * 1024 * 1024
+#: The largest dead letter: a whole event plus the dead-letter headers.  The dead-letter
+#: topic is created to accept it and the producer to send it.
+LETTER_MAX_BYTES = EVENT_MAX_BYTES + 1024 * 1024
+
 #: Tuning per kind of client, which ``REPLICATOR_KAFKA_CONFIG`` may override.
 _TUNING: dict[Kind, dict[str, Any]] = {
     "group": {
         "fetch.max.bytes": 64 * 1024 * 1024,
+        # one partition's fetch holds the largest record of the change or dead-letter
+        # topic whole (Kafka would return a larger first batch anyway; this does not
+        # rely on it)
+        "max.partition.fetch.bytes": LETTER_MAX_BYTES,
         # Kafka answers a fetch as soon as data arrives; this bounds how long an idle
         # fetch waits, which is the whole wait on brokers that answer only then (the local
         # stack's).  Not lower: such a broker also stops filling a fetch at this bound,
@@ -29,10 +45,16 @@ _TUNING: dict[Kind, dict[str, Any]] = {
     },
     "reader": {
         "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": LETTER_MAX_BYTES,
         "queued.max.messages.kbytes": 128 * 1024,
         "auto.offset.reset": "earliest",
     },
-    "producer": {"acks": "all", "linger.ms": 5, "message.timeout.ms": 30_000},
+    "producer": {
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": 30_000,
+        "message.max.bytes": LETTER_MAX_BYTES,
+    },
     "admin": {},
 }
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from replicator.clients.kafka import EVENT_MAX_BYTES
 from replicator.mapping.columns import TARGET_COLUMNS
 
 EXIT_IN_SYNC, EXIT_DRIFT, EXIT_UNVERIFIED = 0, 1, 2
@@ -76,6 +77,7 @@ class RepairSummary:
     snapshot_ids: int = 0  # missing + different rows re-read through an incremental snapshot
     signals: int = 0  # signal rows written
     deleted: int = 0  # extra target rows deleted through the sink
+    from_source: int = 0  # rows too large for the stream, written from the source
     kept_extra: int = 0  # extra rows that exist in the source after all (not deleted)
     converged: bool = False  # the repaired rows matched the source before the final verify
     seconds: float = 0.0
@@ -97,6 +99,9 @@ class Report:
     drift: dict[str, KeyDiff] = field(default_factory=dict)  # confirmed differences
     unmappable: dict[str, KeyDiff] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # still changing at every re-check
+    # drifted rows whose change event is larger than the largest that flows (Connect skips
+    # it): run_id -> the row's size as JSON; `--repair` writes them from the source
+    too_large: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # why it could not verify
     # after a cutover: what is true (the source is then the archive, after_cutover.py) ...
     cut_over: str | None = None
@@ -151,6 +156,12 @@ class Report:
                 "rows": [{"run_id": d.run_id, "reason": d.reason} for d in unmappable][:max_report],
             },
             "still_changing": {"total": len(self.busy), "ids": sorted(self.busy)[:max_report]},
+            "too_large_for_the_stream": {
+                "total": len(self.too_large),
+                "rows": [{"run_id": k, "json_bytes": n} for k, n in sorted(self.too_large.items())][
+                    :max_report
+                ],
+            },
             "seconds": round(self.seconds, 3),
             "error": self.error,
             "cut_over": self.cut_over,
@@ -161,6 +172,7 @@ class Report:
                 "snapshot_ids": self.repair.snapshot_ids,
                 "signals": self.repair.signals,
                 "deleted": self.repair.deleted,
+                "from_source": self.repair.from_source,
                 "kept_extra": self.repair.kept_extra,
                 "converged": self.repair.converged,
                 "seconds": round(self.repair.seconds, 3),
@@ -203,10 +215,18 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
             f"still changing at every re-check ({d['still_changing']['total']}, not drift):"
             f" {_join(d['still_changing']['ids'])}"
         )
+    if report.too_large:
+        lines.append(
+            f"too large for the stream ({len(report.too_large)}): their change events exceed"
+            f" the largest that flows ({EVENT_MAX_BYTES:,} bytes), Kafka Connect skipped them;"
+            " `replicator verify --repair` writes them from the source: "
+            + _join(f"{k} ({n:,} bytes)" for k, n in sorted(report.too_large.items())[:20])
+        )
     if report.repair is not None:
         r = report.repair
         lines.append(
-            f"repair: {r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
+            f"repair: {r.from_source} rows too large for the stream written from the source,"
+            f" {r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
             f" {r.deleted} extra rows deleted, {r.kept_extra} kept (present in the source),"
             f" {'converged' if r.converged else 'NOT converged'} in {r.seconds:.1f}s"
         )
@@ -270,8 +290,10 @@ def rich_table(report: Report, max_report: int = 20) -> Any:
         shown += 1
     if shown:
         parts.append(rows)
+    lines = summary_lines(report, max_report)
+    parts += [line for line in lines if line.startswith("too large for the stream")]
     if report.repair is not None:
-        parts.append(summary_lines(report, max_report)[-1])
+        parts += [line for line in lines if line.startswith(("repair:", "cannot be repaired"))]
     return Group(*parts)
 
 

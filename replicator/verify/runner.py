@@ -65,6 +65,7 @@ from replicator.observe.progress import Progress
 from replicator.settings import Settings
 from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.source.ends import NotCaughtUp, probe_ends, wait_for_positions
+from replicator.verify import from_source
 from replicator.verify import sql as vs
 from replicator.verify.after_cutover import verify_after_cutover
 from replicator.verify.report import KeyDiff, RepairSummary, Report, diff_rows
@@ -222,6 +223,9 @@ def repair(
     summary = RepairSummary()
     resync = sorted(k for k, d in report.drift.items() if d.kind in ("missing", "different"))
     extra = sorted(k for k, d in report.drift.items() if d.kind == "extra")
+    if report.too_large:  # the stream cannot carry them: a re-read would be skipped too
+        summary.from_source = from_source.write(tables, settings, sorted(report.too_large))
+        resync = [k for k in resync if k not in report.too_large]
     if resync:
         collection = tables.data_collection()
         with tables.connect(tables.source, autocommit=True) as conn:
@@ -250,7 +254,7 @@ def repair(
             for group in vs.batches(deleted, 5_000):
                 sink.apply([RowChange(k, None, True, None) for k in group], [])
         summary.deleted = len(deleted)
-    pending = set(resync) | set(deleted)
+    pending = set(resync) | set(deleted) | set(report.too_large)
     if pending:
         pending = _await_resync(tables, pending, options, catch_up)
         summary.unrepaired = sorted(pending)
@@ -358,11 +362,22 @@ def verify(
     after = _after_cutover(settings, table, repair_drift)
     if after is not None:
         return after
-    report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
+    report = _compared(tables, options, catch_up, meter, table)
     if not repair_drift or report.status != "drift":
         return report
     summary = repair(tables, settings, report, options, catch_up)
-    final = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
+    final = _compared(tables, options, catch_up, meter, table)
     final.repair = summary
     final.seconds += report.seconds
     return final
+
+
+def _compared(
+    tables: Tables, options: Options, catch_up: CatchUp, meter: Progress, table: str
+) -> Report:
+    """The comparison, with the drifted rows too large for the stream named
+    (from_source.py)."""
+    report = compare(tables, options, catch_up, meter, Report(SOURCE_TABLE, table))
+    stale = [k for k, d in report.drift.items() if d.kind in ("missing", "different")]
+    report.too_large = from_source.oversized(tables, stale)
+    return report

@@ -3,6 +3,10 @@
 One stack per test session, on free ports, under a temporary state folder; stopped
 and removed at the end.  Tests isolate themselves by row-id prefix, target table
 and consumer group, never by starting another stack.
+
+Before a stack stops, every record its broker stored is held to Apache Kafka's
+produce-side rules (:func:`apache_kafka_rules`): the local broker accepts records that
+Apache Kafka refuses, and the suite must fail where a deployment would.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
+from replicator.clients.connect import change_topic_config, load_connector_file
 from replicator.db.schema import apply_target_schema, grant_to_service_role
+from replicator.local.kafka_rules import check_topics
 from replicator.local.sample import legacy_row
 from replicator.local.stack import SERVICE_ROLE, LocalStack
 from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
@@ -99,6 +106,27 @@ def stack_state_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="replicator-test-stack-"))
 
 
+def apache_kafka_rules(bootstrap: str) -> None:
+    """Fail when the broker at ``bootstrap`` stored a record Apache Kafka would have refused
+    (replicator/local/kafka_rules.py)."""
+    found = check_topics(bootstrap)
+    if found:
+        shown = "\n".join(f"  {v}" for v in found[:20])
+        pytest.fail(f"{len(found)} records Apache Kafka would have refused:\n{shown}")
+
+
+def create_change_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
+    """Create ``topic`` as Kafka Connect creates the change topic (the connector file's
+    ``topic.creation`` settings), before the first change: a consumer subscribed earlier
+    would only see a topic Connect creates at its next metadata refresh."""
+    config = change_topic_config(load_connector_file()["config"])
+    for key in ("replication.factor", "partitions"):
+        config.pop(key, None)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, partitions, 1, config=config)]).values():
+        future.result(30)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackInfo]:
     state = stack_state_dir()
@@ -115,6 +143,7 @@ def stack() -> Iterator[StackInfo]:
             topic=env["REPLICATOR_TOPIC"],
             stack=local,
         )
+        apache_kafka_rules(env["REPLICATOR_KAFKA_BOOTSTRAP"])
     finally:
         local.down()
         shutil.rmtree(state, ignore_errors=True)

@@ -14,12 +14,18 @@ import dataclasses
 from collections.abc import Iterator
 
 import psycopg
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.db.schema import apply_source_schema, roles_script
 from replicator.local.stack import SERVICE_ROLE
-from tests.integration.conftest import StackInfo, execute, new_database, remove_slot, unique
+from tests.integration.conftest import (
+    StackInfo,
+    create_change_topic,
+    execute,
+    new_database,
+    remove_slot,
+    unique,
+)
 
 
 @contextlib.contextmanager
@@ -36,11 +42,7 @@ def isolated_source(stack: StackInfo, tag: str) -> Iterator[StackInfo]:
         "database.dbname": psycopg.conninfo.conninfo_to_dict(source)["dbname"],
     }
     topic = f"{prefix}.public.workflow_processes"
-    # Connect creates the topic at the first change; a consumer subscribed before that
-    # would only see it at its next metadata refresh: create it now (4 partitions).
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 4, 1)]).values():
-        future.result(30)
+    create_change_topic(stack.bootstrap, topic)
     client = ConnectClient(stack.connect_url)
     client.put_config(name, config)
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from replicator.settings import read_env_file
-from tests.integration.conftest import diff, mapped_source, target_rows
+from tests.integration.conftest import apache_kafka_rules, diff, mapped_source, target_rows
 
 
 @dataclasses.dataclass
@@ -81,6 +81,7 @@ def started_own_stack() -> Iterator[OwnStack]:
         own.cli("stack", "up")
         own.cli("sample", "--rows", "500")  # wp-00000000.., what the writer changes
         yield own
+        apache_kafka_rules(own.settings["REPLICATOR_KAFKA_BOOTSTRAP"])
     finally:
         own.cli("stack", "down", ok=False)
         shutil.rmtree(home, ignore_errors=True)

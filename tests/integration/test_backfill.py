@@ -20,7 +20,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
@@ -42,6 +41,7 @@ from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
     churn_until,
+    create_change_topic,
     execute,
     mapped_source,
     new_database,
@@ -484,11 +484,7 @@ def test_no_data_connector_then_backfill(
         assert res.returncode == 0, res.stderr
         assert json.JSONDecoder().raw_decode(res.stdout)[0]["snapshot.mode"] == "no_data"
         topic = f"{prefix}.public.workflow_processes"
-        # Connect creates the topic at the first change; a consumer subscribed before that
-        # would only see it at its next metadata refresh (minutes): create it now.
-        admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-        for future in admin.create_topics([NewTopic(topic, 4, 1)]).values():
-            future.result(30)
+        create_change_topic(stack.bootstrap, topic)
         settings = stack.settings(target_table=table, group_id=unique("g"), topic=topic)
         with RunningReplicator(settings), Churn(stack.source_dsn, p, 30_000, seed=8):
             res = subprocess.run(

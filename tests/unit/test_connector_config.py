@@ -10,6 +10,7 @@ import pytest
 from replicator.clients.connect import ConnectClient, load_connector_file, mask_config
 from replicator.errors import ConnectBusy, ConnectError
 from replicator.local.stack import topic_name
+from replicator.settings import mask_kafka_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,8 +42,12 @@ def test_settings_that_protect_data() -> None:
     assert "debezium_heartbeat" in c["heartbeat.action.query"]
     roles = (ROOT / "schemas" / "roles.sql").read_text()
     assert "'debezium_heartbeat'" in roles and "UPDATE ON debezium_heartbeat" in roles
-    assert c["topic.creation.default.cleanup.policy"] == "compact"
+    # the topic is the table's whole log: nothing expires, and a TRUNCATE's keyless event
+    # is accepted (Apache Kafka refuses a keyless record on a compacted topic)
+    assert c["topic.creation.default.cleanup.policy"] == "delete"
     assert c["topic.creation.default.retention.ms"] == "-1"
+    assert c["topic.creation.default.retention.bytes"] == "-1"
+    assert "t" not in c["skipped.operations"]
     # without this, NULLs in columns with defaults arrive as the defaults
     assert c["value.converter.replace.null.with.default"] == "false"
     assert c["value.converter.schemas.enable"] == "false"
@@ -55,6 +60,40 @@ def test_every_value_is_a_string_as_the_rest_api_wants() -> None:
 
 def test_topic_name_follows_the_prefix() -> None:
     assert topic_name() == f"{config()['topic.prefix']}.public.workflow_processes"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "database.password",
+        "value.converter.basic.auth.user.info",
+        "key.converter.schema.registry.basic.auth.user.info",
+        "value.converter.bearer.auth.token",
+        "producer.override.sasl.jaas.config",
+        "consumer.override.ssl.keystore.password",
+        "producer.override.ssl.key.pem",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "aws.credentials.provider.secret",
+        "database.sslpassword",
+    ],
+)
+def test_every_credential_shaped_key_is_masked_wherever_settings_are_printed(key: str) -> None:
+    assert mask_config({key: "s3cr3t"}) == {key: "********"}  # connector apply's output
+    assert mask_kafka_config({key: "s3cr3t"}) == {key: "********"}  # config show, errors
+    assert mask_config({key: "${env:X}"}) == {key: "${env:X}"}  # a placeholder is no secret
+
+
+def test_settings_that_are_no_credentials_stay_readable() -> None:
+    plain = {
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "message.key.columns": "public.t:id",
+        "database.user": "dbz",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "ssl.ca.location": "/etc/kafka-ca/ca.crt",
+    }
+    assert mask_config(plain) == plain
+    assert mask_kafka_config(plain) == plain
 
 
 def test_mask_config_hides_literal_secrets_only() -> None:

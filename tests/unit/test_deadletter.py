@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from replicator.clients.kafka import EVENT_MAX_BYTES, LETTER_MAX_BYTES, client_config
 from replicator.errors import BrokerUnavailable
 from replicator.events import ApplyResult, RowChange
+from replicator.local import kafka_rules
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
 from replicator.stream.apply.batch import Batch
 from replicator.stream.apply.deadletter import (
+    DEAD_LETTER_TOPIC_CONFIG,
     MAX_DEAD_LETTER_BYTES,
     UNRESOLVED,
     DeadLetteringSink,
@@ -49,7 +52,7 @@ class Msg:
 class Producer:
     """librdkafka's limits: ``local`` bytes refused at produce, ``broker`` at delivery."""
 
-    def __init__(self, local: int = 1_000_000, broker: int = 1_000_000) -> None:
+    def __init__(self, local: int = LETTER_MAX_BYTES, broker: int = LETTER_MAX_BYTES) -> None:
         self.local, self.broker = local, broker
         self.queued: list[tuple[Any, Msg]] = []
         self.delivered: list[Msg] = []
@@ -81,10 +84,30 @@ def dead_letters(producer: Producer) -> DeadLetters:
     return DeadLetters(settings, Metrics(), producer=producer)
 
 
-def test_an_event_too_large_for_the_topic_is_still_dead_lettered() -> None:
+def test_every_event_the_change_topic_accepts_is_dead_lettered_whole() -> None:
     producer = Producer()
     dlq = dead_letters(producer)
-    huge = b"x" * (5 * 1024 * 1024)
+    largest = b"x" * EVENT_MAX_BYTES  # a 16 MiB event: re-drivable, so never cut
+    dlq.send(Msg(largest), "mapping_error", "'NaN' is not a finite number")
+    dlq.confirm()
+    (sent,) = producer.delivered
+    assert sent.value() == largest
+    assert not any(name.endswith("_bytes") for name, _ in sent.headers())
+
+
+def test_the_dead_letter_topic_takes_keyless_letters_of_any_accepted_size_for_ever() -> None:
+    config = DEAD_LETTER_TOPIC_CONFIG
+    assert kafka_rules.max_message_bytes(config) >= LETTER_MAX_BYTES > EVENT_MAX_BYTES
+    assert not kafka_rules.compacted(config)  # a TRUNCATE's event has no key
+    assert config["retention.ms"] == config["retention.bytes"] == "-1"
+    producer = client_config("producer", "k:1", {})
+    assert producer["message.max.bytes"] == LETTER_MAX_BYTES
+
+
+def test_an_event_too_large_for_the_topic_is_still_dead_lettered() -> None:
+    producer = Producer(broker=10**9)
+    dlq = dead_letters(producer)
+    huge = b"x" * (MAX_DEAD_LETTER_BYTES + 5)
     dlq.send(Msg(huge), "decode_error", "not a change event")
     dlq.confirm()
     (sent,) = producer.delivered

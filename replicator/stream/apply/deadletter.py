@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from replicator.clients.kafka import client_config
+from replicator.clients.kafka import EVENT_MAX_BYTES, LETTER_MAX_BYTES, client_config
 from replicator.errors import BrokerUnavailable, EventError
 from replicator.events import NOTHING_APPLIED, ApplyResult
 from replicator.observe.metrics import Metrics
@@ -31,10 +31,22 @@ from replicator.stream.apply.transform import is_hold
 
 log = logging.getLogger("replicator.consumer")
 
-#: The largest key or value a dead letter carries whole.  A larger one is cut to this size
-#: and the headers say so (``dlq.value_bytes``: the original size): an event too large for
-#: the dead-letter topic must still be dead-lettered, or its partition could never move.
-MAX_DEAD_LETTER_BYTES = 256 * 1024
+#: The largest key or value a dead letter carries whole: every event the change topic
+#: accepts, so a dead letter can always be re-driven.  A larger one (read from another
+#: topic) is cut to this size and the headers say so (``dlq.value_bytes``: the original
+#: size): it must still be dead-lettered, or its partition could never move.
+MAX_DEAD_LETTER_BYTES = EVENT_MAX_BYTES
+
+#: The dead-letter topic's configuration when the replicator creates it: a dead letter
+#: waits for an operator for as long as it takes (no time or size retention, which would
+#: drop letters nobody re-drove), a record as large as a letter is accepted, and keyless
+#: letters (a source TRUNCATE's event has no key) are too: no compaction.
+DEAD_LETTER_TOPIC_CONFIG = {
+    "cleanup.policy": "delete",
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "max.message.bytes": str(LETTER_MAX_BYTES),
+}
 
 
 def dead_letter_headers(reason: str, error: str, msg: Any) -> list[tuple[str, bytes]]:
@@ -75,7 +87,14 @@ class DeadLetters:
         if self.topic in existing:
             return
         futures = admin.create_topics(
-            [NewTopic(self.topic, num_partitions=1, replication_factor=-1)]
+            [
+                NewTopic(
+                    self.topic,
+                    num_partitions=1,
+                    replication_factor=-1,
+                    config=DEAD_LETTER_TOPIC_CONFIG,
+                )
+            ]
         )
         try:
             futures[self.topic].result(timeout=15)

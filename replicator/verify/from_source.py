@@ -1,0 +1,120 @@
+"""Rows the stream cannot carry: found by ``verify``, written from the source by
+``verify --repair``.
+
+Kafka Connect's producer refuses a change event larger than the largest that flows
+(:data:`~replicator.clients.kafka.EVENT_MAX_BYTES`), and the connector skips it
+(``errors.tolerance=all``: logged by Connect and counted in its task-error metrics, which
+the ``ConnectorRecordsSkipped`` alert watches) instead of stopping the stream for every
+other row.  The row is then missing or stale in the target, and ``verify`` finds it like
+any drift; :func:`oversized` says why: the size its event would have.  Re-reading it
+through an incremental snapshot would be skipped the same way, so ``--repair`` writes it
+from the source itself, through the sink (:func:`write`).
+
+The version such a write records keeps the ordering rule (stream/apply/versions.py),
+without locking the source:
+
+1. read ``L``, the source's WAL insert position, then ``X``, the first transaction id
+   not yet assigned;
+2. wait until no transaction older than ``X`` is running (the cluster's oldest running
+   transaction is ``X`` or younger);
+3. read the rows, in a snapshot taken now, and write them at version
+   ``(newest generation, L)`` -- where the stored version is not newer.
+
+Every change with an LSN below ``L`` was written by a transaction that had its id before
+``L`` was read, so below ``X``, so finished (committed or not) before the read: the image
+holds it, and the version refuses it when its event arrives later.  Every change not in
+the image was written after the read began, so after ``L``: its event wins over the
+image.  A change the stream applied already with a version above ``L`` is kept (the
+claim refuses the write, and verify says so again if the row still differs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from replicator.clients.kafka import EVENT_MAX_BYTES
+from replicator.errors import TransientError
+from replicator.events import RowChange
+from replicator.settings import Settings
+from replicator.stream.apply import generations
+from replicator.stream.apply.sink import PostgresSink
+from replicator.verify import sql as vs
+from replicator.verify.report import Unmappable
+from replicator.verify.tables import KEY_BATCH, Tables, image_of
+
+#: What a change event adds around the row's JSON (the key, ``source``, ``op``, the
+#: timestamps), with room for the differences between PostgreSQL's JSON and Kafka
+#: Connect's: a row this close to the limit is written from the source, which is never
+#: wrong, only slower.
+ENVELOPE_BYTES = 64 * 1024
+
+#: How long :func:`write` waits for the transactions open when it starts.
+WAIT_S = 60.0
+
+
+def oversized(tables: Tables, keys: Sequence[str]) -> dict[str, int]:
+    """The source rows among ``keys`` too large for the stream, with the size of their row
+    as JSON (about the size of their change event)."""
+    if not keys:
+        return {}
+    query = sql.SQL(
+        "SELECT p.id, octet_length(row_to_json(p)::text) FROM {t} AS p"
+        " WHERE p.id = ANY(%s::text[]) AND octet_length(row_to_json(p)::text) > %s"
+    ).format(t=sql.Identifier(tables.source.table))
+    limit = EVENT_MAX_BYTES - ENVELOPE_BYTES
+    with tables.connect(tables.source, autocommit=True) as conn:
+        return {
+            str(run_id): int(size)
+            for group in vs.batches(sorted(keys), KEY_BATCH)
+            for run_id, size in conn.execute(query, [list(group), limit])
+        }
+
+
+def write(tables: Tables, settings: Settings, keys: Sequence[str], wait_s: float = WAIT_S) -> int:
+    """Write the source rows of ``keys`` to the target at a version taken before they were
+    read (module docstring); the number of rows written.  A key the source no longer has,
+    or whose row cannot be mapped, is not written."""
+    with tables.connect(tables.source, autocommit=True) as src:
+        (lsn,) = src.execute(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+        ).fetchone() or (0,)
+        (xmax,) = src.execute(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        ).fetchone() or (0,)
+        deadline = time.monotonic() + wait_s
+        while True:
+            (xmin,) = src.execute(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            ).fetchone() or (0,)
+            if xmin >= xmax:
+                break
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"repair: a transaction open since before the rows were read (xid {xmin})"
+                    f" is still running after {wait_s:.0f} s; run `replicator verify --repair`"
+                    " again once it has ended"
+                )
+            time.sleep(0.2)
+        images = dict(
+            image_of(row)
+            for group in vs.batches(sorted(keys), KEY_BATCH)
+            for row in src.execute(vs.rows_by_key(tables.source), {"keys": list(group)})
+        )
+    with tables.connect(tables.target, autocommit=True) as tgt:
+        generation = generations.latest(tgt, settings.topic)
+    changes = [
+        RowChange(k, lsn, False, image, frozenset(), generation)
+        for k, image in sorted(images.items())
+        if image is not None and not isinstance(image, Unmappable)
+    ]
+    if changes:
+        with PostgresSink(
+            settings.target_dsn.get_secret_value(),
+            table=tables.target.table,
+            offsets_table=settings.offsets_table,
+        ) as sink:
+            sink.apply(changes, [], stamped=(settings.topic, generation))
+    return len(changes)
