@@ -6,7 +6,8 @@
   the local stack and ``replicator connector apply`` register), as a Strimzi
   ``KafkaConnector``: ``connector.class`` and ``tasks.max`` become ``spec.class`` and
   ``spec.tasksMax``, every other key is copied as it is, ``${env:...}`` placeholders
-  included (the Connect pods resolve them, kafkaconnect.yaml).
+  included (the Connect pods resolve them, kafkaconnect.yaml), then the kit's own
+  settings (:data:`KIT_CONNECTOR_CONFIG`) are laid over them.
 
     python deploy/kubernetes/generate.py          # write them
     python deploy/kubernetes/generate.py --check  # exit 1 when a file is stale
@@ -27,6 +28,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = Path(__file__).resolve().parent / "base"
 CONNECT_CLUSTER = "replicator-connect"  # kafkaconnect.yaml's metadata.name
 
+#: What the connector does differently in the kit than where the connector file is also
+#: registered: Debezium verifies the PostgreSQL server's certificate against the CA that
+#: kafkaconnect.yaml mounts at /mnt/postgres-ca (the Secret replicator-postgres-ca). Kept
+#: here, not in connectors/workflow-processes.json, because the local stack and
+#: ``replicator connector apply`` register that file against a PostgreSQL without TLS,
+#: where ``verify-full`` would refuse every connection and no CA file exists.
+KIT_CONNECTOR_CONFIG = {
+    "database.sslmode": "verify-full",
+    "database.sslrootcert": "/mnt/postgres-ca/ca.crt",
+}
+
 
 def prometheus_rule() -> dict[str, Any]:
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
@@ -43,6 +55,7 @@ def kafka_connector() -> dict[str, Any]:
     config = dict(spec["config"])
     connector_class = config.pop("connector.class")
     tasks = int(config.pop("tasks.max"))
+    config.update(KIT_CONNECTOR_CONFIG)
     return {
         "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaConnector",
