@@ -229,8 +229,8 @@ def mask_dsn(dsn: str) -> str:
 #: ``sasl.jaas.config``, ``ssl.key.pem``, ``ssl.keystore.password``,
 #: ``sasl.oauthbearer.client.secret``, ``sasl.oauthbearer.config``,
 #: ``value.converter.basic.auth.user.info``, ``bearer.auth.token``, ``*.credentials.*``.
-SECRET_WORDS = ("password", "secret", "jaas", "ssl.key", "private.key", "token")
-SECRET_WORDS += ("oauthbearer.config", "user.info", "credential")
+SECRET_WORDS: tuple[str, ...] = ("password", "secret", "jaas", "ssl.key", "private.key")
+SECRET_WORDS += ("token", "oauthbearer.config", "user.info", "credential")
 
 
 def is_secret(name: str) -> bool:

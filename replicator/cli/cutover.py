@@ -126,8 +126,8 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         if args.dry_run:  # nothing to be ready for: say what is true
             print(
                 f"cut over at {when} ({record.state.replace('_', ' ')}): {SOURCE_TABLE} is a"
-                " view of workflow_runs, the stream is closed and `replicator run` ends by"
-                " design; "
+                " view of workflow_runs, the stream is closed and `replicator run` stays up"
+                " idle; "
                 + (
                     "`replicator rollback --dry-run` checks the way back"
                     if record.state == "cut_over"

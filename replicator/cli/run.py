@@ -61,7 +61,8 @@ def add_parser(sub: Subparsers) -> None:
         "--exit-when-idle",
         type=positive_seconds,
         metavar="SECONDS",
-        help="exit 0 once no event arrived for this long (one-shot catch-up)",
+        help="exit 0 once no event arrived for this long (one-shot catch-up), or at once"
+        " when a cutover closed the stream (without it, `run` then stays up idle)",
     )
     p.set_defaults(func=cmd_run)
 

@@ -4,9 +4,10 @@ tools that apply events outside the stream (``replay`` into the live table or a 
 it, ``dlq redrive``) ask here first, and refuse until a rollback reopens the stream.
 
 The commands that set up or report on the stream (``stack up``, ``stack status``,
-``connector``, ``verify``, ``assess``) read the same record (:func:`closed_by`) and say
-what is true after a cutover: the connector and its slot are gone by design, ``run``
-ends by design, and only a rollback (before the finalize) brings them back."""
+``connector``, ``verify``, ``assess``, ``run``) read the same record (:func:`closed_by`)
+and say what is true after a cutover: the connector and its slot are gone by design,
+``run`` stays up idle with nothing to replicate (``/readyz`` and ``replicator_cut_over``
+say so), and only a rollback (before the finalize) brings the stream back."""
 
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ def describe(record: objects.Record) -> str:
     if record.state == "finalized":
         return (
             f"{SOURCE_TABLE} was cut over at {when} and finalized: the migration is complete;"
-            " the stream, its connector and its slot are gone for good, `replicator run`"
-            " ends by design (retire its deployment and alerts)"
+            " the stream, its connector and its slot are gone for good; `replicator run`"
+            " stays up idle with nothing to replicate (retire its deployment, scrape job and"
+            " alerts)"
         )
     return (
         f"{SOURCE_TABLE} was cut over at {when}: it is a view of {record.target_table}, the"
-        " stream is closed, the connector and its slot were removed by design and"
-        " `replicator run` ends by design; `replicator rollback` reopens the stream,"
-        " `replicator cutover --finalize` ends the rollback window"
+        " stream is closed, the connector and its slot were removed by design, and"
+        " `replicator run` stays up idle with nothing to replicate;"
+        " `replicator rollback` reopens the stream (an idle `replicator run` resumes by"
+        " itself), `replicator cutover --finalize` ends the rollback window"
     )

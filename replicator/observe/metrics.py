@@ -154,6 +154,9 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self._gauges(r)
+
+    def _gauges(self, r: CollectorRegistry) -> None:
         self.last_lsn = Gauge(
             "replicator_last_applied_lsn", "Source LSN of the newest applied event", registry=r
         )
@@ -178,10 +181,17 @@ class Metrics:
             ["slot"],
             registry=r,
         )
+        self.cut_over = Gauge(
+            "replicator_cut_over",
+            "1 while `replicator cutover` has closed the stream this consumer reads: it stays"
+            " up idle (no partition, no batch) until `replicator rollback` reopens it; else 0",
+            registry=r,
+        )
 
 
 class Health:
-    """What ``/readyz`` answers: partitions assigned, target reachable, not stalled.
+    """What ``/readyz`` answers: partitions assigned, target reachable, not stalled; or
+    that a cutover closed the stream (``cut_over``, :func:`readiness`).
 
     The consumer updates it; the HTTP thread only reads it.  "Stalled" means no batch
     was applied for longer than ``stall_after_s`` while the consumer lag is above zero.
@@ -190,6 +200,7 @@ class Health:
     def __init__(self, stall_after_s: float, group: str = "", topic: str = "") -> None:
         self.stall_after_s = stall_after_s
         self.group, self.topic = group, topic
+        self.cut_over: str | None = None  # what is true while a cutover closed the stream
         self.assigned: frozenset[int] = frozenset()
         self.unassigned_since = time.monotonic()  # when the member last had no partition
         self.target_ok = False
@@ -202,8 +213,11 @@ class Health:
         self.target_ok = True
 
     def problems(self) -> dict[str, str]:
-        """Why the replicator is not ready, by kind (``UNREADY_KINDS``); empty when ready."""
-        out = {}
+        """Why the replicator is not ready, by kind (``UNREADY_KINDS``); empty when ready,
+        and while cut over (:func:`readiness`): no partition, no lag, no batch is expected."""
+        out: dict[str, str] = {}
+        if self.cut_over is not None:
+            return out
         if not self.assigned:
             waited = time.monotonic() - self.unassigned_since
             out["no_partitions"] = (
@@ -279,6 +293,29 @@ class HealthCollector(Collector):
         yield family
 
 
+def readiness(health: Health) -> tuple[str, str]:
+    """Pure. What ``/readyz`` answers: the HTTP status line and the body.
+
+    200 ``ready`` while the consumer replicates; 503 with each reason while it cannot (no
+    partition, the target unreachable, stalled).  A consumer whose stream a cutover
+    closed answers **200**, ``cut over: ...`` with what is true and what to do.  It is
+    doing its job, which is now nothing, and readiness is read as "works as it should"
+    by everything that reads it.  A 503 would restart nothing (Kubernetes restarts on
+    the liveness probe only), but it would page and block all the same: a cluster's
+    standard alerts fire on a pod not ready for minutes (``KubePodNotReady``, a
+    Deployment's ready replicas short of its desired ones), a rolling update
+    (``maxUnavailable: 0``) waits for ever for a new pod that never becomes ready, and
+    ``ReplicatorNotReady`` would fire.  So the state is told by the body, by the
+    ``replicator_cut_over`` gauge and by the log, never by failing the probe; ``/healthz``
+    (liveness) stays 200: the process is alive and answers."""
+    if health.cut_over is not None:
+        return "200 OK", f"cut over: {health.cut_over}"
+    problems = list(health.problems().values())
+    if problems:
+        return "503 Service Unavailable", "\n".join(problems)
+    return "200 OK", "ready"
+
+
 def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> Callable[[], None]:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread; return a stopper."""
     metrics_app = make_wsgi_app(metrics.registry)
@@ -289,10 +326,9 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path == "/readyz":
-            problems = list(health.problems().values())
-            status = "503 Service Unavailable" if problems else "200 OK"
+            status, body = readiness(health)
             start_response(status, [("Content-Type", "text/plain")])
-            return [("\n".join(problems) or "ready").encode() + b"\n"]
+            return [body.encode() + b"\n"]
         if path == "/metrics":
             return list(metrics_app(environ, start_response))
         start_response("404 Not Found", [("Content-Type", "text/plain")])

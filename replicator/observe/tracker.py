@@ -102,6 +102,21 @@ class Tracker:
             },
         )
 
+    def join_overdue(self, waited: float, idle_s: float) -> bool:
+        """``run --exit-when-idle``: no partition came for ``waited`` seconds, longer than
+        the join's own bound (the larger of ``idle_s``, 30 s and three session timeouts):
+        said as an error; the member then exits."""
+        s = self.settings
+        if waited <= max(idle_s, 30.0, 3 * s.session_timeout_ms / 1000):
+            return False
+        log.error(
+            "no partition assigned; exiting: the group did not give this member any"
+            " partition (does the topic exist? does another member of the group hold"
+            " them all?)",
+            extra={"waited_s": round(waited), "group": s.group_id, "topic": s.topic},
+        )
+        return True
+
     def consumed(self, op: str) -> None:
         """One event of ``op`` consumed.  Per event, so it only counts: the counters
         are moved on by :meth:`progress`, on every turn of the loop."""

@@ -22,7 +22,10 @@ It only composes the stages of ``stream/``.  Invariants (the correctness argumen
    the batch rolls back with ``PositionsFenced``, a transient error, and the partitions
    are re-positioned from the database exactly as after an outage.
 6. ``replicator cutover`` closes the stored positions (checkpoint.py invariant 3): the
-   next batch is fenced, and re-positioning (or the 10 s watch) ends the run with exit 0.
+   next batch is fenced, re-positioning or the 10 s watch finds them closed, and so does
+   a consumer starting (before it joins the group).  Nothing of the batch in flight
+   commits; the consumer leaves the group and idles until a rollback reopens the stream
+   (closed.py), or ends with exit 0 under ``exit_when_idle_s``.
 7. An applied source TRUNCATE waits for every lane, deletes what is older than it, stores
    its position and raises the table's truncate floor, which every later claim honours
    (truncation.py).
@@ -52,6 +55,7 @@ from replicator.stream.apply.prepare import prepare
 from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.apply.truncation import apply_truncate
 from replicator.stream.apply.worker import Finished
+from replicator.stream.closed import ClosedStream
 from replicator.stream.intake import Intake
 from replicator.stream.source.consumer import POLL_MAX, KafkaSource
 from replicator.stream.source.decode import Decoder, decoder_for
@@ -91,18 +95,11 @@ class Replicator:
         self.control = control or PostgresSink.of(settings, self.sink.fence)
         self.dead_letters = dead_letters or DeadLetters(settings, self.metrics)
         self.appliers = [DeadLetteringSink(s, self.dead_letters) for s in self.sinks]
-        self.stop_event = threading.Event()
+        self.stop_event = stop = threading.Event()
+        self.closed = ClosedStream(settings, self.metrics, self.health, stop)
         self._make_source = source
-        self.source: KafkaSource | None = None
-        self._lanes: Lanes[Batch, ApplyResult] | None = None
-        self._assigned: set[int] = set()
-        self._applied: dict[int, int | None] = {}  # next offset in the target, by partition
-        self._unpositioned: set[int] = set()
-        self._held: set[int] = set()  # lanes whose full batch waits for their busy worker
         self._limits = (settings.batch_max_rows, settings.batch_max_bytes)
-        self._batches = self._new_batches()
-        self._last_message = time.monotonic()
-        self._backlog = False  # the last poll came back full: more is waiting
+        self._fresh()
         self.positioning = Positioning(settings, self.control, self.metrics)
         self.intake = Intake(
             decoder or decoder_for(settings),
@@ -112,26 +109,48 @@ class Replicator:
             self._truncated,
         )
 
+    def _fresh(self) -> None:
+        """The state of one pass over the stream (a rollback starts another)."""
+        self.source: KafkaSource | None = None
+        self._lanes: Lanes[Batch, ApplyResult] | None = None
+        self._assigned: set[int] = set()
+        self._applied: dict[int, int | None] = {}  # next offset in the target, by partition
+        self._unpositioned: set[int] = set()
+        self._held: set[int] = set()  # lanes whose full batch waits for their busy worker
+        self._batches = self._new_batches()
+        self._last_message = time.monotonic()
+        self._backlog = False  # the last poll came back full: more is waiting
+
     def run(self, *, exit_when_idle_s: float | None = None) -> int:
         """Replicate until :attr:`stop_event` is set; return an exit code.
 
         ``exit_when_idle_s``: return 0 once nothing arrived for that long, or 1 when for
-        that long no partition could be assigned (the target, broker or topic is missing)."""
+        that long no partition could be assigned (the target, broker or topic is missing).
+        A closed stream (invariant 6) returns 0 at once with it; without it the consumer
+        stays up idle, and replicates again when a rollback reopens the stream."""
         s = self.settings
         with served(s.metrics_port, self.metrics, self.health, s.metrics_host):
-            cost = prepare(
-                self.sink,
-                self.control,
-                self.dead_letters,
-                self.health,
-                self.stop_event,
-                backoff_max_s=s.retry_backoff_max_s,
-                give_up_after_s=exit_when_idle_s,
-            )
-            if cost is None:
-                return 0 if self.stop_event.is_set() else 1
-            self.intake.cost = cost
-            return self._run(exit_when_idle_s)
+            while True:
+                try:
+                    cost = prepare(
+                        *(self.sink, self.control, self.dead_letters, self.health),
+                        self.stop_event,
+                        topic=s.topic,
+                        backoff_max_s=s.retry_backoff_max_s,
+                        give_up_after_s=exit_when_idle_s,
+                    )
+                    if cost is None:
+                        return 0 if self.stop_event.is_set() else 1
+                    self.intake.cost = cost
+                    return self._run(exit_when_idle_s)
+                except errors.CutOver as exc:
+                    self._close()
+                    if exit_when_idle_s is not None or self.stop_event.is_set():
+                        log.info("cut over; exiting", extra={"why": str(exc)})
+                        return 0
+                if not self.closed.idle():
+                    return 0  # stopped while idle
+                self._fresh()
 
     def _run(self, exit_when_idle_s: float | None) -> int:
         self._lanes = Lanes([self._applying(a) for a in self.appliers])
@@ -140,7 +159,7 @@ class Replicator:
         s = self.settings
         where = {"topic": s.topic, "table": s.target_table, "group": s.group_id}
         log.info("replicating", extra={**where, "apply_lanes": len(self.sinks)})
-        backoff, exit_code, cut_over = 0.5, 0, False
+        backoff, exit_code = 0.5, 0
         self._last_message = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -150,18 +169,16 @@ class Replicator:
                 except TransientError as exc:
                     self._unavailable(exc, backoff)
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
-                except errors.CutOver as exc:
-                    log.info("cut over; exiting", extra={"why": str(exc)})
-                    cut_over = True  # nothing left to apply: the stream is closed
-                    break
+                except errors.CutOver:
+                    self._abandon()  # nothing of it may commit; the revocation drains nothing
+                    raise
                 self.tracker.progress(self._assigned, group=source.group_state())
                 self.tracker.observe(lambda: source.lag(self._applied), self.control.ping)
                 if exit_when_idle_s is not None and self._idle_for(exit_when_idle_s):
                     exit_code = 0 if self._assigned else 1
                     break
             try:
-                if not cut_over:
-                    self._drain()
+                self._drain()
                 self.positioning.sweep()  # a re-snapshot read whole in this last stretch
             except ReplicatorError as exc:
                 log.warning("last batch rolled back", extra={"error": str(exc)})
@@ -212,19 +229,8 @@ class Replicator:
         """Nothing arrived for ``seconds`` since the partitions were assigned and nothing
         is left to apply; or no partition came within the join's own bound (logged).  The
         idle clock starts at the assignment: joining a group takes seconds on its own."""
-        s = self.settings
-        if not self._assigned:
-            waited = time.monotonic() - self._last_message  # no message before assignment
-            bound = max(seconds, 30.0, 3 * s.session_timeout_ms / 1000)
-            if waited <= bound:
-                return False
-            log.error(
-                "no partition assigned; exiting: the group did not give this member any"
-                " partition (does the topic exist? does another member of the group hold"
-                " them all?)",
-                extra={"waited_s": round(waited), "group": s.group_id, "topic": s.topic},
-            )
-            return True
+        if not self._assigned:  # no message before the assignment
+            return self.tracker.join_overdue(time.monotonic() - self._last_message, seconds)
         since = max(self._last_message, self.tracker.assigned_at)  # what to read came after
         if time.monotonic() - since <= seconds or self._pending:
             return False

@@ -224,9 +224,10 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
         )
     if report.repair is not None:
         r = report.repair
+        written = f"{r.from_source} rows too large for the stream written from the source, "
         lines.append(
-            f"repair: {r.from_source} rows too large for the stream written from the source,"
-            f" {r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
+            f"repair: {written if r.from_source else ''}"
+            f"{r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
             f" {r.deleted} extra rows deleted, {r.kept_extra} kept (present in the source),"
             f" {'converged' if r.converged else 'NOT converged'} in {r.seconds:.1f}s"
         )

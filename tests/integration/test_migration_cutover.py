@@ -1,7 +1,8 @@
 """Phases 3 and 4 of the plan on a real stack, as an operator runs them: ``cutover`` and
 ``rollback`` while an application keeps writing, every acknowledged write checked in the
-table it must be in afterwards.  On the session's own stack (own_stack.py); the test
-that finalizes runs last because nothing can follow it."""
+table it must be in afterwards; ``replicator run`` idle through the cutover and
+replicating again after the rollback.  On the session's own stack (own_stack.py); the
+test that finalizes runs last because nothing can follow it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import json
 import random
 import re
 import signal
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import psycopg
@@ -136,6 +140,65 @@ def view_matches_inverse(dsn: str) -> None:
     assert not wrong and len(view) == len(expected), [(view.get(k), expected[k]) for k in wrong[:3]]
 
 
+def endpoint(port: int, path: str) -> tuple[int, str]:
+    """The status and body of ``path`` on ``replicator run``'s metrics port (0: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def cut_over_gauge(port: int) -> float | None:
+    found = re.search(r"^replicator_cut_over (\S+)$", endpoint(port, "/metrics")[1], re.M)
+    return float(found.group(1)) if found else None
+
+
+def run_log(own_stack: OwnStack) -> str:
+    return (own_stack.home / "run.log").read_text()
+
+
+def idle_after_the_cutover(own_stack: OwnStack, run: subprocess.Popen, port: int) -> None:
+    """``run`` stays up after the cutover and says so: ``/readyz`` 200 "cut over" with what
+    to do, ``/healthz`` 200, ``replicator_cut_over`` 1, the log once."""
+    wait_for(lambda: endpoint(port, "/readyz")[1].startswith("cut over"))
+    status, body = endpoint(port, "/readyz")
+    assert status == 200 and "`replicator rollback` reopens the stream" in body, body
+    assert endpoint(port, "/healthz")[0] == 200
+    assert cut_over_gauge(port) == 1
+    said = re.findall(r"^.* INFO +cut over: the stream .*$", run_log(own_stack), re.M)
+    assert len(said) == 1 and "Retire its deployment" in said[0], said
+    assert run.poll() is None, run_log(own_stack)[-3000:]
+
+
+def stopped(own_stack: OwnStack, run: subprocess.Popen) -> None:
+    """SIGTERM ends an idle ``run`` with exit 0, without waiting for its next check of the
+    positions (every 10 s)."""
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(8) == 0, run_log(own_stack)[-3000:]
+
+
+def a_consumer_started_after_the_cutover_idles(own_stack: OwnStack) -> None:
+    """A pod started (or restarted) after the cutover: it stays up, idle and ready, instead
+    of ending and being started again in a loop; ``run --exit-when-idle`` (a Job) ends at
+    once, exit 0, before it joins the group."""
+    port, started = free_port(), time.monotonic()
+    run = own_stack.spawn_run(port)
+    try:
+        idle_after_the_cutover(own_stack, run, port)
+        time.sleep(max(0.0, started + 8 - time.monotonic()))  # it used to end within 5 s
+        assert run.poll() is None, run_log(own_stack)[-3000:]
+        idle_after_the_cutover(own_stack, run, port)  # still said once
+        assert not re.search(r" INFO +(replicating|partitions assigned)  ", run_log(own_stack))
+    finally:
+        stopped(own_stack, run)
+    job = own_stack.cli("run", "--exit-when-idle", "30", "--log-format", "human")
+    assert "cut over; exiting" in job.stderr, job.stderr
+    assert not re.search(r" INFO +replicating  ", job.stderr), job.stderr  # no group joined
+
+
 def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) -> None:
     cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
     with psycopg.connect(owner, autocommit=True) as conn:
@@ -147,7 +210,8 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
     legacy_dsn = psycopg.conninfo.make_conninfo(owner, user=LEGACY_APP)
     edge = "SELECT p::text FROM workflow_processes p WHERE id IN ('co-null', 'co-text') ORDER BY id"
     untouched = query(owner, edge)
-    run = own_stack.spawn_run(free_port())
+    port = free_port()
+    run = own_stack.spawn_run(port)
     try:
         converged(own_stack)
         # phase 3 alone: readers compare the legacy shape while the table takes the writes
@@ -192,11 +256,11 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
             print(f"cutover: {done.stdout}")
             at_cutover = app.writes
             wait_for(lambda: app.writes > at_cutover + 150)
-            # cut over: the slot is gone, the replicator ended cleanly, verify knows why
+            # cut over: the slot is gone, the replicator idles, verify knows why
             assert not slot_exists(owner)
             dry = cli("cutover", "--dry-run").stdout  # what is true, not readiness advice
             assert "rollback --dry-run" in dry and "replicator run` running" not in dry, dry
-            assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+            idle_after_the_cutover(own_stack, run, port)
             after_the_cutover_every_command_says_what_is_true(own_stack)
             assert query(
                 owner, "SELECT relkind FROM pg_class WHERE relname = 'workflow_processes'"
@@ -236,7 +300,10 @@ def test_cutover_and_rollback_while_the_application_writes(own_stack: OwnStack) 
         ]
         assert slot_exists(owner)
         assert cli("connector", "status", ok=False).returncode == 0
-        run = own_stack.spawn_run(free_port())
+        # the consumer that idled through the cutover replicates again by itself
+        wait_for(lambda: endpoint(port, "/readyz") == (200, "ready\n"))
+        assert cut_over_gauge(port) == 0 and run.poll() is None
+        assert "stream was reopened" in run_log(own_stack)
         converged(own_stack)
         assert cli("verify").returncode == 0
         refused = cli("rollback", ok=False)
@@ -424,13 +491,16 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
                 " VALUES (%s, 'w', 'm', 0, 'pending')",
                 [rid],
             )
-    run = own_stack.spawn_run(free_port())
+    port = free_port()
+    run = own_stack.spawn_run(port)
     try:
         converged(own_stack)
         cli("cutover")
-        assert run.wait(60) == 0, (own_stack.home / "run.log").read_text()[-3000:]
+        idle_after_the_cutover(own_stack, run, port)
+        stopped(own_stack, run)
         # the consumer knows its own stream was closed: no warning about a stranger
-        assert "moved by another writer" not in (own_stack.home / "run.log").read_text()
+        assert "moved by another writer" not in run_log(own_stack)
+        a_consumer_started_after_the_cutover_idles(own_stack)
         with Incrementer(owner, counters) as inc:
             wait_for(lambda: sum(inc.acked.values()) > 300)
         stored = dict(
@@ -536,15 +606,16 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
 
 def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
     cli, owner = own_stack.cli, own_stack.settings["REPLICATOR_ADMIN_SOURCE_DSN"]
-    run = own_stack.spawn_run(free_port())
+    port = free_port()
+    run = own_stack.spawn_run(port)
     try:
         converged(own_stack)
         cli("cutover")
-        assert run.wait(60) == 0
+        idle_after_the_cutover(own_stack, run, port)
     finally:
         if run.poll() is None:
             run.send_signal(signal.SIGTERM)
-            run.wait(60)
+            assert run.wait(60) == 0, run_log(own_stack)[-3000:]
     out = cli("cutover", "--finalize").stdout
     assert "kept" in out, out
     assert query(owner, "SELECT count(*) FROM pg_publication") == [(0,)]

@@ -176,11 +176,13 @@ def test_no_import_circle_between_modules() -> None:
 def test_the_stream_is_two_rooms() -> None:
     """``stream/``: the source side (poll, positions at the broker, ends, topic identity,
     decode) and the apply side (batch, fold, sink, lanes, versions, truncation, dead
-    letters) in two folders, composed by ``replicator.py`` (the loop) and ``intake.py``
-    (one message into a batch); the apply side never reaches back into the source side."""
+    letters) in two folders, composed by ``replicator.py`` (the loop), ``intake.py`` (one
+    message into a batch) and ``closed.py`` (the loop idle after a cutover); the apply side
+    never reaches back into the source side."""
     stream = PACKAGE / "stream"
     assert {p.name for p in stream.iterdir() if p.suffix == ".py"} == {
         "__init__.py",
+        "closed.py",
         "intake.py",
         "replicator.py",
         "resnapshot.py",

@@ -29,7 +29,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_the_alert_rules_are_valid() -> None:
     res = promtool("check", "rules", "alerts.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "8 rules found" in res.stdout
+    assert "9 rules found" in res.stdout
 
 
 def test_the_alert_rules_fire_and_clear_on_synthetic_series() -> None:

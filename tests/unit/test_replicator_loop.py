@@ -422,8 +422,9 @@ def test_a_consumer_started_after_the_cutover_ends_cleanly_without_applying() ->
     source = ScriptedSource([Message(n, f"wp-{n}") for n in range(4)])
     sink = RecordingSink()
     sink.positions = {0: -1}  # closed by replicator cutover
-    replicate(source, sink)
+    replicate(source, sink)  # run --exit-when-idle: ends (test_closed_stream.py: run idles)
     assert sink.applies == [] and sink.positions == {0: -1}
+    assert source.callbacks is None  # at once: it never joined the group
 
 
 def test_a_running_consumer_ends_cleanly_when_the_cutover_closes_its_stream() -> None:
