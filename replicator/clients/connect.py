@@ -205,6 +205,22 @@ class ConnectClient:
         raise ConnectError(f"connector {name} not RUNNING after {timeout:.0f}s: {last}")
 
 
+def snapshot_done(offsets: list[dict[str, Any]]) -> bool:
+    """Pure. Connect's committed offsets of a Debezium PostgreSQL connector are past its
+    initial snapshot (the last snapshot record, or a streamed one)."""
+    if not offsets:
+        return False
+    for entry in offsets:
+        offset = entry.get("offset") or {}
+        if not (
+            "snapshot" not in offset
+            or offset.get("snapshot_completed") is True
+            or offset.get("last_snapshot_record") is True
+        ):
+            return False
+    return True
+
+
 def load_connector_file(path: Path | None = None) -> dict[str, Any]:
     """The connector config (default: the bundled ``connectors/workflow-processes.json``)."""
     path = path or connector_file()

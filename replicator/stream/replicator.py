@@ -179,7 +179,7 @@ class Replicator:
                     break
             try:
                 self._drain()
-                self.positioning.sweep()  # a re-snapshot read whole in this last stretch
+                self.positioning.settle(source)  # a snapshot read whole in this last stretch
             except ReplicatorError as exc:
                 log.warning("last batch rolled back", extra={"error": str(exc)})
         finally:

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from replicator.clients.connect import ConnectClient
+from replicator.clients.connect import ConnectClient, snapshot_done
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.slot import drop_slot
 from replicator.errors import ConnectError
@@ -40,22 +40,6 @@ from replicator.stream.source.consumer import KafkaSource
 from replicator.stream.source.ends import probe_ends
 
 Say = Callable[[str], None]
-
-
-def snapshot_done(offsets: list[dict[str, Any]]) -> bool:
-    """Pure. Connect's committed offsets of a Debezium PostgreSQL connector are past its
-    initial snapshot (the last snapshot record, or a streamed one)."""
-    if not offsets:
-        return False
-    for entry in offsets:
-        offset = entry.get("offset") or {}
-        if not (
-            "snapshot" not in offset
-            or offset.get("snapshot_completed") is True
-            or offset.get("last_snapshot_record") is True
-        ):
-            return False
-    return True
 
 
 def resnapshot(

@@ -3,8 +3,8 @@ Connect's committed offsets say the snapshot is wholly written."""
 
 from __future__ import annotations
 
+from replicator.clients.connect import snapshot_done
 from replicator.stream.apply.generations import Generation, Generations, unfinished
-from replicator.stream.resnapshot import snapshot_done
 
 
 def test_an_event_belongs_to_the_newest_generation_that_began_at_or_before_it() -> None:

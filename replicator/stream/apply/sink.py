@@ -133,6 +133,11 @@ class PostgresSink:
         with self._transaction("record a snapshot generation") as conn:
             return generations.record_recreated(conn, topic, topic_id, partitions)
 
+    def complete_generation(self, topic: str, number: int, marks: dict[int, int]) -> None:
+        """Generation ``number`` of ``topic`` is wholly in the log, below ``marks``."""
+        with self._transaction("complete a snapshot generation") as conn:
+            generations.complete(conn, topic, number, marks)
+
     def sweep(self, topic: str) -> tuple[int, int] | None:
         """Remove the rows a completed re-snapshot of ``topic`` did not have, once this
         table's positions reach its marks (:func:`~replicator.stream.apply.generations.sweep`)."""
