@@ -90,26 +90,31 @@ class MappingError(EventError):
 
 
 #: Every reason an event is dead-lettered for (``dlq.reason``, the label of
-#: ``replicator_events_dead_lettered_total``): each series exists from the start at 0, so
-#: an alert on its increase sees the first dead letter.
-DEAD_LETTER_REASONS = (
-    "decode_error",
-    "invalid_avro",
-    "invalid_json",
-    "invalid_key",
-    "invalid_schema",
-    "invalid_source",
-    "key_mismatch",
-    "mapping_error",
-    "missing_row_image",
-    "not_an_envelope",
-    "partial_update_missing_row",
-    "schema_mismatch",
-    "snapshot_timestamp",
-    "target_rejected",
-    "unknown_op",
-    "unknown_schema_id",
-)
+#: ``replicator_events_dead_lettered_total``), with what it means: each series exists from
+#: the start at 0, so an alert on its increase sees the first dead letter.  The docs'
+#: reference lists this mapping as it is.
+DEAD_LETTER_REASONS = {
+    "decode_error": "the message could not be decoded, for a reason no other name gives",
+    "invalid_avro": "an Avro message whose bytes do not match its registered schema",
+    "invalid_json": "a key or value that is not JSON",
+    "invalid_key": 'a key that is not {"id": <text>}',
+    "invalid_schema": "an embedded or registered schema the decoder cannot read",
+    "invalid_source": "a `source` block whose LSN, timestamps or snapshot flag are malformed",
+    "key_mismatch": "a key whose id differs from the row image's id",
+    "mapping_error": "a value the target column cannot hold (NaN, out of range, bad text)",
+    "missing_row_image": "a create, update or read event without its `after` image",
+    "not_an_envelope": "a value that is not a Debezium change event envelope",
+    "partial_update_missing_row": "an update without its unchanged TOASTed values, for a"
+    " row the target does not have: it cannot be completed",
+    "schema_mismatch": "a column the mapping reads is missing from the row (dropped or"
+    " renamed in the source): never mapped as NULL",
+    "snapshot_timestamp": "a snapshot read's timestamp in the ten days before 1582-10-15"
+    " that JDBC's Julian calendar cannot tell apart",
+    "target_rejected": "a row the target database refused (a constraint, a value it"
+    " cannot store), found by halving the batch",
+    "unknown_op": "an `op` that is none of c, u, d, r, t, m",
+    "unknown_schema_id": "an Avro message whose schema id the registry does not have",
+}
 
 
 class PositionGap(TerminalError):

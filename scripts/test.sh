@@ -6,8 +6,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check replicator tests deploy bench
+.venv/bin/ruff check replicator tests deploy bench docs
 .venv/bin/mypy  # strict on replicator/ (pyproject.toml, [tool.mypy])
+# the documentation site, offline: a broken link, an anchor or a page missing from the
+# navigation fails the build (the reference pages are generated from the code)
+site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 rm -f .coverage .coverage.*
 log=$(mktemp)
 set +e

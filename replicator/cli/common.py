@@ -13,6 +13,16 @@ from replicator.settings import Settings, load_settings
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 #: A command whose output pipe was closed (`| head`) ends as one killed by SIGPIPE would.
 EXIT_SIGPIPE = 141
+#: Every exit code of every command, with what it means (the docs' reference lists it).
+EXIT_MEANINGS = {
+    EXIT_OK: "done: the command did its work and the answer is yes (in sync, ready, running)",
+    EXIT_FAILED: "done, and the answer is no: drift, not ready, a criterion missed, rows"
+    " that could not be loaded or re-driven; the output says which",
+    EXIT_CONFIG: "could not do its work: bad input (an argument, a setting, a file), or a"
+    " part it needs out of reach (the database, the broker, Kafka Connect); stderr says why",
+    130: "interrupted (Ctrl-C, SIGINT): run the same command again to finish what it started",
+    EXIT_SIGPIPE: "its output pipe was closed (`| head`), as a command killed by SIGPIPE",
+}
 
 Subparsers = Any  # argparse's private _SubParsersAction
 

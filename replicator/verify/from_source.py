@@ -38,6 +38,7 @@ from psycopg import sql
 from replicator.clients.kafka import EVENT_MAX_BYTES
 from replicator.errors import TransientError
 from replicator.events import RowChange
+from replicator.mapping.columns import SOURCE_TYPES
 from replicator.settings import Settings
 from replicator.stream.apply import generations
 from replicator.stream.apply.sink import PostgresSink
@@ -51,6 +52,9 @@ from replicator.verify.tables import KEY_BATCH, Tables, image_of
 #: wrong, only slower.
 ENVELOPE_BYTES = 64 * 1024
 
+#: The source columns that can be large (every text column).
+TEXT_COLUMNS = tuple(c for c, t in SOURCE_TYPES.items() if t == "text")
+
 #: How long :func:`write` waits for the transactions open when it starts.
 WAIT_S = 60.0
 
@@ -60,16 +64,23 @@ def oversized(tables: Tables, keys: Sequence[str]) -> dict[str, int]:
     as JSON (about the size of their change event)."""
     if not keys:
         return {}
+    # The rows' text as stored (octet_length reads a TOASTed value's size without
+    # fetching it) bounds their JSON: at most six bytes per byte (a control character's
+    # \u00XX).  Only rows past that bound are rendered as JSON to be measured.
+    texts = sql.SQL(" + ").join(
+        sql.SQL("coalesce(octet_length(p.{}), 0)").format(sql.Identifier(c)) for c in TEXT_COLUMNS
+    )
     query = sql.SQL(
-        "SELECT p.id, octet_length(row_to_json(p)::text) FROM {t} AS p"
-        " WHERE p.id = ANY(%s::text[]) AND octet_length(row_to_json(p)::text) > %s"
-    ).format(t=sql.Identifier(tables.source.table))
+        "SELECT id, size FROM (SELECT p.id, CASE WHEN 6 * ({texts}) > %(limit)s"
+        " THEN octet_length(row_to_json(p)::text) ELSE 0 END AS size"
+        " FROM {t} AS p WHERE p.id = ANY(%(keys)s::text[])) AS r WHERE size > %(limit)s"
+    ).format(t=sql.Identifier(tables.source.table), texts=texts)
     limit = EVENT_MAX_BYTES - ENVELOPE_BYTES
     with tables.connect(tables.source, autocommit=True) as conn:
         return {
             str(run_id): int(size)
             for group in vs.batches(sorted(keys), KEY_BATCH)
-            for run_id, size in conn.execute(query, [list(group), limit])
+            for run_id, size in conn.execute(query, {"keys": list(group), "limit": limit})
         }
 
 
