@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     group_id: str = Field("workflow-runs-replicator", description="Kafka consumer group")
     kafka_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description="extra librdkafka settings passed through (SASL/SSL...), as JSON",
+        description="extra librdkafka settings (SASL, SSL, tuning) as a JSON object of strings,"
+        " numbers and booleans; never what the guarantees rest on (group.id, auto commit and"
+        " offset store off); incremental rebalancing is refused",
     )
 
     # what goes where
@@ -107,7 +109,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest wait between retries of an unavailable target"
     )
     log_format: Literal["json", "human"] = Field("json", description="log line format")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
 
     # operations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,18 @@ def settings() -> str:
     out = ["| environment variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         env = f"`REPLICATOR_{name.upper()}`"
-        kind = _cell(getattr(field.annotation, "__name__", None) or field.annotation)
-        kind = kind.replace("pydantic.types.", "").replace("typing.", "")
-        default = "(required)" if field.is_required() else f"`{field.default}`"
-        out.append(f"| {env} | `{kind}` | {_cell(default)} | {_cell(field.description or '')} |")
+        choices = typing.get_args(field.annotation)
+        if typing.get_origin(field.annotation) is typing.Literal:
+            kind = " \\| ".join(f"`{c}`" for c in choices)
+        else:
+            shown = getattr(field.annotation, "__name__", None) or str(field.annotation)
+            kind = "`" + _cell(shown.replace("pydantic.types.", "").replace("typing.", "")) + "`"
+        if field.is_required():
+            default = "(required)"
+        else:
+            value = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+            default = f"`{value}`"
+        out.append(f"| {env} | {kind} | {_cell(default)} | {_cell(field.description or '')} |")
     return "\n".join(out)
 
 

@@ -280,9 +280,15 @@ def read_topic(
     )
     out: list[tuple[bytes | None, bytes | None, list]] = []
     try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         deadline = time.monotonic() + timeout
+        parts: dict = {}
+        while not parts:  # Kafka Connect creates the topic at the first change it sends
+            info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            parts = info.partitions if info is not None and info.error is None else {}
+            if not parts:
+                assert time.monotonic() < deadline, f"topic {topic} was never created"
+                time.sleep(0.5)
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         idle = time.monotonic()
         while time.monotonic() < deadline and (want is None or len(out) < want):
             if want is None and time.monotonic() - idle > idle_s:
