@@ -9,6 +9,14 @@ size: the switch's own figure (``writers ... waited at most N ms``: from the loc
 cutover command, and how long the whole command took (its comparisons of the whole
 tables run before the lock).
 
+``--load backfill`` builds the table as a large one is built in production, not through
+the broker: the connector is removed (and its slot), the rows are written, the connector
+comes back with ``snapshot.mode=no_data`` and ``replicator backfill`` copies them into
+``workflow_runs``; the cutover's own progress lines (step 0's comparison) are printed as
+they come.  20 M rows take about 15 GB of disk and hours on a small machine:
+
+      .venv/bin/python bench/cutover.py --load backfill --sizes 20000000
+
 Run:  .venv/bin/python bench/cutover.py [--sizes 20000,300000,1000000] [--writers 4]
 Writes bench/results/<time>-cutover.{json,md}; asserts nothing about time.
 """
@@ -73,8 +81,7 @@ class Application(threading.Thread):
                         )
                     else:
                         conn.execute(
-                            "UPDATE workflow_processes SET max_turns = max_turns + 1"
-                            " WHERE id = %s",
+                            "UPDATE workflow_processes SET max_turns = max_turns + 1 WHERE id = %s",
                             [f"wp-{rng.randrange(self.rows):08d}"],
                         )
                 except psycopg.Error as exc:
@@ -108,7 +115,57 @@ def caught_up(env: dict[str, str], rows: int, timeout: float = 1800) -> float:
     raise TimeoutError(f"workflow_runs did not reach {rows} rows in {timeout:g} s")
 
 
-def one_size(rows: int, writers: int) -> dict[str, Any]:
+def streamed(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``replicator <argv>``, its output printed as it comes (progress) and kept."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replicator", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        log(f"  {argv[0]}: {line.rstrip()}")
+    return subprocess.CompletedProcess(proc.args, proc.wait(), "".join(lines), "")
+
+
+def backfilled(env: dict[str, str], owner: str, rows: int) -> None:
+    """``rows`` legacy rows in ``workflow_runs`` by ``replicator backfill``, none of them
+    through the broker (module docstring)."""
+    slot = env.get("REPLICATOR_SLOT_NAME", "replicator_workflow_processes")
+    if cli(env, "connector", "delete").returncode != 0:
+        raise RuntimeError("connector delete failed")
+    with psycopg.connect(owner, autocommit=True) as conn:
+        for _ in range(60):
+            gone = conn.execute(
+                "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                [slot],
+            ).fetchone()
+            if (
+                gone == (1,)
+                or not conn.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]
+                ).fetchone()
+            ):
+                break
+            time.sleep(1)
+    step = 1_000_000
+    for start in range(0, rows, step):
+        insert_rows(owner, min(step, rows - start), start=start)
+        log(f"{rows:,} rows: {min(start + step, rows):,} written")
+    done = cli(env, "connector", "apply", "--snapshot-mode", "no_data")
+    if done.returncode != 0:
+        raise RuntimeError(f"connector apply failed:\n{done.stdout}\n{done.stderr}")
+    done = streamed(env, "backfill")
+    if done.returncode != 0:
+        raise RuntimeError("backfill failed")
+
+
+def one_size(rows: int, writers: int, load: str = "stream") -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="bench-cutover-"))
     stack = LocalStack(state / "stack")
     settings = stack.up()
@@ -116,8 +173,11 @@ def one_size(rows: int, writers: int) -> dict[str, Any]:
     owner = settings["REPLICATOR_ADMIN_SOURCE_DSN"]
     run: subprocess.Popen[bytes] | None = None
     try:
-        log(f"{rows:,} rows: loading")
-        insert_rows(owner, rows)
+        log(f"{rows:,} rows: loading ({load})")
+        if load == "backfill":
+            backfilled(env, owner, rows)
+        else:
+            insert_rows(owner, rows)
         run = subprocess.Popen(
             [sys.executable, "-m", "replicator", "run", "--metrics-port", str(free_port())],
             env=env,
@@ -131,7 +191,7 @@ def one_size(rows: int, writers: int) -> dict[str, Any]:
             thread.start()
         time.sleep(3)
         began = time.monotonic()
-        done = cli(env, "cutover")
+        done = streamed(env, "cutover")
         ended = time.monotonic()
         time.sleep(2)
         for thread in app:
@@ -167,7 +227,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Cutover: time writers are blocked, by table size ({report['started']})",
         "",
         f"{report['writers']} application connections writing throughout (updates of random"
-        " rows, inserts), on this machine's local stack.",
+        f" rows, inserts), on this machine's local stack; rows loaded by {report['load']}.",
         "",
         "| rows | blocked (switch) ms | slowest app write during the command ms |"
         " whole command s | app writes | failed |",
@@ -185,12 +245,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000,300000,1000000")
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument(
+        "--load",
+        choices=("stream", "backfill"),
+        default="stream",
+        help="how workflow_runs gets the rows: the connector's snapshot through the broker,"
+        " or `replicator backfill` (large tables)",
+    )
     args = parser.parse_args()
     started = datetime.now(UTC)
     report: dict[str, Any] = {
         "started": f"{started:%Y-%m-%dT%H:%M:%SZ}",
         "writers": args.writers,
-        "sizes": [one_size(int(n), args.writers) for n in args.sizes.split(",")],
+        "load": args.load,
+        "sizes": [one_size(int(n), args.writers, args.load) for n in args.sizes.split(",")],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{started:%Y-%m-%dT%H%M%S}-cutover"

@@ -41,3 +41,22 @@ CREATE TABLE IF NOT EXISTS replicator_cutover_changes (
 CREATE TABLE IF NOT EXISTS replicator_cutover_pending (
     run_id TEXT PRIMARY KEY
 );
+
+-- replicator_cutover_written: for every run_id written in workflow_runs since the cutover,
+-- the workflow_runs columns those writes changed (an INSERT: all of them), recorded by
+-- statement triggers on workflow_runs in the writing transaction.  A rollback writes a
+-- logged row's legacy column in its legacy form only where its column was changed; every
+-- other column keeps the archived value (a NULL status, the REAL total_cost).
+CREATE TABLE IF NOT EXISTS replicator_cutover_written (
+    run_id TEXT PRIMARY KEY,
+    columns TEXT[] NOT NULL
+);
+
+-- replicator_compat_moved: every run_id a row of workflow_runs had before an UPDATE gave
+-- it another one, since the cutover (a row trigger on workflow_runs, while the
+-- compatibility view exists).  A statement through the view that finds its row gone by
+-- its id learns here that the row lives on under another id: it fails with 40001 rather
+-- than skip a row that a table would have followed (cutover/legacy.py).
+CREATE TABLE IF NOT EXISTS replicator_compat_moved (
+    run_id TEXT PRIMARY KEY
+);

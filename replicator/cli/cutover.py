@@ -149,7 +149,10 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     if args.dry_run:
         return EXIT_OK
     done = switch.cut_over(
-        settings, drain_timeout_s=args.drain_timeout, lock_timeout_s=args.lock_timeout
+        settings,
+        drain_timeout_s=args.drain_timeout,
+        lock_timeout_s=args.lock_timeout,
+        say=lambda line: print(f"  ...   {line}", flush=True),
     )
     print(
         f"cut over at LSN {done.lsn}: workflow_processes is now a view of workflow_runs;"

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.cutover import objects
 from replicator.db.schema import relkind as relkind
 
 q = sql.SQL
@@ -78,6 +79,8 @@ SELECT 'foreign key ' || c.conname || ' of ' || c.conrelid::regclass::text
 UNION
 SELECT 'trigger ' || g.tgname FROM pg_trigger g
  WHERE g.tgrelid = to_regclass(%(t)s) AND NOT g.tgisinternal
+   AND NOT (g.tgname = ANY(%(ours)s) AND g.tgfoid IN (
+       SELECT f.oid FROM pg_proc f WHERE f.proname = ANY(%(functions)s)))
 UNION
 SELECT 'row-level security policy ' || p.polname FROM pg_policy p
  WHERE p.polrelid = to_regclass(%(t)s)
@@ -95,8 +98,16 @@ ORDER BY 1
 def dependents(conn: psycopg.Connection[Any], table: str, publication: str) -> list[str]:
     """What would break or silently change when ``table`` becomes the archive: views,
     rules, foreign keys, triggers, policies, publications other than ``publication``,
-    inheritance.  Each would follow the renamed table (or refuse the rename)."""
-    return [str(r[0]) for r in conn.execute(_DEPENDENTS, {"t": table, "pub": publication})]
+    inheritance.  Each would follow the renamed table (or refuse the rename).  The pending
+    log's triggers are the cutover's own (objects.py, recognised by name and function):
+    the cutover removes them itself."""
+    ours = {
+        "t": table,
+        "pub": publication,
+        "ours": sorted(objects.PENDING_TRIGGER_NAMES),
+        "functions": sorted(objects.PENDING_FUNCTIONS.values()),
+    }
+    return [str(r[0]) for r in conn.execute(_DEPENDENTS, ours)]
 
 
 def copy_grants(conn: psycopg.Connection[Any], source: str, view: str, *, only: str = "") -> int:

@@ -16,7 +16,9 @@ Per column:
   legacy shape never hides a value;
 * ``total_cost``: ``DECIMAL(10,4)`` -> ``REAL`` (the nearest float32);
 * ``status``: a legacy NULL became ``'pending'`` and stays ``'pending'``: the view cannot
-  know which ``'pending'`` was a NULL.  The archive keeps the original until finalize.
+  know which ``'pending'`` was a NULL.  The archive keeps the original until finalize,
+  and a rollback restores it, and a REAL's exact value, wherever no write changed the
+  column (:func:`written_log` records the columns each write changed).
 
 A write through the view applies the forward mapping of :mod:`replicator.mapping.sql`
 (the same expressions ``backfill`` and ``verify`` use) and refuses what the mapping
@@ -25,6 +27,10 @@ UPDATE writes only the target columns whose legacy column it changed, so a riche
 an updated application stored in ``result_data`` survives an update of ``status``; the
 target's own columns (``user_id``, ``priority``, ``tags``, ...) are never touched by an
 UPDATE and get the mapping's defaults on INSERT.
+
+What the view cannot do as the table does, it refuses: a statement that read a row a
+concurrent transaction changed (or gave another id, :func:`moved_log`) fails with 40001;
+every ``INSERT ... ON CONFLICT`` fails with 0A000 (:func:`no_upsert_rule`).
 """
 
 from __future__ import annotations
@@ -43,9 +49,16 @@ from replicator.mapping.columns import (
     SOURCE_TO_TARGET,
     TARGET_COLUMNS,
 )
-from replicator.mapping.sql import MAPPED, problem
+from replicator.mapping.sql import MAPPED, comparable, problem
 
 q = sql.SQL
+
+#: The view's companions: a rule that makes PostgreSQL refuse ``INSERT ... ON CONFLICT``
+#: (:func:`no_upsert_rule`), and the ids rows of ``workflow_runs`` were moved away from
+#: (a table, schemas/cutover_state.sql; its row trigger and the trigger's function share
+#: its name: :func:`moved_log`).
+NO_UPSERT_RULE = "replicator_compat_no_upsert"
+MOVED = "replicator_compat_moved"
 
 #: legacy column -> the target column it comes from (the mapping read backwards).
 TARGET_OF: dict[str, str] = dict(SOURCE_TO_TARGET)
@@ -127,8 +140,15 @@ BEGIN
         -- lock the row, and if it changed since the statement read it, fail as
         -- PostgreSQL does under REPEATABLE READ, never write over the newer row.
         PERFORM FROM {t} WHERE run_id = OLD.id FOR UPDATE;
-        IF NOT FOUND THEN RETURN NULL; END IF;  -- deleted meanwhile: skipped, as on a table
-        SELECT * INTO now_row FROM {view} AS v WHERE v.id = OLD.id;
+        IF FOUND THEN
+            SELECT * INTO now_row FROM {view} AS v WHERE v.id = OLD.id;
+        ELSIF EXISTS (SELECT FROM {moved} AS m WHERE m.run_id = OLD.id) THEN
+            -- given another id meanwhile: a table would follow the row to its new id and
+            -- re-check the statement there; a trigger cannot, so this is a change too
+            now_row := NULL;
+        ELSE
+            RETURN NULL;  -- deleted meanwhile: skipped, as on a table
+        END IF;
         IF now_row IS DISTINCT FROM OLD THEN
             RAISE EXCEPTION 'could not serialize access due to concurrent update'
                 USING ERRCODE = 'serialization_failure',
@@ -149,6 +169,7 @@ BEGIN
     BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO {t} ({columns}) SELECT {mapped} FROM {new};
+            DELETE FROM {moved} WHERE run_id = NEW.id;  -- a row has this id again
         ELSE
             UPDATE {t} AS t SET {sets} FROM {new}, {old} WHERE t.run_id = OLD.id;
         END IF;
@@ -196,6 +217,7 @@ def write_function(
     body = q(_WRITE_BODY).format(
         t=t,
         view=q("{}.{}").format(sql.Identifier(schema), sql.Identifier(view)),
+        moved=q("{}.{}").format(sql.Identifier(schema), sql.Identifier(MOVED)),
         problem=problem(),
         new=new,
         old=old,
@@ -214,6 +236,111 @@ def write_function(
         fn=sql.Identifier(function),
         body=sql.Literal(body.as_string(None)),
     )
+
+
+def no_upsert_rule(schema: str, view: str) -> list[sql.Composed]:
+    """A rule on the view that does nothing: its only effect is that PostgreSQL refuses
+    every ``INSERT ... ON CONFLICT`` on the view, whatever its form, with one error (0A000
+    ``INSERT with ON CONFLICT clause cannot be used with table that has INSERT or UPDATE
+    rules``).  Without it, a view with INSTEAD OF triggers refuses a conflict target (42P10,
+    no unique index on a view) but runs ``ON CONFLICT DO NOTHING`` as a plain INSERT: a
+    duplicate id fails (23505) where the table answers ``INSERT 0 0``.  The table's
+    behaviour cannot be had: the trigger is not told that the statement had the clause."""
+    rule = sql.Identifier(NO_UPSERT_RULE)
+    v = q("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
+    why = "INSERT ... ON CONFLICT cannot behave on this view as on the legacy table: refused"
+    return [
+        q("CREATE RULE {r} AS ON UPDATE TO {v} DO ALSO NOTHING").format(r=rule, v=v),
+        q("COMMENT ON RULE {r} ON {v} IS {why}").format(r=rule, v=v, why=sql.Literal(why)),
+    ]
+
+
+def _trigger_function(schema: str, function: str, body: sql.Composable) -> sql.Composed:
+    return q(
+        "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql"
+        " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(
+        s=sql.Identifier(schema),
+        fn=sql.Identifier(function),
+        body=sql.Literal(body.as_string(None)),
+    )
+
+
+def moved_log(schema: str, target: str) -> list[sql.Composed]:
+    """A row trigger on ``target`` (and its function) that records, in :data:`MOVED`, an id
+    an UPDATE took away from its row: a statement through the view that then finds no row
+    by that id fails with 40001 instead of skipping it (the write function).  An id a row
+    takes is removed from the record again."""
+    s, t, m = sql.Identifier(schema), sql.Identifier(target), sql.Identifier(MOVED)
+    body = q(
+        "BEGIN INSERT INTO {s}.{m} VALUES (OLD.run_id) ON CONFLICT DO NOTHING;"
+        " DELETE FROM {s}.{m} WHERE run_id = NEW.run_id; RETURN NULL; END"
+    ).format(s=s, m=m)
+    return [
+        _trigger_function(schema, MOVED, body),
+        q(
+            "CREATE TRIGGER {m} AFTER UPDATE OF run_id ON {s}.{t} FOR EACH ROW"
+            " WHEN (OLD.run_id IS DISTINCT FROM NEW.run_id) EXECUTE FUNCTION {s}.{m}()"
+        ).format(s=s, t=t, m=m),
+    ]
+
+
+def written_log(
+    schema: str, target: str, function: str, written: str, triggers: dict[str, tuple[str, str]]
+) -> list[sql.Composed]:
+    """Statement triggers on ``target`` (``triggers``: INSERT and UPDATE, event -> (name,
+    transition tables ``new_rows``/``old_rows``)), and their function, that add to
+    ``written`` the columns fed by a legacy column that each row's write changed: every
+    one for an inserted row or a row that took another id.  The rollback writes only those
+    in their legacy form."""
+    fed = [c for c in TARGET_COLUMNS if c in SOURCE_OF and c != "run_id"]
+    every = q("ARRAY[{}]::text[]").format(q(", ").join(map(sql.Literal, fed)))
+    changed = q("array_remove(ARRAY[{}]::text[], NULL)").format(
+        q(", ").join(
+            q("CASE WHEN {o} IS DISTINCT FROM {n} THEN {c} END").format(
+                o=comparable("o", c), n=comparable("n", c), c=sql.Literal(c)
+            )
+            for c in fed
+        )
+    )
+    body = q(
+        """
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {w} AS w (run_id, columns) SELECT n.run_id, {every}
+            FROM new_rows AS n ORDER BY 1 {union};
+    ELSE
+        INSERT INTO {w} AS w (run_id, columns)
+            SELECT n.run_id, CASE WHEN o.run_id IS NULL THEN {every} ELSE {changed} END
+            FROM new_rows AS n LEFT JOIN old_rows AS o ON o.run_id = n.run_id ORDER BY 1 {union};
+    END IF;
+    RETURN NULL;
+END
+"""
+    ).format(
+        w=q("{}.{}").format(sql.Identifier(schema), sql.Identifier(written)),
+        every=every,
+        changed=changed,
+        union=q(
+            "ON CONFLICT (run_id) DO UPDATE SET"
+            " columns = ARRAY(SELECT DISTINCT unnest(w.columns || EXCLUDED.columns) ORDER BY 1)"
+        ),
+    )
+    s, t = sql.Identifier(schema), sql.Identifier(target)
+    return [_trigger_function(schema, function, body)] + [
+        q(
+            "CREATE TRIGGER {n} AFTER {event} ON {s}.{t} {ref}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {s}.{fn}()"
+        ).format(
+            n=sql.Identifier(name),
+            event=q(event),
+            s=s,
+            t=t,
+            ref=q(ref),
+            fn=sql.Identifier(function),
+        )
+        for event, (name, ref) in triggers.items()
+    ]
 
 
 # ------------------------------------------------------------------ the same, in Python

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from replicator.cutover.legacy import MOVED, moved_log, written_log
 from replicator.db.schema import read_sql
 from replicator.events import PartitionPosition
 
@@ -23,6 +24,8 @@ WRITE_FUNCTION = "replicator_compat_write"
 LOG_FUNCTION = "replicator_log_changes"
 FROZEN_FUNCTION = "replicator_archive_frozen"
 CHANGES = "replicator_cutover_changes"
+WRITTEN = "replicator_cutover_written"  # the columns each logged row's writes changed
+WRITTEN_FUNCTION = "replicator_log_written"
 PENDING = "replicator_cutover_pending"
 PENDING_FUNCTIONS = {"id": "replicator_pending_source", "run_id": "replicator_pending_target"}
 _LOG_TRIGGERS = {
@@ -35,6 +38,12 @@ _LOG_TRIGGERS = {
 _PENDING_TRIGGERS = {
     event: (name.replace("replicator_log_", "replicator_pending_"), ref)
     for event, (name, ref) in _LOG_TRIGGERS.items()
+}
+PENDING_TRIGGER_NAMES = frozenset(name for name, _ in _PENDING_TRIGGERS.values())
+_WRITTEN_TRIGGERS = {
+    event: (name.replace("replicator_log_", "replicator_log_written_"), ref)
+    for event, (name, ref) in _LOG_TRIGGERS.items()
+    if event in ("INSERT", "UPDATE")
 }
 
 
@@ -153,16 +162,36 @@ def record_finalized(conn: psycopg.Connection[Any], record: Record) -> None:
 
 def log_changes(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
     """Statement triggers on ``target`` that record every run_id written after the cutover
-    (view writes and direct writes alike; TRUNCATE records every row first)."""
+    (view writes and direct writes alike; TRUNCATE records every row first), and with each
+    the columns its writes changed (``WRITTEN``, legacy.py ``written_log``)."""
     s = sql.Identifier(schema)
-    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(CHANGES)))
+    for log in (CHANGES, WRITTEN):
+        conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(log)))
     _logging(conn, schema, target, "run_id", CHANGES, LOG_FUNCTION, _LOG_TRIGGERS)
+    for statement in written_log(schema, target, WRITTEN_FUNCTION, WRITTEN, _WRITTEN_TRIGGERS):
+        conn.execute(statement)
+
+
+def watch_moves(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
+    """A row trigger on ``target`` recording every id an UPDATE takes away from its row
+    (legacy.py ``moved_log``), from an empty record: it lives with the compatibility view,
+    finalized or not, and goes with it at a rollback (:func:`unwatch_moves`)."""
+    conn.execute(q("TRUNCATE {}.{}").format(sql.Identifier(schema), sql.Identifier(MOVED)))
+    for statement in moved_log(schema, target):
+        conn.execute(statement)
+
+
+def unwatch_moves(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
+    s, t, m = sql.Identifier(schema), sql.Identifier(target), sql.Identifier(MOVED)
+    conn.execute(q("DROP TRIGGER IF EXISTS {m} ON {s}.{t}").format(s=s, t=t, m=m))
+    conn.execute(q("DROP FUNCTION IF EXISTS {s}.{m}()").format(s=s, m=m))
+    conn.execute(q("TRUNCATE {s}.{m}").format(s=s, m=m))
 
 
 def watch_pending(conn: psycopg.Connection[Any], schema: str, source: str, target: str) -> None:
     """From now on, every id written in ``source`` or ``target`` goes to the pending log
-    (the caller's transaction; the caller holds a lock that makes writers wait, briefly)."""
-    unwatch_pending(conn, schema, source, target)
+    (the caller's transaction; the caller holds a lock that makes writers wait, briefly;
+    the triggers of an earlier cutover are gone: :func:`unwatch_pending`)."""
     for table, key in ((source, "id"), (target, "run_id")):
         function = PENDING_FUNCTIONS[key]
         _logging(conn, schema, table, key, PENDING, function, _PENDING_TRIGGERS, touch=True)
@@ -181,6 +210,57 @@ def unwatch_pending(conn: psycopg.Connection[Any], schema: str, source: str, tar
     for fn in PENDING_FUNCTIONS.values():
         conn.execute(q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(fn)))
     conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(PENDING)))
+
+
+def pending_left(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The pending log's triggers in ``schema`` (``trigger on table``): present only while a
+    cutover prepares, or left by one that was interrupted (killed) before it removed them.
+    Recognised by name and by the function they run, both ours."""
+    rows = conn.execute(
+        "SELECT g.tgname || ' on ' || c.relname FROM pg_trigger g"
+        " JOIN pg_class c ON c.oid = g.tgrelid JOIN pg_proc f ON f.oid = g.tgfoid"
+        " WHERE c.relnamespace = to_regnamespace(%s) AND NOT g.tgisinternal"
+        " AND g.tgname = ANY(%s) AND f.proname = ANY(%s) ORDER BY 1",
+        [schema, list(PENDING_TRIGGER_NAMES), list(PENDING_FUNCTIONS.values())],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+#: The advisory lock (two int4 keys) a cutover's session holds while it runs (ended with
+#: the session, however it ends: a killed cutover holds it no more).
+RUNNING_KEY = (0x7265706C, 0x6375)
+
+
+def claim(conn: psycopg.Connection[Any]) -> bool:
+    """Mark this session as the cutover running now; False when another session is."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", list(RUNNING_KEY)).fetchone()
+    return bool(row and row[0])
+
+
+def running(conn: psycopg.Connection[Any]) -> int | None:
+    """The process id of the session of a cutover running now (None: none is)."""
+    row = conn.execute(
+        "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND l.objsubid = 2 AND l.classid = %s::oid AND l.objid = %s::oid",
+        list(RUNNING_KEY),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def silence_pending(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The pending log's trigger functions made to do nothing (the caller's transaction):
+    no lock on the tables is taken, so a cutover that stops can always do this at once;
+    the triggers themselves are dropped when their tables can be locked briefly (by the
+    same cutover, or the next one before it starts)."""
+    for fn in PENDING_FUNCTIONS.values():
+        conn.execute(
+            q(
+                "CREATE OR REPLACE FUNCTION {s}.{fn}() RETURNS trigger LANGUAGE plpgsql"
+                " SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+                " AS 'BEGIN RETURN NULL; END'"
+            ).format(s=sql.Identifier(schema), fn=sql.Identifier(fn))
+        )
 
 
 def _logging(
@@ -254,14 +334,13 @@ END
 
 def drop_change_log(conn: psycopg.Connection[Any], schema: str, target: str) -> None:
     s, t = sql.Identifier(schema), sql.Identifier(target)
-    for name in [n for n, _ in _LOG_TRIGGERS.values()]:
+    for name, _ in [*_LOG_TRIGGERS.values(), *_WRITTEN_TRIGGERS.values()]:
         conn.execute(
             q("DROP TRIGGER IF EXISTS {n} ON {s}.{t}").format(n=sql.Identifier(name), s=s, t=t)
         )
-    conn.execute(
-        q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(LOG_FUNCTION))
-    )
-    conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(CHANGES)))
+    for fn, log in ((LOG_FUNCTION, CHANGES), (WRITTEN_FUNCTION, WRITTEN)):
+        conn.execute(q("DROP FUNCTION IF EXISTS {s}.{fn}()").format(s=s, fn=sql.Identifier(fn)))
+        conn.execute(q("TRUNCATE {s}.{log}").format(s=s, log=sql.Identifier(log)))
 
 
 # ------------------------------------------------------------------ the archive

@@ -117,11 +117,28 @@ def _catalog_checks(conn: psycopg.Connection[Any], settings: Settings) -> list[C
     blockers = catalog.dependents(conn, SOURCE_TABLE, settings.slot_name)
     none = "no views, rules, foreign keys, triggers, policies or other publications"
     out.append(_check("nothing depends on it", not blockers, none, "; ".join(blockers)))
+    out.append(_pending_log(conn))
     if same:
         bad = unmappable(conn)
         why = f"{len(bad)} rows the mapping refuses, fix them first: {bad[:5]}"
         out.append(_check("every row maps", not bad, "no row the mapping refuses", why))
     return out
+
+
+def _pending_log(conn: psycopg.Connection[Any]) -> Check:
+    """The cutover's own triggers (objects.py): none, a cutover running now (not ready), or
+    left by one that was interrupted (ready: the cutover removes them first)."""
+    pid = objects.running(conn)
+    if pid is not None:
+        return Check("no cutover running", False, f"a cutover is running (process {pid})")
+    left = objects.pending_left(conn, catalog.schema_of(conn, SOURCE_TABLE))
+    if not left:
+        return Check("no cutover running", True, "no pending-log triggers")
+    return Check(
+        "no cutover running",
+        True,
+        f"an interrupted cutover left {', '.join(left)}: the cutover removes them first",
+    )
 
 
 def unmappable(conn: psycopg.Connection[Any]) -> list[str]:

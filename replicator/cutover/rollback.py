@@ -14,13 +14,15 @@ the switch on is in it.  Then, in one transaction:
 3. Only the rows in the change log (every run_id written in ``workflow_runs`` since the
    cutover) are touched: those still in ``workflow_runs`` are written in their legacy form
    (the view's inverse mapping), those gone are deleted.  Every other row stays exactly
-   as the cutover archived it (a NULL ``status``, a REAL ``total_cost``).
+   as the cutover archived it (a NULL ``status``, a REAL ``total_cost``), and so does
+   every column of a touched row that no write changed (the written log; :func:`restored`).
 4. Those rows of ``workflow_runs`` are written again from the legacy rows through the
    forward mapping, and their versions recorded as of now (versions.py): the target equals the
    mapped source at once, and the stream's copies of step 3's changes (older LSNs) are
    skipped by the order guard.
-5. The change log is dropped, the stream's positions handed back (the closed markers
-   replaced by the positions the cutover saved), the rollback recorded; COMMIT.
+5. The change log and the record of moved ids are dropped, the stream's positions handed
+   back (the closed markers replaced by the positions the cutover saved), the rollback
+   recorded; COMMIT.
 
 After the commit the connector is registered again with ``snapshot.mode=no_data``: no
 new full snapshot; it streams from the slot of the first step.
@@ -37,14 +39,14 @@ from psycopg import sql
 
 from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, objects
-from replicator.cutover.legacy import legacy_items
+from replicator.cutover.legacy import TARGET_OF, checked_type, inverse
 from replicator.cutover.switch import Say
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.locks import holder_session, lock
 from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError
-from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
-from replicator.mapping.sql import MAPPED, problem, upsert_tail
+from replicator.mapping.columns import JSON_COLUMNS, SOURCE_TABLE, TARGET_COLUMNS
+from replicator.mapping.sql import MAPPED, comparable, problem, upsert_tail
 from replicator.settings import Settings
 from replicator.stream.apply import generations, versions
 from replicator.stream.apply.checkpoint import Checkpoint
@@ -126,6 +128,7 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
         if record is None or record.state != "cut_over":
             raise ConfigurationError(f"{SOURCE_TABLE} is not cut over: nothing to roll back")
         schema = catalog.schema_of(conn, SOURCE_TABLE)
+        objects.ensure_state(conn)  # the logs a cutover made by an earlier version lacks
         conn.commit()
         s = sql.Identifier(schema)
         wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
@@ -147,6 +150,7 @@ def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int 
         _restore(conn, schema, target, legacy, log, settings.topic)
         (restored,) = conn.execute(q("SELECT count(*) FROM {}").format(log)).fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         objects.drop_change_log(conn, schema, target)
+        objects.unwatch_moves(conn, schema, target)
         checkpoint.reopen(conn, settings.topic, record.positions)
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
         blocked_ms = int((time.monotonic() - blocked_from) * 1000)
@@ -176,15 +180,17 @@ def _restore(
     conn.execute(
         q(
             "INSERT INTO {s}.{v} AS w ({cols}) SELECT {items} FROM {s}.{t} AS t"
-            " JOIN {log} AS l ON l.run_id = t.run_id"
+            " JOIN {log} AS l ON l.run_id = t.run_id LEFT JOIN {s}.{v} AS p ON p.id = t.run_id"
+            " LEFT JOIN {s}.{written} AS x ON x.run_id = t.run_id"
             " ON CONFLICT (id) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
         ).format(
             s=s,
             v=wp,
             t=wr,
             log=log,
+            written=sql.Identifier(objects.WRITTEN),
             cols=q(", ").join(names),
-            items=legacy_items([(c.name, c.type) for c in legacy]),
+            items=restored(legacy),
             sets=q(", ").join(q("{c} = EXCLUDED.{c}").format(c=n) for n in names[1:]),
             old=q(", ").join(q("w.{}").format(n) for n in names[1:]),
             new=q(", ").join(q("EXCLUDED.{}").format(n) for n in names[1:]),
@@ -215,6 +221,37 @@ def _restore(
         ).format(s=s, v=wp, log=log),
         generations.latest(conn, topic),
     )
+
+
+def restored(legacy: list[catalog.Column]) -> sql.Composed:
+    """The legacy columns of a logged row ``t`` of ``workflow_runs``, over its archived row
+    ``p`` and its record ``x`` in the written log (either may be missing).  A column keeps
+    its archived value where no write since the cutover changed its target column and the
+    target still holds that value's mapping (so a NULL ``status`` and a REAL's exact value
+    come back for a row whose other columns the application wrote); any other column, and
+    every column of a row the archive lacks, is the view's inverse mapping.  Without a
+    record (a cutover made before the log existed) only the second test decides."""
+    if not legacy or legacy[0].name != "id" or {c.name for c in legacy} != set(TARGET_OF):
+        raise ValueError(f"the legacy columns are not the mapping's: {legacy}")
+    items: list[sql.Composable] = [q("t.run_id AS id")]
+    for column in legacy[1:]:
+        target = TARGET_OF[column.name]
+        items.append(
+            q(
+                "CASE WHEN p.id IS NOT NULL AND NOT coalesce({c} = ANY(x.columns), false)"
+                " AND ({mapped}){cast} IS NOT DISTINCT FROM {now} THEN p.{name}"
+                " ELSE ({inverse})::{type} END AS {name}"
+            ).format(
+                c=sql.Literal(target),
+                mapped=MAPPED[target],
+                cast=q("::text" if target in JSON_COLUMNS else ""),
+                now=comparable("t", target),
+                name=sql.Identifier(column.name),
+                inverse=inverse(column.name),
+                type=q(checked_type(column.type)),
+            )
+        )
+    return q(", ").join(items)
 
 
 def reconnect(settings: Settings, say: Say, timeout_s: float = 60.0) -> None:

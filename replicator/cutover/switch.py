@@ -9,22 +9,27 @@ client: db/locks.py ``holder_session``):
    (tried with a short timeout, as every lock here), statement triggers start the
    pending log (``replicator_cutover_pending``): from then on every id written in
    ``workflow_processes`` or in ``workflow_runs`` is recorded, in the writing
-   transaction.  Then the whole tables are checked (a row the mapping refuses stops the
-   cutover, nothing changed) and compared, in one statement; every row they disagree on
-   joins the log.
+   transaction (the triggers an interrupted cutover left are removed first).  Then the
+   whole tables are checked (a row the mapping refuses stops the cutover, nothing
+   changed) and compared, slice by slice, free of the session's ``statement_timeout``
+   (as long as the table needs, progress said); every row they disagree on joins the log.
    Why only the logged rows need a look later: take a row r not in the log when the
    switch locks.  Its source row was not written since the triggers began (else it is
    logged), nor its target row since the comparison's snapshot (same), and at that
    snapshot the two were equal (else it is logged).  So they are equal still.
-1. ``LOCK workflow_processes IN ACCESS EXCLUSIVE MODE``, retried: a long transaction in
-   the application makes the switch wait and try again, never makes every writer queue
-   behind it for long.  From here no write to the legacy table commits.
+1. ``LOCK workflow_processes IN ACCESS EXCLUSIVE MODE``.  Steps 1-5 are one try under
+   a short ``lock_timeout`` (db/locks.py ``bounded``): a lock the try is not granted in
+   time (here, in step 3, or by any statement after) gives back everything it took, and
+   the switch is tried again after a pause; a long transaction on either table makes the
+   switch wait and try again, never makes every writer queue behind it for long.  From
+   here no write to the legacy table commits.
 2. Drain: the logged rows of the mapped legacy table are compared with ``workflow_runs``
    (by primary key); with a ``drain_timeout_s`` the replicator may keep applying until
    they are equal, for at most that long (by default the switch does not wait: step 4
    writes what the stream has not delivered, the result is the same, writers wait less).
-3. ``LOCK workflow_runs_versions, workflow_runs IN EXCLUSIVE MODE`` (the sink's own order:
-   versions, rows, positions; so no deadlock with a batch in flight), then the stream is
+3. ``LOCK workflow_runs_versions IN EXCLUSIVE MODE``, ``LOCK workflow_runs IN ACCESS
+   EXCLUSIVE MODE`` (the sink's own order: versions, rows, positions; so no deadlock with
+   a batch in flight; the strongest lock step 5 needs, taken at once), then the stream is
    closed (every partition's position becomes the closed marker, checkpoint.py invariant
    3): a batch that did not commit before this point never will.
 4. Both tables are now still.  Whatever logged row the stream had not delivered is
@@ -34,15 +39,18 @@ client: db/locks.py ``holder_session``):
    whatever the stream's delay.  A logged row the mapping refuses aborts the switch.
 5. The legacy table becomes ``workflow_processes_archive`` (frozen: writes are refused),
    the compatibility view takes its name (legacy columns, types, defaults and grants;
-   INSTEAD OF triggers apply the mapping, legacy.py), the pending log ends, statement
-   triggers on ``workflow_runs`` start the change log a rollback needs, the cutover is
-   recorded; COMMIT.  Both tables are counted after the commit (the archive is frozen).
+   INSTEAD OF triggers apply the mapping, a rule refuses ``INSERT ... ON CONFLICT``, a
+   row trigger on ``workflow_runs`` records the ids rows are moved away from: legacy.py),
+   the pending log ends, statement triggers on ``workflow_runs`` start the change log a
+   rollback needs (the ids and the columns written), the cutover is recorded; COMMIT.
+   Both tables are counted after the commit (the archive is frozen).
 
 A statement that waited on the lock of step 1 resolves the name again when it gets the
 lock (PostgreSQL re-checks a relation name after waiting, and re-plans a prepared
 statement whose relation changed): it writes the view, so ``workflow_runs``.  Writers
 and readers of ``workflow_processes`` wait from step 1 to the commit: ``blocked_ms``.
-A cutover that fails removes the pending log's triggers again.
+A cutover that fails removes the pending log's triggers again (when a long transaction
+keeps it from them, it leaves them doing nothing; the next cutover removes them first).
 
 After the commit (:func:`finish`, also what a second ``cutover`` does when the first
 could not finish): the connector is deleted and its slot dropped.
@@ -61,10 +69,10 @@ from psycopg import sql
 
 from replicator.clients.connect import ConnectClient, load_connector_file
 from replicator.cutover import catalog, compare, objects, pending
-from replicator.cutover.legacy import view_select, write_function
+from replicator.cutover.legacy import no_upsert_rule, view_select, write_function
 from replicator.cutover.readiness import ARCHIVE
 from replicator.db.connect import connect, mapped_errors
-from replicator.db.locks import holder_session, lock
+from replicator.db.locks import bounded, holder_session, take
 from replicator.db.slot import drop_slot
 from replicator.errors import ConfigurationError, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
@@ -97,8 +105,10 @@ def cut_over(
     drain_timeout_s: float = 0.0,
     lock_timeout_s: float = 2.0,
     attempts: int = 15,
+    say: Say = log.info,
 ) -> Switched:
-    """Steps 0-5 of the module docstring; nothing is changed when it raises."""
+    """Steps 0-5 of the module docstring; nothing is changed when it raises.  ``say``
+    hears how step 0's comparison goes."""
     admin = settings.as_admin()
     target = settings.target_table
     partitions = sorted(probe_ends(settings.kafka_bootstrap, settings.topic, settings.kafka_config))
@@ -113,9 +123,15 @@ def cut_over(
         objects.ensure_state(conn, service_role(settings))
         conn.commit()
         schema = catalog.schema_of(conn, SOURCE_TABLE)
-        pending.prepare(conn, schema, target, locking)
+        pending.prepare(conn, schema, target, locking, say)
         try:
-            switched = _switch(conn, settings, schema, partitions, drain_timeout_s, locking)
+            switched, tries = bounded(
+                conn,
+                f"{SOURCE_TABLE} and {target}",
+                *locking,
+                lambda: _switch(conn, settings, schema, partitions, drain_timeout_s),
+            )
+            switched.lock_attempts = tries
         except BaseException:
             conn.rollback()
             pending.unprepare(conn, schema, target, locking)
@@ -139,14 +155,15 @@ def _switch(
     schema: str,
     partitions: list[int],
     drain_timeout_s: float,
-    locking: tuple[float, int],
 ) -> Switched:
-    """Steps 1-5: everything under the lock costs what the pending log holds, not what
+    """Steps 1-5, one try of :func:`bounded` (every lock wait in it is short; a try that
+    is not granted one in time gives back everything, writers go on, and the switch is
+    tried again): everything under the lock costs what the pending log holds, not what
     the tables hold."""
     target, logged = settings.target_table, pending.relation(schema)
     s = sql.Identifier(schema)
     wp, wr = sql.Identifier(SOURCE_TABLE), sql.Identifier(target)
-    tries = lock(conn, q("{}.{}").format(s, wp), *locking)
+    take(conn, q("{}.{}").format(s, wp), "ACCESS EXCLUSIVE")
     blocked_from = time.monotonic()
     (lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]  # an aggregate or a function call: always one row
     bad = [r[0] for r in conn.execute(compare.unmappable(schema, logged))]
@@ -164,7 +181,8 @@ def _switch(
             break
         time.sleep(0.05)
     ver = sql.Identifier(f"{target}_versions")
-    conn.execute(q("LOCK TABLE {s}.{v}, {s}.{t} IN EXCLUSIVE MODE").format(s=s, v=ver, t=wr))
+    take(conn, q("{}.{}").format(s, ver), "EXCLUSIVE")  # the sink's order: versions, rows
+    take(conn, q("{}.{}").format(s, wr), "ACCESS EXCLUSIVE")  # the triggers dropped below
     held = Checkpoint(settings.offsets_table, target).close(conn, settings.topic, partitions)
     repaired = _repair(conn, schema, target, settings.topic)
     legacy = catalog.columns(conn, SOURCE_TABLE)
@@ -180,7 +198,7 @@ def _switch(
     objects.record_cutover(conn, names, lsn, (0, 0), blocked_ms, repaired, held)
     conn.commit()
     blocked_ms = int((time.monotonic() - blocked_from) * 1000)
-    return Switched(lsn, 0, 0, blocked_ms, drained, repaired, tries, grants)
+    return Switched(lsn, 0, 0, blocked_ms, drained, repaired, 0, grants)
 
 
 def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str) -> int:
@@ -228,7 +246,9 @@ def _repair(conn: psycopg.Connection[Any], schema: str, target: str, topic: str)
 def _create_view(
     conn: psycopg.Connection[Any], schema: str, target: str, legacy: list[catalog.Column]
 ) -> int:
-    """The compatibility view in the legacy table's place; the grants copied."""
+    """The compatibility view in the legacy table's place, with its write function, the rule
+    that refuses ``INSERT ... ON CONFLICT`` and the record of moved ids (legacy.py); the
+    grants copied."""
     s, v = sql.Identifier(schema), sql.Identifier(SOURCE_TABLE)
     shape = [(c.name, c.type) for c in legacy]
     conn.execute(
@@ -250,6 +270,9 @@ def _create_view(
             " ON {s}.{v} FOR EACH ROW EXECUTE FUNCTION {s}.{fn}()"
         ).format(s=s, v=v, fn=sql.Identifier(objects.WRITE_FUNCTION))
     )
+    for statement in no_upsert_rule(schema, SOURCE_TABLE):
+        conn.execute(statement)
+    objects.watch_moves(conn, schema, target)
     return catalog.copy_grants(conn, ARCHIVE, SOURCE_TABLE)
 
 
@@ -296,6 +319,7 @@ def finalize(settings: Settings) -> objects.Record:
                 + ("not cut over" if record is None else record.state.replace("_", " "))
             )
         schema = catalog.schema_of(conn, settings.target_table)
+        objects.ensure_state(conn)  # the logs a cutover made by an earlier version lacks
         objects.drop_change_log(conn, schema, settings.target_table)
         conn.execute(q("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
         objects.record_finalized(conn, record)

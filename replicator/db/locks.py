@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -41,8 +42,49 @@ def holder_session(statement_timeout_s: float) -> dict[str, Any]:
     }
 
 
-#: The modes a caller may ask for: both make every writer of the tables wait.
-MODES = ("ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE")
+#: The modes a caller may ask for: each makes every writer of the tables wait.
+MODES = ("ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE")
+T = TypeVar("T")
+
+
+def take(conn: psycopg.Connection[Any], tables: sql.Composable, mode: str) -> None:
+    """``LOCK tables IN <mode> MODE``, once: only inside a step of :func:`bounded`."""
+    if mode not in MODES:
+        raise ValueError(f"lock mode {mode!r}")
+    conn.execute(q("LOCK TABLE {} IN {} MODE").format(tables, q(mode)))
+
+
+def bounded(
+    conn: psycopg.Connection[Any],
+    what: str,
+    timeout_s: float,
+    attempts: int,
+    step: Callable[[], T],
+) -> tuple[T, int]:
+    """``step`` in a new transaction of ``conn`` whose every lock wait is bounded by
+    ``timeout_s``; its result and the tries it took.  A lock not granted in time (or a
+    deadlock, which PostgreSQL resolves against us when we waited first) rolls back
+    everything the try took, and the step is tried again after a pause, so nobody waits
+    behind us for longer than one try.  Raises :class:`TerminalError` after ``attempts``
+    (nothing was changed: every try rolled back).  A step should take its strongest lock
+    on a table first: a lock taken weaker and raised later lets an application in between,
+    and then each waits for the other."""
+    for attempt in range(1, attempts + 1):
+        try:
+            conn.execute(
+                q("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
+            )
+            return step(), attempt
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            conn.rollback()
+            log.warning(
+                "lock not granted in time; trying again", extra={"what": what, "attempt": attempt}
+            )
+            time.sleep(min(0.2 * attempt, 2.0))
+    raise TerminalError(
+        f"could not lock {what} in {attempts} tries of {timeout_s:g} s:"
+        " a long transaction holds it; nothing was changed, try again"
+    )
 
 
 def lock(
@@ -53,23 +95,10 @@ def lock(
     mode: str = "ACCESS EXCLUSIVE",
 ) -> int:
     """``LOCK tables IN <mode> MODE`` in a new transaction of ``conn``, each try bounded
-    by ``timeout_s``; the tries it took.  Raises :class:`TerminalError` after
-    ``attempts`` (nothing was changed: every try rolled back)."""
-    if mode not in MODES:
-        raise ValueError(f"lock mode {mode!r}")
-    for attempt in range(1, attempts + 1):
-        try:
-            conn.execute(
-                q("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
-            )
-            conn.execute(q("LOCK TABLE {} IN {} MODE").format(tables, q(mode)))
-            conn.execute("SET LOCAL lock_timeout = '30s'")
-            return attempt
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-            conn.rollback()
-            log.warning("lock not granted in time; trying again", extra={"attempt": attempt})
-            time.sleep(min(0.2 * attempt, 2.0))
-    raise TerminalError(
-        f"could not lock {tables.as_string(None)} in {attempts} tries of {timeout_s:g} s:"
-        " a long transaction holds it; nothing was changed, try again"
-    )
+    by ``timeout_s`` (:func:`bounded`); the tries it took."""
+
+    def step() -> None:
+        take(conn, tables, mode)
+        conn.execute("SET LOCAL lock_timeout = '30s'")
+
+    return bounded(conn, tables.as_string(None), timeout_s, attempts, step)[1]

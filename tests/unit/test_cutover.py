@@ -4,10 +4,12 @@ database (tests/integration/test_migration_cutover.py runs them on a real one)."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 
 from replicator.cutover.legacy import (
@@ -206,3 +208,57 @@ def test_a_rollback_that_does_not_commit_drops_the_slot_it_created(
     with pytest.raises(TerminalError):
         rollback.roll_back_with_slot(settings, print)
     assert dropped == []  # a slot it did not create is not its to drop
+
+
+def test_a_slice_of_ids_is_composed_as_literal_bounds() -> None:
+    from psycopg import sql
+
+    from replicator.cutover.compare import differing, unmappable, within
+
+    column = sql.SQL("p.id")
+    assert within(column, None).as_string(None) == "TRUE"
+    assert within(column, (None, "b")).as_string(None) == "p.id <= 'b'"
+    assert within(column, ("a", None)).as_string(None) == "p.id > 'a'"
+    assert within(column, ("a", "b")).as_string(None) == "p.id > 'a' AND p.id <= 'b'"
+    whole = differing("public", "workflow_runs", ids=("a", "b")).as_string(None)
+    assert "WHERE p.id > 'a' AND p.id <= 'b'" in whole  # the legacy side
+    assert "WHERE t.run_id > 'a' AND t.run_id <= 'b'" in whole  # and the target's
+    assert "p.id > 'a'" in unmappable("public", ids=("a", None)).as_string(None)
+
+
+class _Conn:
+    """A connection whose LOCK statements are refused ``refusals`` times."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.statements, self.rollbacks = refusals, [], 0
+
+    def execute(self, statement: Any) -> None:
+        text = statement if isinstance(statement, str) else statement.as_string(None)
+        self.statements.append(text)
+        if text.startswith("LOCK") and self.refusals:
+            self.refusals -= 1
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+
+
+def test_a_bounded_step_is_tried_again_whole_then_given_up(monkeypatch: Any) -> None:
+    from psycopg import sql
+
+    from replicator.db import locks
+    from replicator.errors import TerminalError
+
+    monkeypatch.setattr(locks.time, "sleep", lambda _: None)
+
+    def step(conn: _Conn) -> Callable[[], str]:
+        return lambda: (locks.take(conn, sql.SQL("t"), "EXCLUSIVE"), "done")[1]  # type: ignore[arg-type, func-returns-value]
+
+    conn = _Conn(refusals=2)
+    assert locks.bounded(conn, "t", 0.5, 3, step(conn)) == ("done", 3)  # type: ignore[arg-type]
+    assert conn.rollbacks == 2  # every refused try gave back what it took
+    assert conn.statements.count("SET LOCAL lock_timeout = '500ms'") == 3
+    refusing = _Conn(refusals=5)
+    with pytest.raises(TerminalError, match=r"could not lock t in 2 tries of 0\.5 s"):
+        locks.bounded(refusing, "t", 0.5, 2, step(refusing))  # type: ignore[arg-type]
+    assert refusing.rollbacks == 2
