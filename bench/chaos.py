@@ -13,12 +13,14 @@ commands) are serialized; everything else is not.
 
 At the end the writers stop, the faults stop, everything is healed (the stack up, the
 connector running, the member running), and the system has ``--converge`` seconds to
-converge.  Then: ``workflow_runs`` equals the mapped source exactly; every acknowledged
-write of the model is in the source with its final value (so, with the first check, in
-the target); no key's (generation, LSN) in ``workflow_runs_versions`` ever went back
-(sampled during the run); no event was dead-lettered (the application writes nothing a
-mapping refuses); ``replicator verify`` exits 0.  A failure prints the seed and the
-fault sequence; the same seed draws the same sequence.
+converge.  Then: ``workflow_runs`` equals the mapped source exactly; every id's row in
+``workflow_runs`` is what its acknowledged writes left, mapped (an id whose last COMMIT
+got no answer: one of the outcomes that allows; the id's next acknowledged write makes
+it exact again); no entry of ``workflow_runs_versions`` ever went back (triggers record
+every step back as it happens, chaos_parts.VersionWatcher); no event was dead-lettered
+(the application writes nothing a mapping refuses); ``replicator verify`` exits 0.  A
+failure prints the seed, the fault sequence and, per check, what it found; the same
+seed draws the same sequence.
 
 Figures: faults by kind, time to converge after each (the end-to-end lag of a probe row
 written every second falls below 5 s), the largest lag, and a chart of the lag over time
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from chaos_parts import Application, Member, VersionSampler, source_kept  # noqa: E402
+from chaos_parts import Application, Member, VersionWatcher, acknowledged_lost  # noqa: E402
 
 from replicator.local.processes import free_port  # noqa: E402
 from replicator.local.sample import insert_rows  # noqa: E402
@@ -84,6 +86,7 @@ class Campaign:
         self.product_errors: list[str] = []
         self.regrouped: str | None = None  # what the product said, when it led to a new group
         self.started = time.monotonic()
+        self.started_wall = time.time()  # the watcher's records are in wall-clock time
 
     # ---- set-up ------------------------------------------------------------------
 
@@ -93,6 +96,8 @@ class Campaign:
         self.source = settings["REPLICATOR_ADMIN_SOURCE_DSN"]
         self.target = settings["REPLICATOR_ADMIN_TARGET_DSN"]
         insert_rows(self.source, 300, seed=self.seed)
+        self.watcher = VersionWatcher(self.target)
+        self.watcher.install()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")},
             **settings,
@@ -228,12 +233,10 @@ class Campaign:
 
     # ---- the probe -------------------------------------------------------------------
 
-    def probe(self, stop: threading.Event, sampler: VersionSampler) -> None:
-        """Every second: write the time into a row of its own, read it back from the
-        target (the end-to-end lag), and sample the versions."""
-        n = 0
+    def probe(self, stop: threading.Event) -> None:
+        """Every second: write the time into a row of its own and read it back from the
+        target (the end-to-end lag)."""
         while not stop.is_set():
-            n += 1
             stamp = time.monotonic() - self.started
             try:
                 with psycopg.connect(self.source, autocommit=True, connect_timeout=2) as conn:
@@ -249,8 +252,6 @@ class Campaign:
                     ).fetchone()
                 if row is not None:
                     self.lag.append((round(stamp, 2), round(stamp - float(row[0]), 2)))
-                if n % 2 == 0:
-                    sampler.sample()
             except (psycopg.Error, ValueError):
                 pass  # a database down: the lag grows, the next sample says by how much
             stop.wait(1.0)
@@ -259,9 +260,8 @@ class Campaign:
 
     def run(self, minutes: float, every: float, converge_s: float) -> dict[str, Any]:
         app = Application(self.source, self.seed).start()
-        sampler = VersionSampler(self.target)
         stop_probe = threading.Event()
-        probe = threading.Thread(target=self.probe, args=(stop_probe, sampler), daemon=True)
+        probe = threading.Thread(target=self.probe, args=(stop_probe,), daemon=True)
         probe.start()
         kinds, weights = zip(*WEIGHTS.items(), strict=True)
         deadline = time.monotonic() + minutes * 60
@@ -301,8 +301,7 @@ class Campaign:
         converged_at = self.converge(converge_s, meanwhile)
         stop_probe.set()
         probe.join(10)
-        sampler.sample()
-        result = self.check(app, sampler, healed_at, converged_at)
+        result = self.check(app, healed_at, converged_at)
         result["operator_told"] = told
         result["regrouped"] = self.regrouped
         return result
@@ -348,27 +347,25 @@ class Campaign:
         self.say(f"the product said: {told[:300]}\n  restarted with another group id")
 
     def check(
-        self,
-        app: Application,
-        sampler: VersionSampler,
-        healed_at: float,
-        converged_at: float | None,
+        self, app: Application, healed_at: float, converged_at: float | None
     ) -> dict[str, Any]:
         expected, actual = mapped_source(self.source), target_rows(self.target)
         missing = sorted(set(expected) - set(actual))
         extra = sorted(set(actual) - set(expected))
         wrong = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
-        kept = source_kept(self.source)
-        lost = sorted(
-            rid for rid, want in app.model.items()
-            if rid not in app.uncertain and kept.get(rid) != want
-        )  # fmt: skip
+        lost = acknowledged_lost(app, actual, expected)
+        backwards = self.watcher.steps_back(self.started_wall)
+        if not self.watcher.watching():
+            backwards.append(
+                f"the triggers are no longer on {self.watcher.table}: a step back there"
+                " could not be seen"
+            )
         letters = dead_letters([self.main.log, self.second.log])
         verify = self.cli("verify", "--json", "--catch-up-timeout", "60", timeout=600)
         checks = {
             "converged": converged_at is not None and not (missing or extra or wrong),
             "acknowledged writes in place": not lost,
-            "versions never went back": not sampler.backwards,
+            "versions never went back": not backwards,
             "no dead letters": not letters,
             "verify exits 0": verify.returncode == 0,
         }
@@ -384,10 +381,10 @@ class Campaign:
             "missing": missing[:20], "extra": extra[:20], "wrong": wrong[:20],
             "lost_writes": lost[:20],
             "uncertain_writes": len(app.uncertain),
+            "ids_once_uncertain": len(app.once_uncertain),
             "commits": app.commits,
             "application_errors": app.errors,
-            "versions_backwards": sampler.backwards[:20],
-            "version_samples": sampler.samples,
+            "versions_backwards": backwards[:20],
             "dead_letters": letters[:20],
             "verify": verify.stdout[-2000:] if verify.returncode else "in sync",
             "lag": self.lag,
@@ -472,7 +469,8 @@ def markdown(r: dict[str, Any], minutes: float) -> str:
         *(f"| {k} | {'ok' if v else 'FAILED'} |" for k, v in r["checks"].items()),
         "",
         f"{len(r['faults'])} faults; the application committed {r['commits']:,} transactions"
-        f" ({r['uncertain_writes']} ids left uncertain by a commit without answer; errors"
+        f" ({r['ids_once_uncertain']} ids had a COMMIT without an answer,"
+        f" {r['uncertain_writes']} still uncertain at the end, each held to its outcomes; errors"
         f" it rode out: {r['application_errors']}); rows at the end: {r['rows']['source']:,}"
         f" source, {r['rows']['target']:,} target; largest end-to-end lag {r['max_lag_s']} s;"
         f" converged {r['converged_at_s']} s into the run (healed at {r['healed_at_s']} s).",
