@@ -5,7 +5,10 @@ only settings the product reads, its generated parts equal their one source, its
 fit the product's own bounds, and its parts agree with each other: one Kafka listener and
 security model for every client, each client a KafkaUser allowed what it does, every
 Secret it names either rendered or made by the operator or Strimzi (and listed in the
-README), every verified connection with its CA mounted, one initial load per overlay.
+README), every verified connection with its CA mounted, one initial load per overlay; the
+connector is the replicator's, driven through Connect's REST API (not Strimzi's, which
+would undo what the replicator's commands do), and every pod that calls that API may
+reach it; Connect's metrics are scraped, under the names the alert rules query.
 The probe paths and the metrics port are checked against the real process in
 tests/integration/test_kubernetes_kit.py."""
 
@@ -55,6 +58,24 @@ EXTERNAL_SECRETS: dict[str, tuple[frozenset[str], str]] = {
 }
 #: Strimzi's TLS listener, the one every Kafka client of the kit uses
 TLS_LISTENER_PORT = 9093
+#: Kafka Connect's REST API, on Strimzi's Connect pods and Service (KafkaConnectCluster)
+CONNECT_REST_PORT = 8083
+#: the port Strimzi opens on the Connect pods when ``spec.metricsConfig`` is set: its name
+#: and number (MetricsModel.METRICS_PORT_NAME, METRICS_PORT)
+CONNECT_METRICS_PORT = ("tcp-prometheus", 9404)
+#: the named ports of Strimzi's Connect pods, a NetworkPolicy may name them
+STRIMZI_CONNECT_PORTS = {
+    "rest-api": CONNECT_REST_PORT,
+    CONNECT_METRICS_PORT[0]: CONNECT_METRICS_PORT[1],
+}
+#: the labels of a custom resource Strimzi does not copy onto the pods it makes (the
+#: Cluster Operator's default STRIMZI_LABELS_EXCLUSION_PATTERN, operator-common Labels.java)
+STRIMZI_LABELS_EXCLUDED = re.compile(
+    r"^app\.kubernetes\.io/(?!part-of).*|^kustomize\.toolkit\.fluxcd\.io.*"
+)
+#: Kafka Connect's MBeans behind the Connect metrics the alert rules query: the MBean's
+#: type, its attribute (ConnectMetricsRegistry); one per task of the connector
+CONNECT_MBEANS = [("task-error-metrics", "total-records-skipped")]
 #: Debezium snapshot modes that read the table's existing rows
 SNAPSHOT_LOADS = {"initial", "always", "initial_only", "when_needed"}
 #: kustomization fields kustomize v5 deprecates (`kustomize edit fix` rewrites them)
@@ -314,13 +335,197 @@ def load_generate() -> Any:
     return module
 
 
+def pod_labels(kit: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """The namespace and the pod template's labels of every workload of ours, by its name."""
+    out = {}
+    for d in kit:
+        spec = d.get("spec", {})
+        if d["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if d["kind"] in ("Deployment", "Job", "CronJob"):
+            labels = spec["template"].get("metadata", {}).get("labels", {})
+            out[d["metadata"]["name"]] = (d["metadata"].get("namespace", ""), labels)
+    return out
+
+
+def connect_pod_labels(connect: dict[str, Any]) -> dict[str, str]:
+    """The labels Strimzi gives a KafkaConnect's worker pods (Labels.generateDefaultLabels,
+    then the pod template's): the resource's own, but those it excludes, then its own."""
+    name = connect["metadata"]["name"]
+    labels = {
+        k: v
+        for k, v in connect["metadata"].get("labels", {}).items()
+        if not STRIMZI_LABELS_EXCLUDED.match(k)
+    }
+    labels.update({
+        "strimzi.io/kind": "KafkaConnect",
+        "strimzi.io/name": f"{name}-connect",
+        "strimzi.io/cluster": name,
+        "strimzi.io/component-type": "kafka-connect",
+        "app.kubernetes.io/name": "kafka-connect",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": f"strimzi-{name}",
+        "app.kubernetes.io/managed-by": "strimzi-cluster-operator",
+    })  # fmt: skip
+    template = connect["spec"].get("template", {}).get("pod", {})
+    labels.update(template.get("metadata", {}).get("labels", {}))
+    return labels
+
+
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector selects ``labels`` ({} selects everything)."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+def reachable(
+    kit: list[dict[str, Any]],
+    target: tuple[str, dict[str, str]],
+    port: int,
+    source: tuple[str, dict[str, str]] | None,
+) -> bool:
+    """Whether the pod ``target`` (namespace, labels) accepts a connection to ``port`` from
+    the pod ``source`` (None: from outside, any namespace), as the kit's NetworkPolicies
+    decide: a pod no policy selects accepts everything; one that some select accepts what
+    any of their ingress rules allows (policies add up). A peer with a podSelector alone is
+    in the policy's namespace; namespace selectors are taken to select every namespace;
+    ports by number or by the name Strimzi gives them."""
+    namespace, labels = target
+    policies = [
+        d for d in kit
+        if d["kind"] == "NetworkPolicy"
+        and d["metadata"].get("namespace", "") == namespace
+        and "Ingress" in d["spec"].get("policyTypes", ["Ingress"])
+        and selects(d["spec"]["podSelector"], labels)
+    ]  # fmt: skip
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            names = {n for n, number in STRIMZI_CONNECT_PORTS.items() if number == port}
+            if ports and not any(p.get("port") in {None, port, *names} for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                if "ipBlock" in peer:
+                    continue
+                if source is None:  # from another namespace, not a pod of the kit
+                    if peer.get("namespaceSelector") == {} and selects(peer.get("podSelector"), {}):
+                        return True
+                    continue
+                same = "namespaceSelector" in peer or source[0] == namespace
+                if same and selects(peer.get("podSelector"), source[1]):
+                    return True
+    return False
+
+
+def connector_applies(
+    kit: list[dict[str, Any]],
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(name, pod, container)`` of every container that registers the connector."""
+    return [
+        (name, pod, c)
+        for name, pod, c in containers(kit)
+        if c.get("args", [])[:3] == ["replicator", "connector", "apply"]
+    ]
+
+
+def option(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag value`` or ``--flag=value``), or None."""
+    for i, arg in enumerate(args):
+        if arg == flag:
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def configmap_file(
+    kit: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any], path: str
+) -> str:
+    """The text of the file ``path`` in the container, mounted from a ConfigMap of the kit."""
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in kit if d["kind"] == "ConfigMap"}
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(root):
+            continue
+        volume = next(v for v in pod.get("volumes", []) if v["name"] == mount["name"])
+        assert "configMap" in volume, f"{path} is not mounted from a ConfigMap"
+        inside = mount.get("subPath", path[len(root) :])
+        items = volume["configMap"].get("items")
+        key = {i["path"]: i["key"] for i in items}.get(inside) if items else inside
+        return maps[volume["configMap"]["name"]][key]
+    raise AssertionError(f"{path} is not mounted")
+
+
+def registered_connector(kit: list[dict[str, Any]]) -> dict[str, Any]:
+    """The connector the kit registers with Kafka Connect: the file its ``connector apply``
+    reads (``--file``, else the image's bundled one), with its ``--snapshot-mode``."""
+    from replicator.clients.connect import load_connector_file
+
+    ((_, pod, container),) = connector_applies(kit)
+    args = container["args"]
+    path = option(args, "--file")
+    spec = json.loads(configmap_file(kit, pod, container, path)) if path else load_connector_file()
+    mode = option(args, "--snapshot-mode")
+    if mode:
+        spec["config"]["snapshot.mode"] = mode
+    return spec
+
+
+def jmx_exporter(config: dict[str, Any], mbean: str, value: str = "0.0") -> Any:
+    """What the Prometheus JMX exporter (1.x, JmxCollector) makes of one MBean attribute,
+    ``domain<key=value, ...><>attribute``: ``(name, labels)`` from the first rule whose
+    pattern matches ``<mbean>: <value>`` (each pattern taken as ``^.*(?:pattern).*$``),
+    ``$n`` replaced by its group, the name made safe (a run of characters other than
+    letters, digits, ``:`` and ``_`` becomes one ``_``) then lowercased when
+    ``lowercaseOutputName`` says so; None when no rule matches."""
+
+    def safe(name: str) -> str:
+        name = re.sub(r"[^a-zA-Z0-9:_]+", "_", name)
+        return re.sub(r"_+", "_", "_" + name if name[:1].isdigit() else name)
+
+    def sub(template: Any, match: re.Match[str]) -> str:
+        return re.sub(r"\$(\d+)", lambda ref: match[int(ref[1])] or "", str(template))
+
+    for rule in config.get("rules", []):
+        match = re.fullmatch(rf"^.*(?:{rule.get('pattern', '.*')}).*$", f"{mbean}: {value}")
+        if not match:
+            continue
+        name = safe(sub(rule["name"], match))
+        if config.get("lowercaseOutputName"):
+            name = name.lower()
+        labels = {}
+        for key, template in (rule.get("labels") or {}).items():
+            label = safe(sub(key, match))
+            if config.get("lowercaseOutputLabelNames"):
+                label = label.lower()
+            labels[label] = sub(template, match)
+        return name, labels
+    return None
+
+
 def test_every_manifest_validates_against_its_schema(kit: list[dict[str, Any]]) -> None:
     custom = crd_schemas()
     kinds = {d["kind"] for d in kit}
     assert kinds >= {
         "Deployment", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "Job", "CronJob",
-        "ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication",
-        "KafkaConnect", "KafkaConnector", "KafkaUser",
+        "ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject",
+        "TriggerAuthentication", "KafkaConnect", "KafkaUser", "NetworkPolicy",
     }  # fmt: skip
     for doc in kit:
         key = (doc["apiVersion"], doc["kind"])
@@ -350,8 +555,9 @@ def test_a_schema_check_would_catch_a_mistake(kit: list[dict[str, Any]]) -> None
 
 
 def test_the_generated_manifests_equal_their_one_source(example: list[dict[str, Any]]) -> None:
-    """The connector's config is the file's, with only the kit's own settings laid over it
-    (generate.py's KIT_CONNECTOR_CONFIG: TLS to PostgreSQL, which the local stack lacks)."""
+    """The connector the kit registers is the file's, with only the kit's own settings laid
+    over it (generate.py's KIT_CONNECTOR_CONFIG: TLS to PostgreSQL, which the local stack
+    lacks)."""
     kit = example
     check = subprocess.run(
         [sys.executable, str(KIT / "generate.py"), "--check"], capture_output=True, text=True
@@ -360,12 +566,9 @@ def test_the_generated_manifests_equal_their_one_source(example: list[dict[str, 
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     assert one(kit, "PrometheusRule")["spec"]["groups"] == rules["groups"]
     spec = json.loads((ROOT / "connectors" / "workflow-processes.json").read_text())
-    connector = one(kit, "KafkaConnector", spec["name"])["spec"]
-    assert connector["class"] == spec["config"]["connector.class"]
-    assert connector["tasksMax"] == int(spec["config"]["tasks.max"])
     overrides = load_generate().KIT_CONNECTOR_CONFIG
-    assert {**connector["config"], "connector.class": connector["class"],
-            "tasks.max": str(connector["tasksMax"])} == {**spec["config"], **overrides}  # fmt: skip
+    assert overrides and not set(overrides) & {"name", "snapshot.mode"}
+    assert registered_connector(kit) == {**spec, "config": {**spec["config"], **overrides}}
 
 
 def test_every_variable_the_kit_sets_is_a_setting_the_product_reads(
@@ -396,7 +599,7 @@ def test_the_connect_pods_resolve_every_placeholder_and_the_password_is_a_secret
 ) -> None:
     connect = one(kit, "KafkaConnect")
     env = {e["name"]: e for e in connect["spec"]["template"]["connectContainer"]["env"]}
-    config = json.dumps(one(kit, "KafkaConnector")["spec"]["config"])
+    config = json.dumps(registered_connector(kit)["config"])
     wanted = set(re.findall(r"\$\{env:(\w+)\}", config))
     assert wanted and wanted <= set(env), wanted - set(env)
     assert "value" not in env["DBZ_PG_PASSWORD"], "a secret never inline"
@@ -563,7 +766,7 @@ def test_each_kafka_user_may_do_what_its_client_does_and_no_more(
     for internal in ("configStorageTopic", "offsetStorageTopic", "statusStorageTopic"):
         for operation in ("Create", "Read", "Write", "DescribeConfigs"):
             assert allows(user, "topic", connect[internal], operation), (internal, operation)
-    connector = one(kit, "KafkaConnector")["spec"]["config"]
+    connector = registered_connector(kit)["config"]
     prefix = connector["topic.prefix"]
     produced = [f"{prefix}.{t}" for t in connector["table.include.list"].split(",")]
     assert produced == [topic]  # what the connector writes is what the replicator reads
@@ -661,7 +864,7 @@ def test_every_verified_connection_has_its_ca_mounted(kit: list[dict[str, Any]])
             postgres_ca.add(found)
             checked += 1
     assert checked >= 8, checked  # two DSNs at least in each replicator container
-    connector = one(kit, "KafkaConnector")["spec"]["config"]
+    connector = registered_connector(kit)["config"]
     assert connector["database.sslmode"] == "verify-full"
     connect_pod, connect_container = next(
         (p, c) for n, p, c in containers(kit) if n == one(kit, "KafkaConnect")["metadata"]["name"]
@@ -674,10 +877,11 @@ def test_every_verified_connection_has_its_ca_mounted(kit: list[dict[str, Any]])
 
 def test_each_overlay_makes_exactly_one_initial_load(kits: dict[str, Any]) -> None:
     """Either Debezium's snapshot or the backfill Job loads the existing rows, never both
-    (nor neither); the kit offers each."""
+    (nor neither); the kit offers each. The snapshot mode is the one the connector is
+    registered with: its file's, or the Job's ``--snapshot-mode``."""
     loads = {}
     for overlay, kit in kits.items():
-        mode = one(kit, "KafkaConnector")["spec"]["config"]["snapshot.mode"]
+        mode = registered_connector(kit)["config"]["snapshot.mode"]
         backfill = any(
             "backfill" in c.get("args", []) for _, _, c in containers(kit) if c.get("args")
         )
@@ -702,4 +906,112 @@ def test_kustomize_warns_of_nothing_and_no_kustomization_uses_a_deprecated_field
 def test_the_connect_url_is_the_service_strimzi_makes(kit: list[dict[str, Any]]) -> None:
     url = urlsplit(one(kit, "ConfigMap", "replicator-settings")["data"]["REPLICATOR_CONNECT_URL"])
     assert url.hostname == one(kit, "KafkaConnect")["metadata"]["name"] + "-connect-api"
-    assert url.port == 8083  # Strimzi's Connect REST API port
+    assert url.port == CONNECT_REST_PORT  # Strimzi's Connect REST API port
+
+
+def test_the_replicator_owns_the_connector_and_strimzi_does_not(kit: list[dict[str, Any]]) -> None:
+    """The replicator's commands drive the connector through Connect's REST API (`connector
+    apply`, `--resnapshot`, the cutover, the rollback): nothing hands it to Strimzi's
+    operator, which would create again the connector the cutover deletes, revert a config
+    written through REST and resume what `--resnapshot` stopped. A Job registers it, by the
+    name the product's commands look for, at the URL they all use."""
+    from replicator.clients.connect import load_connector_file
+
+    assert not [d for d in kit if d["kind"] == "KafkaConnector"]
+    (connect,) = [d for d in kit if d["kind"] == "KafkaConnect"]
+    annotations = connect["metadata"].get("annotations", {})
+    use = annotations.get("strimzi.io/use-connector-resources", "false")
+    assert use.strip().lower() != "true", "Strimzi's operator would own the connector"
+    applies = connector_applies(kit)
+    assert len(applies) == 1, [n for n, _, _ in applies]  # one registration, no other owner
+    ((name, _, container),) = applies
+    assert one(kit, "Job", name.split("/")[0])
+    settings = one(kit, "ConfigMap", "replicator-settings")["data"]
+    assert (
+        environment(kit, container)["REPLICATOR_CONNECT_URL"] == settings["REPLICATOR_CONNECT_URL"]
+    )
+    # cutover, rollback, `run` and `connector status` find it by the bundled file's name
+    assert registered_connector(kit)["name"] == load_connector_file()["name"]
+
+
+def test_every_pod_that_calls_connect_may_reach_its_rest_api(kit: list[dict[str, Any]]) -> None:
+    """Every pod given REPLICATOR_CONNECT_URL (`run` reads the connector's offsets; the
+    connector, cutover and rollback commands manage it) reaches Connect's REST port as the
+    kit's NetworkPolicies decide, whatever other policies of the cluster say: a policy of
+    the kit selects the Connect pods and lets them in. The policy selecting the workers
+    makes them refuse what no policy allows: the workers still reach each other's REST API
+    (a request is forwarded to the leader), and Prometheus their metrics port."""
+    connect = one(kit, "KafkaConnect")
+    workers = (connect["metadata"]["namespace"], connect_pod_labels(connect))
+    policies = [
+        d
+        for d in kit
+        if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], workers[1])
+    ]
+    assert policies, "no NetworkPolicy of the kit lets anyone in, should another restrict it"
+    url = urlsplit(one(kit, "ConfigMap", "replicator-settings")["data"]["REPLICATOR_CONNECT_URL"])
+    assert url.port == CONNECT_REST_PORT
+    callers = {
+        name.split("/")[0]
+        for name, _, container in containers(kit)
+        if "REPLICATOR_CONNECT_URL" in environment(kit, container)
+    }
+    workloads = pod_labels(kit)
+    assert callers and callers <= set(workloads), callers - set(workloads)
+    assert {n.split("/")[0] for n, _, _ in connector_applies(kit)} <= callers
+    for name in sorted(callers):
+        assert reachable(kit, workers, CONNECT_REST_PORT, workloads[name]), name
+    assert reachable(kit, workers, CONNECT_REST_PORT, workers), "the workers, each other"
+    assert reachable(kit, workers, CONNECT_METRICS_PORT[1], None), "Prometheus, the metrics"
+    # and not to anyone: a pod of another application in the namespace is refused
+    assert not reachable(kit, workers, CONNECT_REST_PORT, (workers[0], {"app": "other"}))
+
+
+def test_the_connect_metrics_the_alerts_query_are_what_its_exporter_serves(
+    kit: list[dict[str, Any]],
+) -> None:
+    """Kafka Connect's metrics are served (Strimzi's JMX exporter, with the kit's rules) and
+    every Connect metric the alert rules query is what those rules make of Connect's MBean
+    for our connector, with its `connector` label (the alerts' summaries name it)."""
+    connect = one(kit, "KafkaConnect")["spec"]
+    metrics = connect.get("metricsConfig")
+    assert metrics and metrics["type"] == "jmxPrometheusExporter", metrics
+    ref = metrics["valueFrom"]["configMapKeyRef"]
+    config = yaml.safe_load(one(kit, "ConfigMap", ref["name"])["data"][ref["key"]])
+    rule = one(kit, "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    wanted = {n for e in exprs for n in re.findall(r"\b(kafka_connect_\w+)", e)}
+    assert wanted, "no alert rule queries a Connect metric"
+    connector = registered_connector(kit)
+    served = {}
+    for task in range(int(connector["config"]["tasks.max"])):
+        for bean, attribute in CONNECT_MBEANS:
+            mbean = f"kafka.connect<type={bean}, connector={connector['name']}, task={task}><>"
+            found = jmx_exporter(config, mbean + attribute)
+            assert found, f"no rule serves {mbean}{attribute}"
+            served[found[0]] = found[1]
+            assert found[1] == {"connector": connector["name"], "task": str(task)}, found
+    assert wanted <= set(served), (wanted - set(served), sorted(served))
+
+
+def test_the_podmonitor_scrapes_the_connect_pods_metrics_port(kit: list[dict[str, Any]]) -> None:
+    """The PodMonitor selects the Connect workers (by the labels Strimzi gives them), in
+    their namespace, on the port Strimzi opens for metricsConfig."""
+    connect = one(kit, "KafkaConnect")
+    assert connect["spec"].get("metricsConfig"), "Strimzi opens no metrics port without it"
+    labels = connect_pod_labels(connect)
+    monitors = [
+        d for d in kit if d["kind"] == "PodMonitor" and selects(d["spec"].get("selector"), labels)
+    ]
+    assert len(monitors) == 1, [d["metadata"]["name"] for d in monitors]
+    (monitor,) = monitors
+    namespace = connect["metadata"]["namespace"]
+    scope = monitor["spec"].get("namespaceSelector", {})
+    assert scope.get("any") or namespace in scope.get(
+        "matchNames", [monitor["metadata"]["namespace"]]
+    )
+    ports = {e.get("port") for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert ports == {CONNECT_METRICS_PORT[0]}, ports
+    # it selects nothing else of the kit: the replicator's pods are the ServiceMonitor's
+    for name, (_, pod) in pod_labels(kit).items():
+        assert not selects(monitor["spec"]["selector"], pod), name
