@@ -4,6 +4,7 @@
 
     ReplicatorError
      +-- ConfigurationError      bad settings, CLI arguments or files: clear message, exit 2
+     +-- Refused                 the state forbids the action (after a cutover, a finalize): exit 3
      +-- TransientError          the world is briefly unavailable: retry with backoff
      |    +-- TargetUnavailable  the target database cannot be reached / went away
      |    +-- BrokerUnavailable  Kafka cannot be reached
@@ -31,6 +32,12 @@ class ReplicatorError(Exception):
 
 class ConfigurationError(ReplicatorError):
     """A setting, argument or file is invalid; the message says which and how to fix it."""
+
+
+class Refused(ReplicatorError):
+    """The action is valid but the state forbids it (a cutover closed the stream, a finalize
+    ended the rollback window): nothing was changed; the message says why and what, if
+    anything, makes it possible again."""
 
 
 class TransientError(ReplicatorError):
@@ -78,9 +85,11 @@ class EventError(TerminalError):
 
 
 class DecodeError(EventError):
-    """The message is not a Debezium change event this replicator understands."""
+    """The message is not a Debezium change event this replicator understands.
+    ``row_key``: the row its key names, when the key could be read (the decoder sets it)."""
 
     reason = "decode_error"
+    row_key: str | None = None
 
 
 class MappingError(EventError):

@@ -35,9 +35,10 @@ class Op(StrEnum):
     MESSAGE = "m"  # logical decoding message
 
 
-#: The order-guard LSN of a snapshot read (initial snapshot or backfill): the weakest one
-#: of its generation, below every streamed change's LSN (argument:
-#: :mod:`replicator.stream.apply.transform`, :mod:`replicator.stream.apply.generations`).
+#: The order-guard LSN of a change without an LSN that orders it (a snapshot read,
+#: incremental ones included, a backfilled row, a hold): the weakest one of its
+#: generation, below every streamed change's LSN (argument:
+#: :mod:`replicator.stream.apply.versions`, :mod:`replicator.stream.apply.generations`).
 SNAPSHOT_VERSION = 0
 
 #: Debezium's default stand-in for an unchanged TOASTed column (REPLICA IDENTITY DEFAULT).
@@ -75,15 +76,15 @@ class RowChange(NamedTuple):
     """The mapped effect of one source change on one target row.
 
     ``values`` follow ``TARGET_COLUMNS`` (JSON columns as ``str``); ``None`` for a delete.
-    ``lsn`` is ``None`` for changes without a source LSN (applied unconditionally).
-    ``unavailable``: target columns whose value the source did not send (unchanged
-    TOASTed values), never written.  ``generation``: the snapshot generation of the
-    change (:mod:`replicator.stream.apply.generations`); versions compare as
-    ``(generation, lsn)``.
+    ``lsn``: the change's source LSN, or :data:`SNAPSHOT_VERSION` for one without an LSN
+    that orders it.  ``unavailable``: target columns whose value the source did not send
+    (unchanged TOASTed values), never written.  ``generation``: the snapshot generation
+    of the change (:mod:`replicator.stream.apply.generations`).  Its version is
+    ``(generation, lsn)``, applied by the rule of :mod:`replicator.stream.apply.versions`.
     """
 
     run_id: str
-    lsn: int | None
+    lsn: int
     delete: bool
     values: tuple[Any, ...] | None
     unavailable: frozenset[str] = frozenset()

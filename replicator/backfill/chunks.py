@@ -87,9 +87,9 @@ class Names:
 
 
 def load_chunk_in_database(names: Names, chunk: Chunk) -> sql.Composed:
-    """One statement: claim version 0 for the chunk's mappable rows
-    (:func:`~replicator.stream.apply.versions.claim_snapshot_reads`), write the claimed
-    rows, store the refused ones; returns (rows read, claimed, refused)."""
+    """One statement: claim version ``(0, 0)`` for the chunk's mappable rows by the
+    ordering rule (:func:`~replicator.stream.apply.versions.claim_snapshot_reads`), write
+    the claimed rows, store the refused ones; returns (rows read, claimed, refused)."""
     t = sql.Identifier(names.table)
     cols = q(", ").join(map(sql.Identifier, TARGET_COLUMNS))
     rng = in_chunk(chunk)
@@ -112,6 +112,7 @@ def load_chunk_in_database(names: Names, chunk: Chunk) -> sql.Composed:
     ).format(
         claim=versions.claim_snapshot_reads(
             names.versions,
+            names.table,
             q("SELECT p.id FROM {} p WHERE {} AND ({}) IS NULL").format(names.source, rng, bad),
         ),
         t=t,

@@ -32,13 +32,16 @@ start without a logical slot on the source database).  So every change committed
 a chunk's read snapshot S is in the stream, and ``replicator run`` applies it with its
 LSN (> 0) as version.
 
-Rule (the sink's order guard; the in-database statement applies the same one): a
-backfilled row carries version 0, like a Debezium snapshot read.  It is written only
-where the row's versions entry is absent, 0 or -1, and that entry is claimed (inserted,
-or updated and so row-locked) in the transaction that writes the row.  A streamed change
-always wins over version 0 and is never overwritten by it; a streamed delete keeps its
-entry, so no version-0 image can bring the row back.  Claims on one run_id serialise on
-the versions row: whichever transaction commits second sees the other's entry.
+Rule: the ordering rule of :mod:`replicator.stream.apply.versions`, claimed by the same
+statement on every path (the sink's claim for ``python``, the in-database statement's for
+``sql`` and ``copy``).  A backfilled row carries version ``(0, 0)``, the weakest there
+is: it is written only where the row has no entry or one of ``(0, 0)`` (another
+snapshot image), and not behind the table's truncate floor; the entry is claimed
+(inserted, or updated and so row-locked) in the transaction that writes the row.  Every
+streamed change, every snapshot read of a later generation and every delete of one (a
+sweep's) wins over it and is never overwritten by it; a delete keeps its entry, so no
+backfilled image can bring the row back.  Claims on one run_id serialise on the versions
+row: whichever transaction commits second sees the other's entry.
 
 Take a source row r and the snapshot S at which its chunk was read.
 
@@ -64,9 +67,10 @@ Known limits: an UPDATE that left a TOASTed column unchanged arrives without tha
 cannot complete the row and logs it as unresolved; the backfill then writes the image
 read at S, older than that update.  Set ``REPLICA IDENTITY FULL`` on the source during
 the backfill, or resync the ids the consumer logged.  A source TRUNCATE applied to the
-target (``--on-truncate apply``) while chunks are in flight can be followed by rows those
-chunks read before it, and the backfill never deletes: after such a truncate, empty the
-target and backfill again with ``--restart``.
+target (``--on-truncate apply``) raises the table's floor above version ``(0, 0)``: from
+then on the backfill writes nothing (a chunk read before the truncate
+would bring its rows back), and the rows the source has after it were inserted after it,
+so they stream.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class BackfillReport:
     chunks_before: int  # finished by earlier runs
     rows_read: int = 0
     rows_loaded: int = 0
-    rows_skipped: int = 0  # a streamed change already held the row
+    rows_skipped: int = 0  # the ordering rule refused it: a change already held the row
     rows_rejected: int = 0
     seconds: float = 0.0  # loading the chunks
     indexes_deferred: int = 0  # dropped by this run

@@ -5,7 +5,7 @@ transaction with the chunk's finished mark (see :mod:`replicator.backfill.runner
 * :class:`CopyWorker`: separate databases; binary COPY of the source rows, as they are,
   into a temporary table of the target, then the same in-database statement.
 * :class:`PythonWorker`: separate databases; binary COPY out, :func:`map_to_tuple`, the
-  sink's COPY + merge (:meth:`PostgresSink.apply`) with version 0.
+  sink's COPY + merge (:meth:`PostgresSink.apply`) with version ``(0, 0)``.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ class PythonWorker(Worker):
 
         def then(conn: psycopg.Connection[Any], result: ApplyResult) -> None:
             nonlocal counts
-            counts = (len(rows), result.upserted, result.stale, len(rejects))
+            skipped = result.stale + result.behind_floor
+            counts = (len(rows), result.upserted, skipped, len(rejects))
             if rejects:
                 conn.execute(
                     bsql.STORE_REJECTS,

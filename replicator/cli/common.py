@@ -10,7 +10,7 @@ from typing import Any
 
 from replicator.settings import Settings, load_settings
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
 #: A command whose output pipe was closed (`| head`) ends as one killed by SIGPIPE would.
 EXIT_SIGPIPE = 141
 #: Every exit code of every command, with what it means (the docs' reference lists it).
@@ -20,6 +20,9 @@ EXIT_MEANINGS = {
     " that could not be loaded or re-driven; the output says which",
     EXIT_CONFIG: "could not do its work: bad input (an argument, a setting, a file), or a"
     " part it needs out of reach (the database, the broker, Kafka Connect); stderr says why",
+    EXIT_REFUSED: "refused: the request is valid but the state forbids it (a cutover closed the"
+    " stream, a finalize ended the rollback window); nothing was changed; stderr says why"
+    " and what, if anything, makes it possible again",
     130: "interrupted (Ctrl-C, SIGINT): run the same command again to finish what it started",
     EXIT_SIGPIPE: "its output pipe was closed (`| head`), as a command killed by SIGPIPE",
 }

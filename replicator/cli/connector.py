@@ -17,7 +17,7 @@ from replicator.cli.common import (
     with_env,
 )
 from replicator.clients.connect import ConnectClient, load_connector_file, mask_config
-from replicator.errors import ConfigurationError
+from replicator.errors import ConfigurationError, Refused
 
 #: Debezium PostgreSQL connector's snapshot.mode values.
 SNAPSHOT_MODES = (
@@ -80,7 +80,7 @@ def cmd_connector(args: argparse.Namespace) -> int:
     if args.action != "delete":
         closed = _closed_by_cutover(settings)
         if closed is not None:
-            return _after_cutover(args, client, name, closed)
+            return _after_cutover(args, settings, name, closed)
     if args.resnapshot:
         return _resnapshot(args, settings, client, spec)
     if args.snapshot_mode:
@@ -149,20 +149,22 @@ def _closed_by_cutover(settings: Any) -> Any:
         return None
 
 
-def _after_cutover(args: argparse.Namespace, client: Any, name: str, closed: Any) -> int:
-    """After a cutover the connector is gone by design: status says so (exit 0 when it is
-    gone); apply, restart and --resnapshot are refused (they would stream from a view, or
-    create again the slot the cutover dropped)."""
+def _after_cutover(args: argparse.Namespace, settings: Any, name: str, closed: Any) -> int:
+    """After a cutover the connector is gone by design: status reads whether it and its slot
+    (and after the finalize the publication) are gone, and exits 0 only then; apply,
+    restart and --resnapshot are refused (they would stream from a view, or create again
+    the slot the cutover dropped)."""
+    from replicator.cutover import leftovers
     from replicator.cutover.guard import describe
 
     if args.action == "status":
-        if name in client.names():
-            print(f"connector {name} is still registered after the cutover: run `replicator"
-                  " cutover` again to delete it and drop its slot")  # fmt: skip
+        left = leftovers.found(settings, closed)
+        if left:
+            print(f"connector {name} after the cutover: {leftovers.summary(left)}")
             return EXIT_FAILED
-        print(f"connector {name}: not registered, by design: {describe(closed)}")
+        print(f"connector {name}: not registered, by design (no slot left): {describe(closed)}")
         return EXIT_OK
-    raise ConfigurationError(f"connector {args.action} refused: {describe(closed)}")
+    raise Refused(f"connector {args.action}: {describe(closed)}")
 
 
 def _resnapshot(args: argparse.Namespace, settings: Any, client: Any, spec: dict[str, Any]) -> int:

@@ -122,24 +122,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if record is not None and record.state in ("cut_over", "finalized"):
-        when = f"{record.cut_at:%Y-%m-%d %H:%M:%S%z}"
-        if args.dry_run:  # nothing to be ready for: say what is true
-            print(
-                f"cut over at {when} ({record.state.replace('_', ' ')}): {SOURCE_TABLE} is a"
-                " view of workflow_runs, the stream is closed and `replicator run` stays up"
-                " idle; "
-                + (
-                    "`replicator rollback --dry-run` checks the way back"
-                    if record.state == "cut_over"
-                    else "the rollback window is closed"
-                )
-            )
-            return EXIT_OK
-        if record.state == "cut_over":
-            print(f"cut over already at {when}; finishing what is left")
-            return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
-        print(f"cut over at {when} and finalized: nothing left to do")
-        return EXIT_OK
+        return _after_cutover(args, settings, record)
     print("readiness", flush=True)
     checks = readiness.cutover_checks(
         settings, say=lambda line: print(f"  ...   {line}", flush=True)
@@ -167,10 +150,56 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     return EXIT_OK if switch.finish(settings, print) else EXIT_FAILED
 
 
+def _after_cutover(args: argparse.Namespace, settings: Any, record: Any) -> int:
+    """``cutover`` once the switch has committed: ``--dry-run`` says what is true and what
+    is left (exit 1 while anything is); without it, what is left is removed."""
+    from replicator.cutover import leftovers
+    from replicator.mapping.columns import SOURCE_TABLE
+
+    when = f"{record.cut_at:%Y-%m-%d %H:%M:%S%z}"
+    left = leftovers.found(settings, record)
+    if args.dry_run:  # nothing to be ready for: say what is true
+        print(
+            f"cut over at {when} ({record.state.replace('_', ' ')}): {SOURCE_TABLE} is a"
+            " view of workflow_runs, the stream is closed and `replicator run` stays up"
+            " idle; "
+            + (
+                "`replicator rollback --dry-run` checks the way back"
+                if record.state == "cut_over"
+                else "the rollback window is closed"
+            )
+        )
+        if left:
+            print(leftovers.summary(left))
+        return EXIT_FAILED if left else EXIT_OK
+    if not left:
+        state = "finalized" if record.state == "finalized" else "cut over"
+        print(f"{state} at {when}, nothing left to do")
+        return EXIT_OK
+    print(f"cut over already at {when}; finishing what is left: {'; '.join(left)}")
+    return EXIT_OK if leftovers.remove(settings, record, print) else EXIT_FAILED
+
+
+def _refuse_after_finalize(settings: Any) -> None:
+    """A finalized cutover has no way back: say so, as a refusal, not as "not ready"."""
+    from replicator.cutover.guard import closed_by
+    from replicator.errors import Refused
+
+    record = closed_by(settings.as_admin().target_dsn.get_secret_value())
+    if record is not None and record.state == "finalized":
+        raise Refused(
+            f"rollback: the cutover of {record.cut_at:%Y-%m-%d %H:%M:%S%z} was finalized,"
+            " and the finalize closed the rollback window: the change log of the writes made"
+            " since the cutover is gone, so there is no way back to the legacy table;"
+            " workflow_processes stays a view of workflow_runs, the archive read-only"
+        )
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     from replicator.cutover import readiness, rollback
 
     settings = settings_from(args)
+    _refuse_after_finalize(settings)
     if rollback.unfinished(settings):
         print("the rollback committed; its last step, registering the connector, did not finish")
         if args.dry_run:

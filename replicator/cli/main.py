@@ -26,9 +26,9 @@ from replicator.cli import (
     stack,
     verify,
 )
-from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_SIGPIPE
+from replicator.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_REFUSED, EXIT_SIGPIPE
 from replicator.db.connect import classify
-from replicator.errors import ConfigurationError, ReplicatorError, TransientError
+from replicator.errors import ConfigurationError, Refused, ReplicatorError, TransientError
 
 #: Each command's parser, in the order ``replicator --help`` lists them.
 COMMANDS = (
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"replicator: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Refused as exc:  # valid, but the state forbids it: 3, told apart from bad input
+        print(f"replicator: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except TransientError as exc:
         # one rule for every command: 2 when it could not do its work (bad input, a
         # configuration, a part it needs out of reach), 1 when it did and the answer is no

@@ -85,8 +85,8 @@ def add_sample_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--start",
         type=non_negative_int,
-        default=0,
-        help="first row number: ids wp-<start>... (default 0; past existing sample rows)",
+        help="first row number: ids wp-<start>... (default: past the existing sample rows,"
+        " 0 in an empty table)",
     )
     p.set_defaults(func=cmd_sample)
 

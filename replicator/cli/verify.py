@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 from replicator.cli.common import (
+    EXIT_FAILED,
     Subparsers,
     non_negative_int,
     non_negative_seconds,
@@ -13,7 +15,8 @@ from replicator.cli.common import (
     settings_from,
     with_env,
 )
-from replicator.errors import ConfigurationError, ReplicatorError
+from replicator.errors import ConfigurationError, Refused, ReplicatorError
+from replicator.settings import Settings
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -21,14 +24,16 @@ def add_parser(sub: Subparsers) -> None:
         sub.add_parser(
             "verify",
             help="compare workflow_processes (mapped) with the target table; exit 0 in sync,"
-            " 1 drift found, 2 could not verify",
+            " 1 drift found (or, after a cutover, its slot or connector still there), 2 could"
+            " not verify",
         )
     )
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     p.add_argument(
         "--repair",
         action="store_true",
-        help="re-sync the drifted rows (incremental snapshot; extra rows deleted), verify again",
+        help="re-sync the drifted rows from the source (extra rows deleted), at a version"
+        " taken before reading them; verify again",
     )
     p.add_argument(
         "--chunk-rows", type=positive_int, default=10_000, help="rows per checksum chunk"
@@ -65,10 +70,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     options = Options(chunk_rows=args.chunk_rows, catch_up_timeout_s=args.catch_up_timeout)
     try:
         report = verify(settings, options=options, repair_drift=args.repair, meter=Progress())
-    except ConfigurationError:
+    except (ConfigurationError, Refused):
         raise
     except ReplicatorError as exc:
         print(f"replicator: could not verify: {exc}", file=sys.stderr)
         return EXIT_UNVERIFIED
     show(report, as_json=args.json, max_report=args.max_report)
+    if report.cut_over and _left_by_cutover(settings, sys.stderr if args.json else sys.stdout):
+        return max(report.exit_code, EXIT_FAILED)
     return report.exit_code
+
+
+def _left_by_cutover(settings: Settings, out: TextIO) -> bool:
+    """After a cutover: whether its connector, slot or publication is still there (said on
+    ``out``): a slot left behind retains WAL until `replicator cutover` runs again."""
+    from replicator.cutover import leftovers
+    from replicator.cutover.guard import closed_by
+
+    record = closed_by(settings.target_dsn.get_secret_value())
+    left = leftovers.found(settings, record) if record is not None else []
+    if left:
+        print(leftovers.summary(left), file=out)
+    return bool(left)

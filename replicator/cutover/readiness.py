@@ -5,6 +5,8 @@ refuses to start when one fails.  Read-only."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,9 @@ from replicator.settings import Settings
 from replicator.stream.source.ends import probe_ends, wait_for_positions
 
 ARCHIVE = f"{SOURCE_TABLE}_archive"
+#: The longest the checks are silent: a check that runs longer (a scan of the legacy table,
+#: verify, a probe of the broker) is named, with its time so far, this often.
+PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,68 @@ def same_database(source_dsn: str, target_dsn: str) -> tuple[bool, str]:
     )
 
 
+class _Ticker:
+    """Says which check runs, and for how long, after each :data:`PROGRESS_EVERY_S` of
+    silence, from a thread of its own: a check that takes long says nothing by itself."""
+
+    def __init__(self, say: Callable[[str], None] | None) -> None:
+        self._out, self._lock, self._stop = say, threading.Lock(), threading.Event()
+        self._step, self._began = "the checks", time.monotonic()
+        self._last = self._began
+        self._thread = threading.Thread(target=self._run, name="readiness-progress", daemon=True)
+
+    def __enter__(self) -> _Ticker:
+        if self._out is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def say(self, line: str) -> None:
+        """Say ``line`` now (it counts as progress)."""
+        with self._lock:
+            self._last = time.monotonic()
+            if self._out is not None:
+                self._out(line)
+
+    def step(self, name: str) -> None:
+        with self._lock:
+            self._step, self._began = name, time.monotonic()
+
+    def _run(self) -> None:
+        assert self._out is not None
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = self._last + PROGRESS_EVERY_S
+                if now >= due:
+                    self._out(f"{self._step}: still checking ({now - self._began:.0f} s)")
+                    self._last, due = now, now + PROGRESS_EVERY_S
+            if self._stop.wait(due - now):
+                return
+
+
 def cutover_checks(
     settings: Settings, *, verify_first: bool = True, say: Callable[[str], None] | None = None
 ) -> list[Check]:
     """Everything the switch needs, checked now (as the tables' owner); ``say`` hears how
-    the waits go (the catch-up may take 30 s)."""
+    the waits go (the catch-up may take 30 s), and which check runs every
+    :data:`PROGRESS_EVERY_S` at the least."""
     admin = settings.as_admin()
     if admin.source_dsn is None:
         return [Check("source", False, "set REPLICATOR_SOURCE_DSN")]
+    with _Ticker(say) as ticker:
+        return _cutover_checks(settings, verify_first, ticker)
+
+
+def _cutover_checks(settings: Settings, verify_first: bool, ticker: _Ticker) -> list[Check]:
+    admin = settings.as_admin()
+    assert admin.source_dsn is not None
     checks: list[Check] = []
+    ticker.step("one database")
     try:
         ok, why = same_database(
             admin.source_dsn.get_secret_value(), admin.target_dsn.get_secret_value()
@@ -66,11 +124,15 @@ def cutover_checks(
     checks.append(Check("one database", ok, why))
     if not ok:
         return checks
+    ticker.step("the legacy table (catalog, every row maps)")
     with connect(admin.target_dsn.get_secret_value(), "the database") as conn:
         checks += _catalog_checks(conn, settings)
-    checks.append(_caught_up(settings, say))
+    ticker.step("replicator caught up")
+    checks.append(_caught_up(settings, ticker.say))
+    ticker.step("connector")
     checks.append(_connector(settings))
     if verify_first and all(c.ok for c in checks):
+        ticker.step("verify in sync")
         checks.append(_in_sync(settings))
     return checks
 
@@ -201,7 +263,10 @@ def rollback_checks(settings: Settings) -> list[Check]:
     with connect(admin.target_dsn.get_secret_value(), "the database") as conn:
         record = objects.latest(conn, SOURCE_TABLE)
         state = record.state if record else "never cut over"
-        out.append(Check("cut over", state == "cut_over", state.replace("_", " ")))
+        why = state.replace("_", " ")
+        if state == "finalized":
+            why += ": the finalize closed the rollback window, there is no way back"
+        out.append(Check("cut over", state == "cut_over", why))
         if state != "cut_over":
             return out
         view = catalog.relkind(conn, SOURCE_TABLE) == "v"

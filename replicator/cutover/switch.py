@@ -74,7 +74,7 @@ from replicator.cutover.readiness import ARCHIVE
 from replicator.db.connect import connect, mapped_errors
 from replicator.db.locks import bounded, holder_session, take
 from replicator.db.slot import drop_slot
-from replicator.errors import ConfigurationError, TerminalError
+from replicator.errors import Refused, TerminalError
 from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED, upsert_tail
 from replicator.settings import Settings
@@ -314,8 +314,8 @@ def finalize(settings: Settings) -> objects.Record:
     ):
         record = objects.latest(conn, SOURCE_TABLE)
         if record is None or record.state != "cut_over":
-            raise ConfigurationError(
-                f"nothing to finalize: {SOURCE_TABLE} is "
+            raise Refused(
+                f"cutover --finalize: nothing to finalize, {SOURCE_TABLE} is "
                 + ("not cut over" if record is None else record.state.replace("_", " "))
             )
         schema = catalog.schema_of(conn, settings.target_table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,11 +57,27 @@ def legacy_rows(
         yield legacy_row(rng, f"{prefix}{n:0{width}d}")
 
 
-def insert_rows(dsn: str, count: int, *, seed: int = 7, prefix: str = "wp-", start: int = 0) -> int:
-    """COPY ``count`` sample rows into ``workflow_processes``; return how many were written."""
+def next_start(conn: psycopg.Connection[Any], prefix: str = "wp-") -> int:
+    """The row number after the highest sample id (``<prefix><digits>``) the table holds;
+    0 when it holds none."""
+    pattern = f"^{re.escape(prefix)}([0-9]+)$"
+    row = conn.execute(
+        f"SELECT max(substring(id FROM %s)::numeric) FROM {SOURCE_TABLE} WHERE id ~ %s",
+        [pattern, pattern],
+    ).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+
+def insert_rows(
+    dsn: str, count: int, *, seed: int = 7, prefix: str = "wp-", start: int | None = 0
+) -> int:
+    """COPY ``count`` sample rows into ``workflow_processes``; return how many were written.
+    ``start`` None: past the sample rows the table holds (:func:`next_start`)."""
     columns = ", ".join(SOURCE_COLUMNS)
     with connect(dsn, "the source database", autocommit=False) as conn:
         try:
+            if start is None:
+                start = next_start(conn, prefix)
             with (
                 conn.cursor() as cur,
                 cur.copy(f"COPY {SOURCE_TABLE} ({columns}) FROM STDIN") as copy,

@@ -28,14 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from replicator.clients.connect import ConnectClient, load_connector_file
+from replicator.cutover import leftovers
 from replicator.cutover.guard import closed_by, describe
 from replicator.cutover.objects import Record
 from replicator.errors import ReplicatorError, StackError
 from replicator.local.binaries import default_cache_dir, tansu_binary
+from replicator.local.extensions import enable_extensions
 from replicator.local.postgres import LocalPostgres
 from replicator.local.processes import free_port, pid_alive, port_open, spawn, stop_pid, wait_for
 from replicator.local.worker import MARKER as CONNECT_MARKER
 from replicator.local.worker import rest_ready, start_worker
+from replicator.settings import load_settings
 
 DATABASE = "workflows"
 TARGET_DATABASE = "workflows_target"
@@ -200,7 +203,7 @@ class LocalStack:
         if closed is not None:
             parts["connector"] = self._connector_after(closed)
         elif parts["kafka-connect"]["healthy"]:
-            parts["connector"] = self._connector_status()
+            parts["connector"] = self._connector_status(bool(parts["postgresql"]["healthy"]))
         else:
             parts["connector"] = {"healthy": False}
         return parts
@@ -213,29 +216,36 @@ class LocalStack:
             return None
 
     def _connector_after(self, closed: Record) -> dict[str, object]:
-        """After a cutover the connector is gone by design: healthy when it is gone."""
+        """After a cutover the connector is gone by design: healthy when it, its slot (and
+        after the finalize its publication) are gone, read from where they live."""
         name = load_connector_file()["name"]
         try:
-            still = name in ConnectClient(self.connect_url).names()
-        except ReplicatorError:
-            still = False
-        if still:
-            return {
-                "name": name,
-                "state": "still registered after the cutover: run `replicator cutover` again",
-                "healthy": False,
-            }
-        return {"name": name, "state": f"not registered, by design: {describe(closed)}",
-                "healthy": True}  # fmt: skip
+            left = leftovers.found(load_settings(self.env_file), closed)
+        except ReplicatorError as exc:  # a status report never raises
+            left = [f"unknown: cannot read what the cutover left ({exc})"]
+        if left:
+            return {"name": name, "state": leftovers.summary(left), "healthy": False}
+        return {"name": name, "state": f"not registered, by design (no slot left):"
+                f" {describe(closed)}", "healthy": True}  # fmt: skip
 
-    def _connector_status(self) -> dict[str, object]:
-
+    def _connector_status(self, database_up: bool = True) -> dict[str, object]:
+        """Kafka Connect's word for the connector and its tasks; with the database down it
+        is unknown (Debezium's task retries a lost connection and still says RUNNING,
+        though it streams nothing)."""
         name = load_connector_file()["name"]
         try:
             st = ConnectClient(self.connect_url).status(name)
         except Exception as exc:  # a status report never raises
             return {"name": name, "state": f"unknown ({exc})", "healthy": False}
         tasks = st.get("tasks", [])
+        if not database_up:
+            return {
+                "name": name,
+                "state": "unknown: PostgreSQL is down, nothing can stream (Kafka Connect says"
+                f" {st['connector']['state']})",
+                "tasks": [t["state"] for t in tasks],
+                "healthy": False,
+            }
         return {
             "name": name,
             "state": st["connector"]["state"],
@@ -298,6 +308,8 @@ class LocalStack:
         lines = [*apply_source_schema(source), *apply_target_schema(target)]
         for line in [*lines, *apply_roles(source, target)]:
             self.log(f"schema: {line}")
+        template1 = f"postgresql://{OWNER_ROLE}@127.0.0.1:{self.state.pg.port}/template1"
+        enable_extensions([template1, source, target], self.log)
 
     def _broker_up(self) -> None:
         part = self.state.broker

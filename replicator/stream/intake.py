@@ -6,11 +6,13 @@ became of it: a tombstone or an op that changes no row is counted and read past;
 event that cannot be decoded or mapped is dead-lettered (replicator.py invariant 3); a
 source TRUNCATE is handed to the loop, which applies it in its place (invariant 7).
 
-A snapshot read of a generation taken again (``--resnapshot``) that is dead-lettered
-leaves a *hold* in the batch (:func:`~replicator.stream.apply.transform.held_back`):
-the row stays as the target has it, versioned in the new generation, so the
-generation's sweep does not delete a row the source still has because its new image
-could not be used.
+A row event of a generation taken again (``--resnapshot``) that is dead-lettered leaves
+a *hold* in the batch (:func:`~replicator.stream.apply.transform.hold`): the row stays as
+the target has it, versioned in the new generation, so the generation's sweep does not
+delete a row the source still has because its new image could not be used.  The row is
+the event's, or, for bytes that cannot be decoded at all (a writer schema the registry
+no longer has), the one its key names (``DecodeError.row_key``): such an event may be
+the row's snapshot read.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from replicator.errors import EventError
+from replicator.errors import DecodeError, EventError
 from replicator.events import ChangeEvent, KafkaPosition, Op
 from replicator.mapping.columns import PLAN_COST
 from replicator.observe.tracker import Tracker
 from replicator.stream.apply.batch import Batch
 from replicator.stream.apply.deadletter import DeadLetters
-from replicator.stream.apply.transform import held_back, to_row_change
+from replicator.stream.apply.transform import hold, to_row_change
 from replicator.stream.source.decode import Decoder
 from replicator.stream.source.positioning import Positioning
 
@@ -67,11 +69,11 @@ class Intake:
         except EventError as exc:
             self.dead_letters.send(msg, exc.reason, str(exc))
             batch.dead_letters += 1
-            hold = None
-            if event is not None:  # a row event the mapping refused
-                hold = held_back(event, generations.at(partition, offset))
-            if hold is not None:
-                batch.add(hold, msg, None, generations.latest)
+            undecoded = exc.row_key if isinstance(exc, DecodeError) else None
+            row = event.key if event is not None else undecoded
+            held = hold(row, generations.at(partition, offset))
+            if held is not None:
+                batch.add(held, msg, None, generations.latest)
             batch.advance(partition, offset, None)
             return
         if change is None:

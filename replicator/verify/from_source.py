@@ -1,38 +1,48 @@
-"""Rows the stream cannot carry: found by ``verify``, written from the source by
-``verify --repair``.
+"""Rows written from the source by ``verify --repair``, at a version that orders them;
+and the rows the stream cannot carry, found by ``verify``.
 
-Kafka Connect's producer refuses a change event larger than the largest that flows
-(:data:`~replicator.clients.kafka.EVENT_MAX_BYTES`), and the connector skips it
-(``errors.tolerance=all``: logged by Connect and counted in its task-error metrics, which
-the ``ConnectorRecordsSkipped`` alert watches) instead of stopping the stream for every
-other row.  The row is then missing or stale in the target, and ``verify`` finds it like
-any drift; :func:`oversized` says why: the size its event would have.  Re-reading it
-through an incremental snapshot would be skipped the same way, so ``--repair`` writes it
-from the source itself, through the sink (:func:`write`).
+``--repair`` re-syncs every drifted row by reading it from the source and writing it
+through the sink (:func:`write`): a row the source has is written, one it does not have
+is deleted.  The version such a write claims keeps the ordering rule
+(stream/apply/versions.py), without locking the source:
 
-The version such a write records keeps the ordering rule (stream/apply/versions.py),
-without locking the source:
-
-1. read ``L``, the source's WAL insert position, then ``X``, the first transaction id
-   not yet assigned;
+1. read ``G``, the newest completed snapshot generation (:func:`~replicator.stream.apply.
+   generations.settled`), then ``L``, the source's WAL insert position, then ``X``, the
+   first transaction id not yet assigned;
 2. wait until no transaction older than ``X`` is running (the cluster's oldest running
    transaction is ``X`` or younger);
-3. read the rows, in a snapshot taken now, and write them at version
-   ``(newest generation, L)`` -- where the stored version is not newer.
+3. read the rows, in a snapshot taken now, and write them -- or delete the rows the
+   source does not have -- at version ``(G, L)``, where the rule allows it.
 
 Every change with an LSN below ``L`` was written by a transaction that had its id before
 ``L`` was read, so below ``X``, so finished (committed or not) before the read: the image
-holds it, and the version refuses it when its event arrives later.  Every change not in
-the image was written after the read began, so after ``L``: its event wins over the
-image.  A change the stream applied already with a version above ``L`` is kept (the
-claim refuses the write, and verify says so again if the row still differs).
+(or the row's absence) holds it, and the version refuses its event when it arrives later.
+Every change not in the image was written after the read began, so after ``L``: its event
+wins over the image.  Generation ``G``'s slot existed before ``L`` (its snapshot was
+complete), so the changes of older generations are in what the source shows, and a
+generation newer than ``G`` wins over the write whatever it holds.  A change the stream
+applied already with a newer version is kept (the claim refuses the write, and verify
+says so again if the row still differs): so a row inserted while the repair ran is not
+deleted, and one updated is not written back.
+
+Why not re-read rows through the connector (Debezium's incremental snapshot): such a
+read carries no LSN and is the weakest version of its generation (versions.py), so it
+cannot replace a row any change holds, which a drifted row usually is.  And Kafka
+Connect refuses a change event larger than the largest that flows
+(:data:`~replicator.clients.kafka.EVENT_MAX_BYTES`): the connector skips it
+(``errors.tolerance=all``: logged by Connect and counted in its task-error metrics, which
+the ``ConnectorRecordsSkipped`` alert watches) instead of stopping the stream for every
+other row.  The row is then missing or stale in the target, and ``verify`` finds it like
+any drift; :func:`oversized` says why: the size its event would have.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import psycopg
 from psycopg import sql
 
 from replicator.clients.kafka import EVENT_MAX_BYTES
@@ -43,7 +53,6 @@ from replicator.settings import Settings
 from replicator.stream.apply import generations
 from replicator.stream.apply.sink import PostgresSink
 from replicator.verify import sql as vs
-from replicator.verify.report import Unmappable
 from replicator.verify.tables import KEY_BATCH, Tables, image_of
 
 #: What a change event adds around the row's JSON (the key, ``source``, ``op``, the
@@ -84,48 +93,72 @@ def oversized(tables: Tables, keys: Sequence[str]) -> dict[str, int]:
         }
 
 
-def write(tables: Tables, settings: Settings, keys: Sequence[str], wait_s: float = WAIT_S) -> int:
+class Written(NamedTuple):
+    """What :func:`write` sent to the sink, at its version: the keys whose source row it
+    wrote, and the keys the source does not have, deleted.  The rule may refuse either
+    (a newer change of the row is in the target)."""
+
+    rows: list[str]
+    deleted: list[str]
+
+
+def write(
+    tables: Tables,
+    settings: Settings,
+    keys: Sequence[str],
+    wait_s: float = WAIT_S,
+    *,
+    delete_absent: bool = True,
+) -> Written:
     """Write the source rows of ``keys`` to the target at a version taken before they were
-    read (module docstring); the number of rows written.  A key the source no longer has,
-    or whose row cannot be mapped, is not written."""
+    read (module docstring), and delete those the source does not have (with
+    ``delete_absent``).  A row that cannot be mapped is neither written nor deleted."""
+    if not keys:
+        return Written([], [])
+    with tables.connect(tables.target, autocommit=True) as tgt:
+        generation = generations.settled(tgt, settings.topic)
     with tables.connect(tables.source, autocommit=True) as src:
-        (lsn,) = src.execute(
-            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
-        ).fetchone() or (0,)
-        (xmax,) = src.execute(
-            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        ).fetchone() or (0,)
-        deadline = time.monotonic() + wait_s
-        while True:
-            (xmin,) = src.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-            ).fetchone() or (0,)
-            if xmin >= xmax:
-                break
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"repair: a transaction open since before the rows were read (xid {xmin})"
-                    f" is still running after {wait_s:.0f} s; run `replicator verify --repair`"
-                    " again once it has ended"
-                )
-            time.sleep(0.2)
+        lsn = _version_lsn(src, wait_s)
         images = dict(
             image_of(row)
             for group in vs.batches(sorted(keys), KEY_BATCH)
             for row in src.execute(vs.rows_by_key(tables.source), {"keys": list(group)})
         )
-    with tables.connect(tables.target, autocommit=True) as tgt:
-        generation = generations.latest(tgt, settings.topic)
-    changes = [
-        RowChange(k, lsn, False, image, frozenset(), generation)
-        for k, image in sorted(images.items())
-        if image is not None and not isinstance(image, Unmappable)
-    ]
+    found = {k: image for k, image in images.items() if isinstance(image, tuple)}
+    rows = sorted(found)
+    gone = sorted(set(keys) - images.keys()) if delete_absent else []
+    changes = [RowChange(k, lsn, False, found[k], frozenset(), generation) for k in rows]
+    changes += [RowChange(k, lsn, True, None, frozenset(), generation) for k in gone]
     if changes:
         with PostgresSink(
             settings.target_dsn.get_secret_value(),
             table=tables.target.table,
             offsets_table=settings.offsets_table,
         ) as sink:
-            sink.apply(changes, [], stamped=(settings.topic, generation))
-    return len(changes)
+            for start in range(0, len(changes), KEY_BATCH):
+                sink.apply(changes[start : start + KEY_BATCH], [])
+    return Written(rows, gone)
+
+
+def _version_lsn(src: psycopg.Connection[Any], wait_s: float) -> int:
+    """``L`` of the module docstring, once every transaction older than ``X`` ended."""
+    (lsn,) = src.execute(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+    ).fetchone() or (0,)
+    (xmax,) = src.execute(
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+    ).fetchone() or (0,)
+    deadline = time.monotonic() + wait_s
+    while True:
+        (xmin,) = src.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        ).fetchone() or (0,)
+        if xmin >= xmax:
+            return int(lsn)
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"repair: a transaction open since before the rows were read (xid {xmin})"
+                f" is still running after {wait_s:.0f} s; run `replicator verify --repair`"
+                " again once it has ended"
+            )
+        time.sleep(0.2)

@@ -36,13 +36,12 @@ replicator has caught up past the moment of the comparison:
 
 ``catch_up_timeout_s=0`` compares a static copy: every difference counts at once.
 
-Repair (``--repair``) re-syncs only the drifted keys, through the normal path: missing
-and different rows are re-read by Debezium with an incremental snapshot restricted to
-those ids (rows in the source signal table, ids hex-encoded in the filter), which the
-running replicator applies like any event; rows extra in the target, absent from the
-source, are not covered by a snapshot and are deleted through the sink after checking
-again that the source does not have them.  Then it waits until those keys agree and
-verifies everything again; the exit code is the final result.
+Repair (``--repair``) re-syncs only the drifted keys, through the sink and its ordering
+rule: each is read from the source again and written, or deleted when the source does
+not have it (extra rows, or rows deleted since), at a version taken before the read
+(:mod:`replicator.verify.from_source`), so a change the stream applies meanwhile is
+never undone and one it applies later still wins.  Then it waits until those keys agree
+and verifies everything again; the exit code is the final result.
 """
 
 from __future__ import annotations
@@ -59,14 +58,11 @@ import psycopg
 
 from replicator.db.connect import connect, mapped_errors
 from replicator.errors import ConfigurationError, TransientError
-from replicator.events import RowChange
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
-from replicator.stream.apply.sink import PostgresSink
 from replicator.stream.source.ends import NotCaughtUp, probe_ends, wait_for_positions
 from replicator.verify import from_source
-from replicator.verify import sql as vs
 from replicator.verify.after_cutover import verify_after_cutover
 from replicator.verify.report import KeyDiff, RepairSummary, Report, diff_rows
 from replicator.verify.tables import Tables, merge_chunks, prefetched
@@ -76,8 +72,6 @@ log = logging.getLogger("replicator.verify")
 #: catch_up(timeout_s): return once the target has applied everything published so far,
 #: raise NotCaughtUp after timeout_s.
 CatchUp = Callable[[float], None]
-
-SIGNAL_IDS = 1_000  # ids per snapshot signal
 
 
 @dataclass(frozen=True)
@@ -218,43 +212,19 @@ def compare(
 def repair(
     tables: Tables, settings: Settings, report: Report, options: Options, catch_up: CatchUp
 ) -> RepairSummary:
-    """Re-sync the drifted keys through the normal path (module docstring)."""
+    """Re-sync the drifted keys from the source, at a version that orders them
+    (from_source.py), then wait until they agree (module docstring)."""
     started = time.monotonic()
     summary = RepairSummary()
-    resync = sorted(k for k, d in report.drift.items() if d.kind in ("missing", "different"))
+    stale = sorted(k for k, d in report.drift.items() if d.kind in ("missing", "different"))
     extra = sorted(k for k, d in report.drift.items() if d.kind == "extra")
-    if report.too_large:  # the stream cannot carry them: a re-read would be skipped too
-        summary.from_source = from_source.write(tables, settings, sorted(report.too_large))
-        resync = [k for k in resync if k not in report.too_large]
-    if resync:
-        collection = tables.data_collection()
-        with tables.connect(tables.source, autocommit=True) as conn:
-            for group in vs.batches(resync, SIGNAL_IDS):
-                try:
-                    conn.execute(vs.insert_signal(), vs.snapshot_signal(collection, group))
-                except psycopg.errors.UndefinedTable as exc:
-                    raise ConfigurationError(
-                        f"the source has no signal table {vs.SIGNAL_TABLE} (create it with"
-                        " `replicator schema apply`; the connector needs"
-                        f" signal.data.collection): {str(exc).strip()}"
-                    ) from exc
-                summary.signals += 1
-        summary.snapshot_ids = len(resync)
-        log.info("incremental snapshot requested", extra={"rows": len(resync)})
-    deleted: list[str] = []
-    if extra and settings.on_delete == "delete":
-        present = tables.source_ids(extra)
-        deleted = [k for k in extra if k not in present]
-        summary.kept_extra = len(extra) - len(deleted)
-        with PostgresSink(
-            settings.target_dsn.get_secret_value(),
-            table=tables.target.table,
-            offsets_table=settings.offsets_table,
-        ) as sink:
-            for group in vs.batches(deleted, 5_000):
-                sink.apply([RowChange(k, None, True, None) for k in group], [])
-        summary.deleted = len(deleted)
-    pending = set(resync) | set(deleted) | set(report.too_large)
+    deleting = settings.on_delete == "delete"
+    keys = stale + (extra if deleting else [])
+    written = from_source.write(tables, settings, keys, delete_absent=deleting)
+    summary.from_source = len(written.rows)
+    summary.deleted = len(written.deleted)
+    summary.kept_extra = len(extra) - len(set(extra) & set(written.deleted)) if deleting else 0
+    pending = set(written.rows) | set(written.deleted)
     if pending:
         pending = _await_resync(tables, pending, options, catch_up)
         summary.unrepaired = sorted(pending)
@@ -263,21 +233,23 @@ def repair(
     return summary
 
 
-#: The shortest wait for a re-read row to arrive (``--catch-up-timeout 0`` included).
+#: The shortest wait for a repaired row to agree (``--catch-up-timeout 0`` included).
 MIN_REPAIR_PATIENCE_S = 5.0
 
 
 def _await_resync(
     tables: Tables, pending: set[str], options: Options, catch_up: CatchUp
 ) -> set[str]:
-    """Wait until the re-read rows agree; a running ``replicator run`` applies them.  When
-    none agrees for ``catch_up_timeout_s``: if the replicator has applied everything the
-    topic holds, the rows left cannot be repaired by re-reading (returned, and reported as
-    such); else it gives up with a transient error (verify: exit 2)."""
+    """Wait until the repaired rows agree: a row whose write the rule refused (the target
+    holds a newer change) agrees once ``replicator run`` has applied the changes after it.
+    When none agrees for ``catch_up_timeout_s``: if the replicator has applied everything
+    the topic holds, the rows left cannot be repaired (returned, and reported as such);
+    else it gives up with a transient error (verify: exit 2)."""
     patience = max(options.catch_up_timeout_s, MIN_REPAIR_PATIENCE_S)
     log.warning(
-        "waiting for `replicator run` to apply %d re-read rows to %s (giving up after %.0f s"
-        " without progress, at most %.0f s)",
+        "waiting for %d repaired rows of %s to agree with the source (`replicator run`"
+        " applies the changes made since; giving up after %.0f s without progress, at most"
+        " %.0f s)",
         len(pending),
         tables.target.table,
         patience,
@@ -288,10 +260,10 @@ def _await_resync(
         if time.monotonic() - progressed > patience:
             with contextlib.suppress(NotCaughtUp):
                 catch_up(MIN_REPAIR_PATIENCE_S)
-                return pending  # applied or dead-lettered: re-reading did what it could
+                return pending  # applied or dead-lettered: the repair did what it could
             raise NotCaughtUp(
-                f"repair: {len(pending)} re-read rows did not reach {tables.target.table} within"
-                f" {patience:.0f} s; is `replicator run` running for it? Start it and run"
+                f"repair: {len(pending)} repaired rows of {tables.target.table} did not agree"
+                f" within {patience:.0f} s; is `replicator run` running for it? Start it and run"
                 " `replicator verify --repair` again",
                 {},
             )
@@ -363,8 +335,8 @@ def verify(
     if after is not None:
         return after
     report = _compared(tables, options, catch_up, meter, table)
-    if not repair_drift or report.status != "drift":
-        return report
+    if not repair_drift or report.status != "drift" or not report.drift:
+        return report  # unmappable rows alone: nothing a repair could write (report.py)
     summary = repair(tables, settings, report, options, catch_up)
     final = _compared(tables, options, catch_up, meter, table)
     final.repair = summary

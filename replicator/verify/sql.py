@@ -25,8 +25,6 @@ can cost an extra diff, never a false report.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +33,6 @@ from psycopg import sql
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TABLE, TARGET_COLUMNS
 from replicator.mapping.sql import MAPPED
 
-SIGNAL_TABLE = "debezium_signal"
 JSON_COLUMNS = frozenset(
     ("result_data", "error_details", "tags", "metadata", "progress_data", "resource_usage")
 )
@@ -201,40 +198,6 @@ def _columns(side: Side) -> sql.Composable:
         )
         for c in side.columns
     )
-
-
-# --------------------------------------------------------------------------- repair signals
-
-
-def snapshot_filter(ids: Sequence[str]) -> str:
-    """Pure. The ``additional-conditions`` filter selecting exactly ``ids``.
-
-    Ids are untrusted: each travels hex-encoded (``[0-9a-f]`` only) and is decoded by the
-    database, so no id can end the literal or change the statement, whatever
-    ``standard_conforming_strings`` says."""
-    if not ids:
-        raise ValueError("a snapshot filter needs at least one id")
-    hexed = ",".join(f"'{run_id.encode('utf-8').hex()}'" for run_id in ids)
-    return (
-        f"id IN (SELECT convert_from(decode(h, 'hex'), 'UTF8')"
-        f" FROM unnest(ARRAY[{hexed}]::text[]) AS h)"
-    )
-
-
-def snapshot_signal(data_collection: str, ids: Sequence[str]) -> tuple[str, str, str]:
-    """Pure. ``(id, type, data)`` of a signal row: an incremental snapshot of ``ids``."""
-    data = {
-        "data-collections": [data_collection],
-        "type": "incremental",
-        "additional-conditions": [
-            {"data-collection": data_collection, "filter": snapshot_filter(ids)}
-        ],
-    }
-    return f"verify-repair-{uuid.uuid4().hex[:24]}", "execute-snapshot", json.dumps(data)
-
-
-def insert_signal(table: str = SIGNAL_TABLE) -> sql.Composed:
-    return q("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(sql.Identifier(table))
 
 
 def batches(items: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.db.connect import connect
-from replicator.errors import ConfigurationError, MappingError
+from replicator.errors import MappingError
 from replicator.mapping.columns import SOURCE_COLUMNS
 from replicator.mapping.rows import map_to_tuple
 from replicator.observe.progress import Progress
@@ -160,18 +160,6 @@ class Tables:
                 for group in vs.batches(keys, KEY_BATCH)
                 for r in conn.execute(query, [list(group)])
             }
-
-    def data_collection(self) -> str:
-        """``schema.workflow_processes`` as Debezium names it."""
-        with self.connect(self.source, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE c.oid = to_regclass(%s)",
-                [sql.Identifier(self.source.table).as_string(conn)],
-            ).fetchone()
-        if row is None:
-            raise ConfigurationError(f"the source has no table {self.source.table}")
-        return f"{row[0]}.{self.source.table}"
 
 
 def image_of(row: Sequence[Any]) -> tuple[str, Image]:

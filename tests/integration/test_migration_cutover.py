@@ -349,7 +349,7 @@ def after_the_cutover_every_command_says_what_is_true(own_stack: OwnStack) -> No
     connector = cli("connector", "status")
     assert "by design" in connector.stdout and "rollback" in connector.stdout, connector.stdout
     refused = cli("connector", "apply", ok=False)
-    assert refused.returncode == 2 and "refused" in refused.stderr, refused.stderr
+    assert refused.returncode == 3 and "refused" in refused.stderr, refused.stderr
     assert not slot_exists(owner)
     assessed = cli("assess", "--runs", "1", ok=False)
     assert assessed.returncode in (0, 1), assessed.stdout + assessed.stderr
@@ -572,7 +572,7 @@ def test_concurrent_writers_through_the_view_lose_nothing(own_stack: OwnStack) -
         # nothing applies an old event over the application's writes any more
         for argv in (("replay", "--into", "workflow_runs"), ("dlq", "redrive")):
             refused = cli(*argv, ok=False)
-            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert refused.returncode == 3, refused.stdout + refused.stderr
             assert "closed by the cutover" in refused.stderr, refused.stderr
         # the rollback while the increments go on: through the view, then the table; its
         # last step (the connector) fails the first time, and a second rollback resumes it
@@ -626,7 +626,7 @@ def test_finalize_ends_the_rollback_window(own_stack: OwnStack) -> None:
         ("finalized",)
     ]
     refused = cli("rollback", ok=False)
-    assert refused.returncode == 1 and "finalized" in refused.stdout
+    assert refused.returncode == 3 and "closed the rollback window" in refused.stderr
     # run again, each says what is true and exits 0, as `cutover` twice does
     assert "finalized already" in cli("cutover", "--finalize").stdout
     assert "nothing left to do" in cli("cutover").stdout

@@ -24,9 +24,6 @@ from replicator.errors import (
 )
 from replicator.events import (
     ApplyResult,
-    ChangeEvent,
-    KafkaPosition,
-    Op,
     PartitionPosition,
     RowChange,
 )
@@ -34,7 +31,7 @@ from replicator.mapping.columns import TARGET_COLUMNS
 from replicator.stream.apply import generations
 from replicator.stream.apply.checkpoint import PositionFence
 from replicator.stream.apply.sink import PostgresSink
-from replicator.stream.apply.transform import held_back
+from replicator.stream.apply.transform import hold
 
 pytestmark = pytest.mark.integration
 
@@ -82,11 +79,11 @@ def row(run_id: str, n: int = 0, **overrides: Any) -> tuple[Any, ...]:
     return tuple(image[c] for c in TARGET_COLUMNS)
 
 
-def up(run_id: str, lsn: int | None, n: int = 0, *unavailable: str, **kw: Any) -> RowChange:
+def up(run_id: str, lsn: int, n: int = 0, *unavailable: str, **kw: Any) -> RowChange:
     return RowChange(run_id, lsn, False, row(run_id, n, **kw), frozenset(unavailable))
 
 
-def delete(run_id: str, lsn: int | None) -> RowChange:
+def delete(run_id: str, lsn: int) -> RowChange:
     return RowChange(run_id, lsn, True, None)
 
 
@@ -217,13 +214,16 @@ def test_delete_then_older_upsert_stays_deleted(target: Target) -> None:
     assert target.rows() == {"a": row("a", 3)}
 
 
-def test_change_without_lsn_applies_unconditionally(target: Target) -> None:
+def test_a_version_at_least_the_stored_one_applies_an_older_one_is_skipped(
+    target: Target,
+) -> None:
+    """The rule (versions.py): equal applies again, older is skipped, a delete keeps its
+    entry, and nothing lowers an entry."""
     target.sink.apply([up("a", 100, 1), delete("b", 100)], [pos(0, 2, 100)])
-    result = target.sink.apply([up("a", None, 2), up("b", None, 3), up("c", None, 4)], [])
-    assert result == ApplyResult(upserted=3, deleted=0, stale=0, unresolved=())
-    assert target.rows() == {"a": row("a", 2), "b": row("b", 3), "c": row("c", 4)}
-    assert target.versions() == {"a": (100, False), "b": (100, False), "c": (-1, False)}
-    # the stored LSN still guards against older log events
+    result = target.sink.apply([up("a", 100, 2), up("b", 99, 3), up("c", 0, 4)], [])
+    assert result == ApplyResult(upserted=2, deleted=0, stale=1, unresolved=())
+    assert target.rows() == {"a": row("a", 2), "c": row("c", 4)}
+    assert target.versions() == {"a": (100, False), "b": (100, True), "c": (0, False)}
     assert target.sink.apply([up("a", 99, 5)], []).stale == 1
     assert target.sink.apply([up("c", 1, 6)], []).upserted == 1
     assert target.rows()["c"] == row("c", 6)
@@ -284,10 +284,9 @@ def test_a_held_row_whose_new_snapshot_read_was_dead_lettered_survives_the_sweep
     sink.apply([up("a", 100, 1), up("b", 100, 1)], at)
     with psycopg.connect(target.dsn, autocommit=True) as conn:
         generations.record(conn, topic, None, {0: 2})
-    event = ChangeEvent(Op.READ, "a", None, {}, 1, None, "true", KafkaPosition(topic, 0, 2))
-    hold = held_back(event, 1)
-    assert hold is not None and held_back(event, 0) is None  # no sweep in generation 0
-    result = sink.apply([hold], [PartitionPosition(topic, 0, 3, None)], stamped=(topic, 1))
+    held = hold("a", 1)
+    assert held is not None and hold("a", 0) is None  # no sweep in generation 0
+    result = sink.apply([held], [PartitionPosition(topic, 0, 3, None)], stamped=(topic, 1))
     assert result.unresolved == ()
     with psycopg.connect(target.dsn, autocommit=True) as conn:
         generations.complete(conn, topic, 1, {0: 3})
@@ -483,11 +482,12 @@ def test_a_truncate_deletes_what_is_older_and_keeps_what_came_after(target: Targ
     # by any sink of the table (a restart, another member of the group); a later one applies
     assert target.sink.apply([up("a", 15, 1), up("b", 19, 1)], []).behind_floor == 2
     other = PostgresSink(target.dsn, table=target.table, offsets_table=target.offsets)
-    result = other.apply([up("z", 19, 1), up("y", None, 4)], [])
+    result = other.apply([up("z", 19, 1), up("y", 0, 4)], [])
     other.close()
-    assert (result.behind_floor, result.upserted) == (1, 1)  # no LSN: read as it is now
+    # a snapshot read (an incremental one too: no LSN) may have been read before it
+    assert (result.behind_floor, result.upserted) == (2, 0)
     assert target.sink.apply([up("a", 21, 2)], []).upserted == 1
-    assert target.rows() == {"a": row("a", 2), "c": row("c", 3), "y": row("y", 4)}
+    assert target.rows() == {"a": row("a", 2), "c": row("c", 3)}
     # a newer truncate raises the floor; an older one read later never lowers it
     target.sink.truncate(0, 40, [pos(1, 8, 40)])
     target.sink.truncate(0, 25, [pos(0, 7, 25)])

@@ -21,6 +21,7 @@ from replicator.mapping import sql as mapped_sql
 from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TYPES, TARGET_COLUMNS
 from replicator.mapping.rows import map_to_tuple
 from replicator.observe.progress import Progress
+from replicator.stream.apply import versions
 
 # --------------------------------------------------------------------------- planning
 
@@ -104,14 +105,15 @@ def names() -> bsql.Names:
 
 def test_chunk_statement_claims_version_zero_with_the_sinks_rule() -> None:
     text = bsql.load_chunk_in_database(names(), bsql.Chunk(7, "a", "b", 10)).as_string(None)
-    assert (
-        """INSERT INTO "wr_versions" AS v (run_id, source_lsn, deleted) SELECT i, 0, false"""
-        """ FROM (SELECT p.id FROM""" in text
-    )
-    assert "WHERE EXCLUDED.source_lsn >= v.source_lsn RETURNING v.run_id" in text
+    # the very statement of the sink's claim, with version (0, 0) for every mappable row
+    sink = versions.claim("wr_versions", "wr", sql.Identifier("stage"))
+    rule = sink[sink.index("INSERT INTO") : sink.index(" FROM (SELECT s.run_id")]
+    assert rule in text and "SELECT i.i, 0, 0::bigint, false FROM (SELECT p.id FROM" in text
+    tail = sink[sink.index(") AS c(run_id, gen, lsn, del)") : sink.index(" RETURNING v.run_id")]
+    assert tail in text and "replicator_truncated" in tail  # the truncate floor too
     # only claimed rows are written, and only mappable rows are claimed
     assert "JOIN claimed c ON c.run_id = p.id" in text
-    assert ") IS NULL) AS c(i) ON CONFLICT (run_id)" in text
+    assert ") IS NULL) AS i(i)) AS c(run_id, gen, lsn, del)" in text
     assert "SELECT 'wr', p.id, 7, (" in text  # refused rows go to the rejects table
     # every read of the source is the same chunk
     assert text.count(bsql.in_chunk(bsql.Chunk(7, "a", "b", 10)).as_string(None)) == 4

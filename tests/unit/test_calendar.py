@@ -18,7 +18,7 @@ from replicator.mapping.calendar import (
     snapshot_micros,
 )
 from replicator.mapping.columns import SOURCE_COLUMNS, TARGET_COLUMNS
-from replicator.stream.apply.transform import held_back, is_hold, to_row_change
+from replicator.stream.apply.transform import hold, is_hold, to_row_change
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -113,11 +113,11 @@ def test_an_ambiguous_snapshot_timestamp_is_dead_lettered_with_its_reason() -> N
     assert err.value.reason == "snapshot_timestamp" and "started_at" in str(err.value)
 
 
-def test_a_hold_only_for_reads_of_a_generation_taken_again() -> None:
-    read = event(Op.READ, image(), "true")
-    hold = held_back(read, 2)
-    assert hold is not None and is_hold(hold)
-    assert (hold.run_id, hold.lsn, hold.generation, hold.delete) == ("wp-1", 0, 2, False)
-    assert held_back(read, 0) is None  # the first snapshot: no sweep to protect from
-    assert held_back(event(Op.READ, image(), "incremental"), 2) is None
-    assert held_back(event(Op.UPDATE, image()), 2) is None
+def test_a_hold_for_a_known_row_of_a_generation_taken_again() -> None:
+    held = hold("wp-1", 2)
+    assert held is not None and is_hold(held)
+    assert (held.run_id, held.lsn, held.generation, held.delete) == ("wp-1", 0, 2, False)
+    assert hold("wp-1", 0) is None  # the first snapshot: no sweep to protect from
+    assert hold(None, 2) is None  # no row known (a key that cannot be read)
+    read = to_row_change(event(Op.READ, image(), "true"), generation=2)
+    assert read is not None and not is_hold(read)

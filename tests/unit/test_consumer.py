@@ -49,9 +49,9 @@ def test_snapshot_reads_get_the_weakest_version(snapshot: str | None) -> None:
     assert change is not None and change.lsn == SNAPSHOT_VERSION == 0
 
 
-def test_incremental_snapshot_reads_apply_unconditionally() -> None:
-    change = to_row_change(event(Op.READ, lsn=None, snapshot="incremental"))
-    assert change is not None and change.lsn is None
+def test_incremental_snapshot_reads_are_snapshot_reads_of_their_generation() -> None:
+    change = to_row_change(event(Op.READ, lsn=None, snapshot="incremental"), generation=2)
+    assert change is not None and (change.generation, change.lsn) == (2, SNAPSHOT_VERSION)
 
 
 def test_delete_uses_the_key() -> None:

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from replicator.clients.kafka import EVENT_MAX_BYTES, LETTER_MAX_BYTES, client_config
-from replicator.errors import BrokerUnavailable
+from replicator.errors import BrokerUnavailable, EventError
 from replicator.events import ApplyResult, RowChange
 from replicator.local import kafka_rules
 from replicator.observe.metrics import Metrics
@@ -23,6 +23,7 @@ from replicator.stream.apply.deadletter import (
     DeadLetteringSink,
     DeadLetters,
 )
+from replicator.stream.apply.transform import is_hold
 
 
 class Msg:
@@ -235,3 +236,50 @@ def test_a_partial_update_for_a_missing_row_is_dead_lettered_before_its_position
     result = sink.apply(batch)
     assert result.unresolved == ("gone",)
     assert events == [f"send 1 {UNRESOLVED}", "confirm", "commit [2]"]
+
+
+class RejectingSink:
+    """A target that rejects every batch holding a change of ``run_id`` "bad" with data (a
+    hold carries none); ``applied`` records what it took."""
+
+    table = "workflow_runs"
+
+    def __init__(self) -> None:
+        self.applied: list[RowChange] = []
+
+    def apply(self, changes: Any, positions: Any, **options: Any) -> ApplyResult:
+        if any(c.run_id == "bad" and not is_hold(c) for c in changes):
+            raise EventError("run_id 'bad': a value cannot be written", reason="target_rejected")
+        self.applied += changes
+        return ApplyResult(len(changes), 0, 0, ())
+
+
+@pytest.mark.parametrize("generation", [0, 2])
+def test_a_change_the_target_rejects_leaves_a_hold_in_a_generation_taken_again(
+    generation: int,
+) -> None:
+    sent: list[str] = []
+
+    class Letters(DeadLetters):
+        def send(self, msg: Any, reason: str, error: str) -> None:
+            sent.append(f"{msg.offset()} {reason}")
+
+        def confirm(self, timeout: float = 30) -> None:
+            pass
+
+    settings = Settings(target_dsn="postgresql://a@b.invalid/c", kafka_bootstrap="k.invalid:1")
+    target = RejectingSink()
+    sink = DeadLetteringSink(target, Letters(settings, Metrics()))  # type: ignore[arg-type]
+    batch = Batch("src")
+    for offset, run_id in enumerate(["ok", "bad", "also-ok"]):
+        read = RowChange(run_id, 0, False, (run_id,), frozenset(), generation)
+        batch.add(read, Msg(b"{}", offset=offset), None)
+        batch.advance(0, offset, None)
+    sink.apply(batch)
+    assert sent == ["1 target_rejected"]
+    held = [c for c in target.applied if c.run_id == "bad"]
+    if generation:  # the sweep of the generation keeps the row the source still has
+        assert [(is_hold(c), c.generation, c.lsn) for c in held] == [(True, generation, 0)]
+    else:
+        assert held == []
+    assert {c.run_id for c in target.applied if not is_hold(c)} == {"ok", "also-ok"}

@@ -513,6 +513,28 @@ def test_avro_errors_have_reasons() -> None:
         assert caught.value.reason == reason, (k, v, caught.value)
 
 
+def test_a_refused_message_names_the_row_its_key_names() -> None:
+    """An event whose value cannot be decoded (a writer schema the registry no longer
+    has) still names its row, so the stream can leave a hold for it (intake.py)."""
+    key, value, _ = avro_message("r_snapshot_first")
+    assert key is not None and value is not None
+    forgotten = b"\x00" + (999).to_bytes(4, "big") + value[5:]
+    with pytest.raises(DecodeError) as caught:
+        AvroDecoder(registry()).decode(key, forgotten, POSITION)
+    assert (caught.value.reason, caught.value.row_key) == ("unknown_schema_id", "wp-0")
+    with pytest.raises(DecodeError) as caught:  # neither schema known: no row named
+        AvroDecoder(Registry({})).decode(key, forgotten, POSITION)
+    assert caught.value.row_key is None
+    for bad_key, named in ((KEY, "wp-1"), (b'{"payload": {"id": "wp-2"}, "schema": {}}', "wp-2")):
+        with pytest.raises(DecodeError) as caught:
+            decode_json(bad_key, b"{not json", POSITION)
+        assert caught.value.row_key == named
+    for unnamed in (None, b"[1]", b'{"id": 5}', b"\xff"):
+        with pytest.raises(DecodeError) as caught:
+            decode_json(unnamed, b"{not json", POSITION)
+        assert caught.value.row_key is None
+
+
 def test_avro_unusable_writer_schema() -> None:
     decoder = AvroDecoder(Registry({1: {"type": "nonsense"}}))
     with pytest.raises(DecodeError) as caught:

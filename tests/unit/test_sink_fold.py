@@ -22,11 +22,11 @@ def values(run_id: str, tag: str) -> tuple[Any, ...]:
     return (run_id, *(f"{tag}:{name}" for name in TARGET_COLUMNS[1:]))
 
 
-def up(run_id: str, lsn: int | None, tag: str, *unavailable: str, gen: int = 0) -> RowChange:
+def up(run_id: str, lsn: int, tag: str, *unavailable: str, gen: int = 0) -> RowChange:
     return RowChange(run_id, lsn, False, values(run_id, tag), frozenset(unavailable), gen)
 
 
-def delete(run_id: str, lsn: int | None, gen: int = 0) -> RowChange:
+def delete(run_id: str, lsn: int, gen: int = 0) -> RowChange:
     return RowChange(run_id, lsn, True, None, frozenset(), gen)
 
 
@@ -84,9 +84,9 @@ CASES = [
         id="chain-of-partials",
     ),
     pytest.param(
-        [up("a", 5, "x"), up("a", None, "y", "tags")],
-        [RowChange("a", None, False, patched(up("a", None, "y"), tags="x:tags"))],
-        id="lsn-none-winner-keeps-none",
+        [up("a", 0, "x", gen=1), up("a", 0, "y", "tags", gen=1)],
+        [RowChange("a", 0, False, patched(up("a", 0, "y"), tags="x:tags"), frozenset(), 1)],
+        id="an-equal-version-replaces-and-is-filled",
     ),
     pytest.param([delete("a", 1), delete("a", 2)], [delete("a", 2)], id="delete-twice"),
     # arrival order is not version order: the newest change wins, whatever came after it
@@ -101,9 +101,9 @@ CASES = [
         id="newer-generation-wins",
     ),
     pytest.param(
-        [up("a", 5, "x"), up("a", None, "y"), up("a", 3, "z")],
-        [up("a", None, "y")],
-        id="no-lsn-replaces-but-the-guard-remembers",
+        [up("a", 5, "x"), up("a", 0, "y"), up("a", 3, "z")],
+        [up("a", 5, "x")],
+        id="a-snapshot-version-never-replaces-a-streamed-one",
     ),
     pytest.param(
         [up("a", 2, "y", "tags"), up("a", 1, "x")],
@@ -134,17 +134,15 @@ NAMES = ("result_data", "tags", "status")
 def model(changes: list[RowChange]) -> dict[str, Any]:
     """The sink's order guard applied change by change (versions.py): run_id ->
     ("delete",) | ("upsert", {column: value or UNKNOWN}).  A change older than the
-    row's version is skipped; one without an LSN applies and leaves the version; a
-    delete keeps the version; a partial upsert keeps the row's values of the columns it
-    lacks (UNKNOWN when there is no row)."""
+    row's version is skipped; a delete keeps the version; a partial upsert keeps the
+    row's values of the columns it lacks (UNKNOWN when there is no row)."""
     rows: dict[str, Any] = {}
     versions: dict[str, tuple[int, int]] = {}
     for ch in changes:
-        if ch.lsn is not None:
-            stored = versions.get(ch.run_id)
-            if stored is not None and (ch.generation, ch.lsn) < stored:
-                continue
-            versions[ch.run_id] = (ch.generation, ch.lsn)
+        stored = versions.get(ch.run_id)
+        if stored is not None and (ch.generation, ch.lsn) < stored:
+            continue
+        versions[ch.run_id] = (ch.generation, ch.lsn)
         if ch.delete:
             rows[ch.run_id] = ("delete",)
             continue
@@ -167,7 +165,7 @@ def change_lists(draw: st.DrawFn) -> list[RowChange]:
                 st.sampled_from("abc"),
                 st.booleans(),
                 st.frozensets(st.sampled_from(NAMES)),
-                st.one_of(st.none(), st.integers(0, 10)),
+                st.integers(0, 10),
                 st.integers(0, 2),
             ),
             max_size=25,

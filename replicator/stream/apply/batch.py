@@ -80,10 +80,7 @@ def fold(changes: Sequence[RowChange]) -> list[RowChange]:
     lane (the topic's partition count grew), and Connect can send older events again
     after a crash (``v1 v2 v1``).  So a change older, by ``(generation, lsn)``, than the
     newest one already folded for its run_id is dropped, as the guard would skip it;
-    otherwise it replaces what was folded.  A change without an LSN (an incremental
-    snapshot read) is applied unconditionally by the guard, so it replaces what was
-    folded and keeps its None; a later change with an LSN is still compared with the
-    newest version seen before it.  A partial upsert (unavailable columns) takes those
+    otherwise it replaces what was folded.  A partial upsert (unavailable columns) takes those
     columns from the change it replaces when that is an upsert (the value did not
     change); only columns still unknown stay in ``unavailable``; nothing is filled across
     a delete.  With a key's events reordered across partitions a partial can be filled
@@ -92,12 +89,11 @@ def fold(changes: Sequence[RowChange]) -> list[RowChange]:
     latest: dict[str, RowChange] = {}
     newest: dict[str, tuple[int, int]] = {}
     for change in changes:
-        if change.lsn is not None:
-            version = (change.generation, change.lsn)
-            seen = newest.get(change.run_id)
-            if seen is not None and version < seen:
-                continue
-            newest[change.run_id] = version
+        version = (change.generation, change.lsn)
+        seen = newest.get(change.run_id)
+        if seen is not None and version < seen:
+            continue
+        newest[change.run_id] = version
         if change.unavailable and not change.delete:
             previous = latest.get(change.run_id)
             if previous is not None and not previous.delete:

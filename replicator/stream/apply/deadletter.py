@@ -7,13 +7,15 @@ from the stored positions.  So a bad event is never lost, and never stops the st
 
 :class:`DeadLetteringSink` wraps the sink: when the target rejects a batch
 (``EventError``, e.g. a value the column cannot hold), it finds the rejected changes by
-halving, dead-letters them and applies the rest.
+halving, dead-letters them, leaves a hold in their place (transform.py) and applies the
+rest.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -22,12 +24,12 @@ from confluent_kafka.cimpl import NewTopic
 
 from replicator.clients.kafka import EVENT_MAX_BYTES, LETTER_MAX_BYTES, client_config
 from replicator.errors import BrokerUnavailable, EventError
-from replicator.events import NOTHING_APPLIED, ApplyResult
+from replicator.events import NOTHING_APPLIED, ApplyResult, RowChange
 from replicator.observe.metrics import Metrics
 from replicator.settings import Settings
 from replicator.stream.apply.batch import Batch
 from replicator.stream.apply.sink import PostgresSink
-from replicator.stream.apply.transform import is_hold
+from replicator.stream.apply.transform import hold, is_hold
 
 log = logging.getLogger("replicator.consumer")
 
@@ -247,11 +249,20 @@ class DeadLetteringSink:
         except EventError as exc:
             if hi - lo == 1:
                 self.dead_letters.send(batch.messages[lo], exc.reason, str(exc))
+                self._hold(batch, batch.changes[lo])
                 return NOTHING_APPLIED
             mid = (lo + hi) // 2
             return self._halves(batch, lo, mid) + self._halves(batch, mid, hi)
         self._unresolved(batch, lo, hi, result)
         return result
+
+    def _hold(self, batch: Batch, rejected: RowChange) -> None:
+        """Leave a hold in the place of a change the target rejected (transform.py): the
+        sweep of its generation keeps the row, as for an event that could not be mapped."""
+        held = None if rejected.delete else hold(rejected.run_id, rejected.generation)
+        if held is not None:
+            with suppress(EventError):  # nothing of it can be refused but the run_id
+                self.sink.apply([held], [], stamped=_stamped(batch), fenced=batch.positions())
 
     def _unresolved(self, batch: Batch, lo: int, hi: int, result: ApplyResult) -> int:
         """Dead-letter the partial changes of ``batch.changes[lo:hi]`` whose rows the sink

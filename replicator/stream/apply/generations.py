@@ -123,6 +123,21 @@ def latest(conn: psycopg.Connection[Any], topic: str) -> int:
     return int(row[0]) if row else 0
 
 
+def settled(conn: psycopg.Connection[Any], topic: str) -> int:
+    """The newest generation of ``topic`` whose snapshot is complete (0: none): the one a
+    writer reading the source now may claim (verify/from_source.py).  Its slot existed
+    before its snapshot completed, so before now: every change of an older generation is
+    in what the source shows, and every later change of it streams with a larger LSN.  A
+    newer generation recorded but not complete may not have its slot yet: a change made
+    before it exists reaches the target only through that generation's snapshot, which
+    an image claimed in it could refuse."""
+    row = conn.execute(
+        f"SELECT coalesce(max(generation), 0) FROM {TABLE} WHERE topic = %s AND marks IS NOT NULL",
+        [topic],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def record(
     conn: psycopg.Connection[Any], topic: str, topic_id: str | None, boundaries: Mapping[int, int]
 ) -> int:

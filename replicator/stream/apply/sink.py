@@ -10,17 +10,15 @@ Invariants (the rest of the package relies on them):
    with reason ``target_rejected``; a missing table or privilege raises
    :class:`~replicator.errors.ConfigurationError`.  Retrying a batch after any failure is
    safe: applying the same change twice is harmless.
-2. Order guard: the versions table holds, per ``run_id``, the version of the newest
-   applied change, ``(generation, lsn)`` (:mod:`~replicator.stream.apply.generations`), and
-   whether it was a delete.  A change older than that is stale and skipped; an equal
-   version is a redelivery and is applied again.  A change without an LSN (incremental
-   snapshot read) is applied unconditionally and leaves the stored version as it was
-   (-1 stands for "none").  LSN 0 is the weakest version of a generation: the transform
-   gives it to snapshot reads, which then fill rows no streamed change of their
-   generation has touched.  A batch stamped before a generation was recorded rolls back
-   (``stamped``).  Deletes keep
-   their versions row, so an older image can never bring a deleted row back; with
-   ``apply_deletes=False`` the target row stays but the version is still recorded.
+2. Order guard: every change is claimed by the ordering rule of
+   :mod:`~replicator.stream.apply.versions` (its version ``(generation, lsn)`` against the
+   row's entry and the table's truncate floor) before anything is written; a change the
+   rule refuses is skipped (stale, or behind the floor).  LSN 0 is the weakest version
+   of a generation: the transform gives it to snapshot reads, which then fill rows no
+   streamed change of their generation has touched.  A batch stamped before a generation
+   was recorded rolls back (``stamped``).  Deletes keep their entry, so an older image
+   can never bring a deleted row back; with ``apply_deletes=False`` the target row stays
+   but the version is still recorded.
 3. Columns named in ``RowChange.unavailable`` (unchanged TOASTed values) are never
    written.  Such a change updates an existing row only; when the row is absent it is
    not inserted (it could not be complete), not versioned, and reported in

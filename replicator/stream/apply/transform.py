@@ -1,17 +1,19 @@
 """The transform stage (pure): a change event -> the sink's :class:`RowChange`.
 
-The order-guard version of each change is decided here:
+The version of each change (:mod:`replicator.stream.apply.versions`) is decided here:
 
 * a streamed change keeps its source LSN;
-* a snapshot read gets :data:`~replicator.events.SNAPSHOT_VERSION`.  Debezium stamps
-  snapshot reads with the snapshot's LSN, but a transaction in flight during the
-  snapshot can have change LSNs below it and still be streamed afterwards.  Streamed
-  changes of one row are ordered by their change LSN (row locks serialise them); a
-  snapshot read only fills a row that no streamed change of its generation has
+* a snapshot read gets :data:`~replicator.events.SNAPSHOT_VERSION`, whatever it carries.
+  Debezium stamps snapshot reads with the snapshot's LSN, but a transaction in flight
+  during the snapshot can have change LSNs below it and still be streamed afterwards.
+  Streamed changes of one row are ordered by their change LSN (row locks serialise
+  them); a snapshot read only fills a row that no streamed change of its generation has
   touched, and never overrides one.  A snapshot taken again is a new generation, which
   wins over every change of the older ones (:mod:`replicator.stream.apply.generations`);
-* an incremental snapshot read (``verify --repair``) carries no LSN: Debezium's
-  watermarks already de-duplicate it against the stream, so it applies unconditionally.
+* an incremental snapshot read carries no LSN, and the same in-flight transaction can
+  stream after it with an LSN below any it could claim: it is a snapshot read, version
+  0 of its generation (the argument: versions.py);
+* a row event the pipeline cannot use leaves a :func:`hold` in its place.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ def to_row_change(
             raise EventError(f"{op.value} event without an 'after' image")
         if op is _READ:
             values, unavailable = map_to_tuple(_snapshot_calendar(event.after), cost)
-            lsn = None if event.snapshot == "incremental" else SNAPSHOT_VERSION
+            lsn = SNAPSHOT_VERSION
         else:
             values, unavailable = map_to_tuple(event.after, cost)
-            lsn = event.lsn
+            lsn = event.lsn if event.lsn is not None else SNAPSHOT_VERSION
         # positional, and values[0] is the run_id as text (the mapping checked it)
         return RowChange(values[0], lsn, False, values, unavailable, generation)
     if op is _DELETE:
-        return RowChange(str(event.key), event.lsn, True, None, _NONE, generation)
+        lsn = event.lsn if event.lsn is not None else SNAPSHOT_VERSION
+        return RowChange(str(event.key), lsn, True, None, _NONE, generation)
     return None
 
 
@@ -72,19 +75,21 @@ def _snapshot_calendar(after: Any) -> Any:
     return after if fixed is None else fixed
 
 
-def held_back(event: ChangeEvent, generation: int) -> RowChange | None:
-    """For a snapshot read of a generation taken again whose image could not be used (it
-    was dead-lettered): a change that keeps every column as the target has it and claims
-    the version ``(generation, 0)``, so the generation's sweep keeps the row (the source
-    has it); a streamed change of the generation still wins.  None for anything else."""
-    if event.op is not Op.READ or event.snapshot == "incremental" or generation < 1:
+def hold(run_id: str | None, generation: int) -> RowChange | None:
+    """What a row event of ``generation`` leaves in its place when it cannot be used (it
+    was dead-lettered: undecodable, unmappable, or rejected by the target): a change that
+    keeps every column as the target has it and claims ``(generation, 0)``.  The weakest
+    version of its generation, writing nothing, it can only move the entry of a row the
+    target has out of an older generation, so the generation's sweep keeps the row (the
+    event may be its snapshot read: the source has it), while any change of the
+    generation still wins.  None when there is nothing to hold: no row known, or the
+    first generation (no sweep)."""
+    if run_id is None or generation < 1:
         return None
-    if not isinstance(event.key, str):
-        return None
-    values = (event.key,) + (None,) * len(_ALL_KEPT)
-    return RowChange(event.key, SNAPSHOT_VERSION, False, values, _ALL_KEPT, generation)
+    values = (run_id,) + (None,) * len(_ALL_KEPT)
+    return RowChange(run_id, SNAPSHOT_VERSION, False, values, _ALL_KEPT, generation)
 
 
 def is_hold(change: RowChange) -> bool:
-    """``change`` is a :func:`held_back` one (nothing of it is data to apply)."""
+    """``change`` is a :func:`hold` (nothing of it is data to apply)."""
     return change.unavailable == _ALL_KEPT and not change.delete

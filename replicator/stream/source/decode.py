@@ -47,6 +47,7 @@ from replicator.stream.source.envelope import (
     key_of,
     no_key,
     op_of,
+    row_key,
     show,
 )
 
@@ -118,18 +119,27 @@ def _unwrap(doc: Any) -> tuple[Any, Any]:
 def decode_json(
     key: bytes | None, value: bytes | None, position: KafkaPosition
 ) -> ChangeEvent | None:
-    """Decode one JsonConverter message; ``None`` for a tombstone."""
+    """Decode one JsonConverter message; ``None`` for a tombstone.  A message it refuses
+    names its row in ``DecodeError.row_key`` when its key can be read."""
     if value is None:
         return None
-    payload, schema = _unwrap(_parse(value, "value", "invalid_json"))
-    op = op_of(payload)
-    if key is None:
-        no_key(op)
-        key_id = None
-    else:
-        key_id = key_of(_unwrap(_parse(key, "key", "invalid_key"))[0], op, key)
-    scales = _json_scales(schema) if schema is not None else None
-    return envelope_event(payload, op, key_id, position, scales)
+    try:
+        payload, schema = _unwrap(_parse(value, "value", "invalid_json"))
+        op = op_of(payload)
+        if key is None:
+            no_key(op)
+            key_id = None
+        else:
+            key_id = key_of(_unwrap(_parse(key, "key", "invalid_key"))[0], op, key)
+        scales = _json_scales(schema) if schema is not None else None
+        return envelope_event(payload, op, key_id, position, scales)
+    except DecodeError as exc:
+        exc.row_key = row_key(_json_key, key)
+        raise
+
+
+def _json_key(key: bytes) -> Any:
+    return _unwrap(_loads(key))[0]
 
 
 #: A decoder: (key, value, where the message was) -> the event, or None for a tombstone.

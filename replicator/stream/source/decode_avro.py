@@ -21,6 +21,7 @@ from replicator.stream.source.envelope import (
     key_of,
     no_key,
     op_of,
+    row_key,
     show,
 )
 
@@ -98,9 +99,18 @@ class AvroDecoder:
     def decode(
         self, key: bytes | None, value: bytes | None, position: KafkaPosition
     ) -> ChangeEvent | None:
-        """Decode one message; ``None`` for a tombstone."""
+        """Decode one message; ``None`` for a tombstone.  A message it refuses names its
+        row in ``DecodeError.row_key`` when its key can be read (a value whose writer
+        schema the registry no longer has, under a key whose schema it still has)."""
         if value is None:
             return None
+        try:
+            return self._decode(key, value, position)
+        except DecodeError as exc:
+            exc.row_key = row_key(lambda k: self._read(k, "key")[1], key)
+            raise
+
+    def _decode(self, key: bytes | None, value: bytes, position: KafkaPosition) -> ChangeEvent:
         writer, payload = self._read(value, "value")
         op = op_of(payload)
         if key is None:

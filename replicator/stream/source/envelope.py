@@ -6,6 +6,7 @@ listed in :mod:`replicator.stream.source.decode`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -151,6 +152,19 @@ def key_of(payload: Any, op: Op, raw: Any) -> str | None:
     if op is Op.TRUNCATE or op is Op.MESSAGE:  # their keys, if any, carry no row id
         return None
     raise DecodeError(f'the key must be {{"id": <text>}}, got {show(raw)}', reason="invalid_key")
+
+
+def row_key(read: Callable[[bytes], Any], key: bytes | None) -> str | None:
+    """The id a message's key names (``{"id": <text>}``, read by ``read``), or None when
+    it names none or cannot be read."""
+    if key is None:
+        return None
+    try:
+        payload = read(key)
+    except Exception:  # any failure to read the key: it names no row
+        return None
+    found = payload.get("id") if payload.__class__ is dict else None
+    return found if found.__class__ is str else None
 
 
 def no_key(op: Op) -> None:
