@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str = Field(..., description="Kafka bootstrap servers, host:port[,...]")
     connect_url: str | None = Field(None, description="Kafka Connect REST URL")
+    connector_file: Path | None = Field(
+        None, description="the connector config the commands register (default: the bundled one)"
+    )
     topic: str = Field(
         "legacy.public.workflow_processes", description="Debezium change topic to consume"
     )

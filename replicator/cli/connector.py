@@ -74,7 +74,7 @@ def cmd_connector(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if not settings.connect_url:
         raise ConfigurationError("connect_url is not set; set REPLICATOR_CONNECT_URL")
-    spec = load_connector_file(Path(args.file) if args.file else None)
+    spec = load_connector_file(Path(args.file) if args.file else settings.connector_file)
     client = ConnectClient(settings.connect_url)
     name = spec["name"]
     if args.action != "delete":

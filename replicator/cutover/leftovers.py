@@ -26,7 +26,7 @@ AGAIN = "`replicator cutover` run again removes"
 
 def publication_name(settings: Settings) -> str:
     """The connector's publication (the connector file's, else the slot's name)."""
-    config = load_connector_file(None)["config"]
+    config = load_connector_file(settings.connector_file)["config"]
     return str(config.get("publication.name", settings.slot_name))
 
 
@@ -61,7 +61,7 @@ def found(settings: Settings, record: objects.Record) -> list[str]:
 def _connector(settings: Settings) -> str | None:
     if not settings.connect_url:  # nothing to ask: the cutover itself needs one to delete it
         return None
-    name = load_connector_file(None)["name"]
+    name = load_connector_file(settings.connector_file)["name"]
     try:
         names = ConnectClient(settings.connect_url).names()
     except ReplicatorError as exc:

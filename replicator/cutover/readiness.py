@@ -234,7 +234,7 @@ def _connector(settings: Settings) -> Check:
 
     if not settings.connect_url:
         return Check("connector", False, "set REPLICATOR_CONNECT_URL: the cutover deletes it")
-    name = load_connector_file(None)["name"]
+    name = load_connector_file(settings.connector_file)["name"]
     try:
         state = ConnectClient(settings.connect_url).status(name)["connector"]["state"]
     except ReplicatorError as exc:

@@ -107,7 +107,10 @@ def unfinished(settings: Settings) -> bool:
         record = objects.latest(conn, SOURCE_TABLE)
     if record is None or record.state != "rolled_back" or not settings.connect_url:
         return False
-    return load_connector_file(None)["name"] not in ConnectClient(settings.connect_url).names()
+    return (
+        load_connector_file(settings.connector_file)["name"]
+        not in ConnectClient(settings.connect_url).names()
+    )
 
 
 def roll_back(settings: Settings, *, lock_timeout_s: float = 2.0, attempts: int = 15) -> RolledBack:
@@ -259,7 +262,7 @@ def reconnect(settings: Settings, say: Say, timeout_s: float = 60.0) -> None:
 
     if not settings.connect_url:
         raise ConfigurationError("set REPLICATOR_CONNECT_URL to register the connector again")
-    spec = load_connector_file(None)
+    spec = load_connector_file(settings.connector_file)
     spec["config"]["snapshot.mode"] = "no_data"
     client = ConnectClient(settings.connect_url)
     client.apply(spec["name"], spec["config"], timeout=timeout_s)

@@ -286,7 +286,7 @@ def finish(settings: Settings, say: Say) -> bool:
     """After the commit: delete the connector and drop its slot (an abandoned slot holds
     WAL forever).  True when both are gone."""
 
-    name = load_connector_file(None)["name"]
+    name = load_connector_file(settings.connector_file)["name"]
     done = True
     if settings.connect_url:
         client = ConnectClient(settings.connect_url)
@@ -306,7 +306,9 @@ def finalize(settings: Settings) -> objects.Record:
     """End the rollback window: the change log and the publication are dropped; the view,
     the archive (still frozen), the closed positions and the record stay."""
 
-    publication = load_connector_file(None)["config"].get("publication.name", settings.slot_name)
+    publication = load_connector_file(settings.connector_file)["config"].get(
+        "publication.name", settings.slot_name
+    )
     admin = settings.as_admin()
     with (
         connect(admin.target_dsn.get_secret_value(), "the database", autocommit=False) as conn,

@@ -307,3 +307,36 @@ def test_a_client_error_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConnectError, match="invalid"):
         client.apply("workflow-processes", {"a": "b"}, timeout=30)
     assert connect.calls == ["put_config"]
+
+
+def test_the_rollback_registers_the_connector_file_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's connector file (the kit's adds TLS to PostgreSQL) is the one every
+    command registers again, not the bundled one."""
+    from replicator.cutover import rollback
+    from replicator.settings import Settings
+
+    spec = load_connector_file()
+    spec["config"]["database.sslmode"] = "verify-full"
+    path = tmp_path / "connector.json"
+    path.write_text(json.dumps(spec))
+    applied: list[dict[str, str]] = []
+
+    class Client:
+        def __init__(self, url: str) -> None:
+            pass
+
+        def apply(self, name: str, config: dict[str, str], timeout: float) -> None:
+            applied.append(config)
+
+    monkeypatch.setattr(rollback, "ConnectClient", Client)
+    settings = Settings(
+        target_dsn="postgresql://a@b.invalid/c",
+        kafka_bootstrap="k.invalid:1",
+        connect_url="http://connect.invalid:8083",
+        connector_file=path,
+    )
+    rollback.reconnect(settings, lambda line: None)
+    (config,) = applied
+    assert config["database.sslmode"] == "verify-full" and config["snapshot.mode"] == "no_data"

@@ -1015,3 +1015,26 @@ def test_the_podmonitor_scrapes_the_connect_pods_metrics_port(kit: list[dict[str
     # it selects nothing else of the kit: the replicator's pods are the ServiceMonitor's
     for name, (_, pod) in pod_labels(kit).items():
         assert not selects(monitor["spec"]["selector"], pod), name
+
+
+def test_the_commands_that_register_the_connector_again_read_the_kits_connector_file(
+    kit: list[dict[str, Any]],
+) -> None:
+    """The cutover, the rollback and ``--resnapshot`` run in a pod like the cutover-dry-run
+    Job's: it names the kit's connector file (TLS to PostgreSQL), mounted from the ConfigMap
+    the connector Job registers, so a rollback does not register the bundled one."""
+    for name, pod, container in containers(kit):
+        if not name.startswith("replicator-cutover-dry-run/"):
+            continue
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        path = env["REPLICATOR_CONNECTOR_FILE"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (volume,) = [v for v, mount in mounts.items() if path.startswith(mount + "/")]
+        assert (
+            volumes[volume]["configMap"]["name"]
+            == one(kit, "ConfigMap", "replicator-connector")["metadata"]["name"]
+        )
+        break
+    else:
+        raise AssertionError("no cutover-dry-run Job")

@@ -94,7 +94,7 @@ def connect_snapshot_done(settings: Settings) -> bool | None:
     if not settings.connect_url:
         return None
     try:
-        name = load_connector_file()["name"]
+        name = load_connector_file(settings.connector_file)["name"]
         return snapshot_done(ConnectClient(settings.connect_url).offsets(name))
     except ReplicatorError:
         return None
