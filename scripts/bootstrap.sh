@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v psql >/dev/null || need+=(postgresql-client-15)
+[ -e /usr/share/postgresql/15/extension/hypopg.control ] || need+=(postgresql-15-hypopg)  # assess: hypothetical indexes
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 compgen -G "/usr/share/java/jetty9-server-9.4.*.jar" >/dev/null || need+=(libjetty9-java)
 command -v docker-compose >/dev/null || need+=(docker-compose)

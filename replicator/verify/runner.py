@@ -57,7 +57,7 @@ from typing import Any
 import psycopg
 
 from replicator.db.connect import connect, mapped_errors
-from replicator.errors import ConfigurationError, TransientError
+from replicator.errors import ConfigurationError, Refused, TransientError
 from replicator.mapping.columns import SOURCE_TABLE
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
@@ -305,7 +305,7 @@ def _after_cutover(settings: Settings, table: str, repair_drift: bool) -> Report
     ):
         report = verify_after_cutover(conn, table)
     if report is not None and repair_drift:
-        raise ConfigurationError(
+        raise Refused(
             "--repair refused after the cutover: nothing streams into"
             f" {table} any more, the application writes it; {report.cut_over}"
         )
