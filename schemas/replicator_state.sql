@@ -73,8 +73,9 @@ CREATE TABLE IF NOT EXISTS replicator_truncated (
 -- replicator_redriven: the last outcome of each dead letter `replicator dlq redrive`
 -- tried for a target table.  'applied' and 'stale' (a newer change was there) are written
 -- in the same transaction as the row and are final: a second redrive applies nothing
--- twice.  'failed' (with the new error) is tried again by the next redrive.  Keyed by
--- the dead letter's place in its topic.
+-- twice.  'superseded' (a newer applied change of the row, found before mapping the
+-- letter) and 'dismissed' (`dlq dismiss`) are final too.  'failed' (with the new error)
+-- is tried again by the next redrive.  Keyed by the dead letter's place in its topic.
 CREATE TABLE IF NOT EXISTS replicator_redriven (
     target_table TEXT NOT NULL,
     dlq_topic TEXT NOT NULL,

@@ -8,14 +8,13 @@ from typing import Any
 
 from replicator.cli.common import (
     EXIT_CONFIG,
-    EXIT_FAILED,
     EXIT_OK,
     Subparsers,
     non_negative_int,
     settings_from,
     with_env,
 )
-from replicator.errors import ConfigurationError, ReplicatorError
+from replicator.errors import ConfigurationError, Refused, ReplicatorError
 from replicator.settings import Settings
 
 
@@ -27,7 +26,9 @@ def add_parser(sub: Subparsers) -> None:
             description="list: the dead letters by reason (counts, times, origin offsets, sample"
             " keys; no row contents); show: one dead letter with its headers and payload;"
             " redrive: apply dead letters again through run's decode, mapping, order guard and"
-            " sink (exit 0 none failed, 1 some failed again, 2 could not run); dismiss: record"
+            " sink; a letter a newer applied change of its row supersedes is resolved as"
+            " superseded before it is mapped, never applied (exit 0 none failed, 1 some failed"
+            " again, 2 could not run); dismiss: record"
             " the selected dead letters (--reason, --key, --origin) as fixed another way (after"
             " verify --repair, say): redrive skips them from then on.",
         )
@@ -79,7 +80,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if args.action == "dismiss":
             return _dismiss(args, settings)
         return _show(args, settings) if args.action == "show" else _list(args, settings)
-    except ConfigurationError:
+    except (ConfigurationError, Refused):
         raise
     except ReplicatorError as exc:
         print(f"replicator: could not {args.action} the dead letters: {exc}", file=sys.stderr)
@@ -143,12 +144,29 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     if args.offset is None and args.key is None and args.origin is None:
         raise ConfigurationError("dlq show needs an offset, --origin or --key")
     letters = _chosen(args, settings)
-    if not letters:
-        print("replicator: no such dead letter", file=sys.stderr)
-        return EXIT_FAILED
+    if not letters:  # bad input, as an unknown --reason is: exit 2
+        print(
+            f"replicator: dlq show: {_wanted(args)}: {settings.dead_letter_topic} holds no"
+            " such dead letter (`replicator dlq list` shows what it holds)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     done = _outcomes(settings)
     print(dumps([show_dict(d, done.get((d.partition, d.offset))) for d in letters]))
     return EXIT_OK
+
+
+def _wanted(args: argparse.Namespace) -> str:
+    """Pure.  The selection ``dlq show`` was given, in its words."""
+    wanted = []
+    if args.offset is not None:
+        wanted.append(f"offset {args.offset} of partition {args.partition or 0}")
+    if args.origin is not None:
+        wanted.append(f"origin {args.origin[0]}:{args.origin[1]}")
+    for flag, value in (("--key", args.key), ("--reason", args.reason)):
+        if value is not None:
+            wanted.append(f"{flag} {value}")
+    return ", ".join(wanted)
 
 
 def _redrive(args: argparse.Namespace, settings: Settings) -> int:

@@ -29,7 +29,10 @@ class Group:
     last_ms: int | None = None
     origins: dict[int, list[int]] = field(default_factory=dict)  # partition -> [min, max]
     sample_keys: list[str] = field(default_factory=list)
-    redriven: int = 0  # re-driven for good: applied, or stale (a newer change was there)
+    redriven: int = 0  # re-driven for good: applied
+    # resolved by a newer applied change of the row: decided before mapping (superseded),
+    # or found by the order guard when applied (stale)
+    superseded: int = 0
     failed: int = 0  # the last redrive failed again
     dismissed: int = 0  # `dlq dismiss`: fixed another way
 
@@ -45,7 +48,8 @@ class Group:
             lo_hi[0], lo_hi[1] = min(lo_hi[0], offset), max(lo_hi[1], offset)
         if len(self.sample_keys) < SAMPLE_KEYS and letter.key_text not in self.sample_keys:
             self.sample_keys.append(letter.key_text)
-        self.redriven += outcome in ("applied", "stale")
+        self.redriven += outcome == "applied"
+        self.superseded += outcome in ("superseded", "stale")
         self.failed += outcome == "failed"
         self.dismissed += outcome == "dismissed"
 
@@ -58,6 +62,7 @@ class Group:
             "origin_offsets": {str(p): lo_hi for p, lo_hi in sorted(self.origins.items())},
             "sample_keys": self.sample_keys,
             "redriven": self.redriven,
+            "superseded": self.superseded,
             "failed": self.failed,
             "dismissed": self.dismissed,
         }
@@ -97,8 +102,8 @@ def list_lines(topic: str, found: list[Group]) -> list[str]:
     for g in found:
         origins = ", ".join(f"p{p} {lo}..{hi}" for p, (lo, hi) in sorted(g.origins.items()))
         lines.append(
-            f"  {g.reason}: {g.count} ({g.redriven} re-driven, {g.failed} failed again,"
-            f" {g.dismissed} dismissed), {_time(g.first_ms)} .."
+            f"  {g.reason}: {g.count} ({g.redriven} re-driven, {g.superseded} superseded,"
+            f" {g.failed} failed again, {g.dismissed} dismissed), {_time(g.first_ms)} .."
             f" {_time(g.last_ms)}, origin {origins or '?'}, keys {', '.join(g.sample_keys)}"
         )
     return lines

@@ -4,6 +4,11 @@ Each dead letter goes through the same decode, transform (with the target's actu
 ``total_cost`` type, so that widening the column lets an overflowing value through),
 order guard and sink as ``replicator run``, one transaction per letter.  Invariants:
 
+* a letter a newer applied change of its row supersedes (superseded.py: its row's entry
+  in the versions table is newer than the letter's event) is decided so once decoded,
+  BEFORE it is mapped: it is recorded as ``superseded``, resolved like a re-driven
+  letter, never mapped or applied, and fails nothing (a value the mapping refuses, fixed
+  at the source since, stays behind);
 * a letter that now applies is recorded in ``replicator_redriven`` in the same
   transaction as its row, and so is one the order guard finds stale (an older image than
   the row's current version: skipped, never written over a newer change).  A second
@@ -29,8 +34,9 @@ from replicator.cutover.guard import refuse_after_cutover
 from replicator.db.connect import connect, mapped_errors
 from replicator.dlq import state
 from replicator.dlq.letters import DeadLetter, read_dead_letters
+from replicator.dlq.superseded import Superseded
 from replicator.errors import DecodeError, EventError
-from replicator.events import ApplyResult, KafkaPosition
+from replicator.events import ApplyResult, ChangeEvent, KafkaPosition
 from replicator.observe.progress import Progress
 from replicator.settings import Settings
 from replicator.stream.apply.generations import Generations
@@ -40,7 +46,7 @@ from replicator.stream.source.decode import decoder_for
 
 log = logging.getLogger("replicator.dlq")
 
-OUTCOMES = ("applied", "stale", "failed", "undecodable", "already", "skipped")
+OUTCOMES = ("applied", "superseded", "stale", "failed", "undecodable", "already", "skipped")
 
 
 @dataclass
@@ -60,9 +66,11 @@ class RedriveReport:
     def summary(self) -> list[str]:
         c = self.counts
         verb = "would apply" if self.dry_run else "applied"
+        newer = c["superseded"] + c["stale"]  # before mapping, or by the guard when applied
         lines = [
             f"redrive of {self.topic}: {self.selected} dead letters: {c['applied']} {verb},"
-            f" {c['stale']} stale (a newer change is in the target), {c['failed']} failed again,"
+            f" {newer} superseded (a newer change of the row is applied),"
+            f" {c['failed']} failed again,"
             f" {c['undecodable']} skipped as undecodable, {c['already']} re-driven before,"
             f" {c['skipped']} without a row change"
         ]
@@ -115,13 +123,14 @@ def redrive(
         ):
             done = state.outcomes(conn, settings.target_table, report.topic)
             decode = decoder_for(settings)
+            newer = Superseded(conn, sink.versions_table)
             progress.start(f"redrive {report.topic}", len(letters), "letters")
             for letter in letters:
-                outcome = _one(letter, done, decode, (cost, generations), sink, report)
+                outcome = _one(letter, done, decode, (cost, generations), sink, report, newer)
                 report.counts[outcome] += 1
-                if outcome == "failed" and not dry_run:
+                if outcome in ("failed", "superseded") and not dry_run:
                     place = (letter.partition, letter.offset)
-                    error = report.failures[-1][1]
+                    error = report.failures[-1][1] if outcome == "failed" else None
                     state.record(conn, settings.target_table, report.topic, place, outcome, error)
                 progress.advance()
             progress.finish()
@@ -135,6 +144,7 @@ def _one(
     mapping: tuple[Any, Generations],
     sink: PostgresSink,
     report: RedriveReport,
+    superseded: Callable[[ChangeEvent, int], bool],
 ) -> str:
     if done.get((letter.partition, letter.offset)) in state.FINAL:
         return "already"
@@ -146,6 +156,8 @@ def _one(
         return "undecodable"
     cost, generations = mapping
     generation = 0 if offset is None or partition is None else generations.at(partition, offset)
+    if event is not None and superseded(event, generation):  # decided before mapping it
+        return "superseded"
     try:
         change = to_row_change(event, cost, generation) if event is not None else None
     except EventError as exc:

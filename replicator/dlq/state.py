@@ -2,8 +2,10 @@
 
 One row per dead letter a redrive tried for a target table, keyed by the letter's place
 in the dead-letter topic, with its last outcome: ``applied`` or ``stale`` (final, written
-in the transaction of the letter's row), ``dismissed`` (final: an operator fixed it another
-way, ``dlq dismiss``) or ``failed`` (with the error; tried again)."""
+in the transaction of the letter's row), ``superseded`` (final: a newer applied change of
+its row replaced it, decided before mapping it, superseded.py), ``dismissed`` (final: an
+operator fixed it another way, ``dlq dismiss``) or ``failed`` (with the error; tried
+again)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from replicator.db.connect import connect, mapped_errors
 from replicator.db.schema import REDRIVEN_TABLE
 from replicator.errors import ReplicatorError
 
-FINAL = ("applied", "stale", "dismissed")  # never tried again
+FINAL = ("applied", "stale", "superseded", "dismissed")  # never tried again
 _T = sql.Identifier(REDRIVEN_TABLE)
 _OUTCOMES = sql.SQL(
     "SELECT dlq_partition, dlq_offset, outcome FROM {} WHERE target_table = %s AND dlq_topic = %s"

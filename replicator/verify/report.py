@@ -2,6 +2,19 @@
 
 Pure: the row comparison that decides every reported difference, the report, its JSON
 form for machines and its rich table for people.
+
+The exit code says whether the target is the mapped source: 0 in sync, 1 not (drift), 2
+could not tell.  A source row the mapping refuses (:class:`Unmappable`, dead-lettered by
+the replicator) is not in sync either way, and is counted as drift, with its reason:
+
+* the target holds a row for it: an older image, which the source no longer has (the row
+  was changed to a value the mapping refuses, and its change was dead-lettered);
+* the target has no row for it: the source has a row the target lacks, and its dead
+  letter says why (``replicator dlq list``).
+
+Neither is repaired by ``--repair``: there is no mapped image to write, and nothing is
+written with a guessed value.  Fixing the source row (or the target's column, then
+``replicator dlq redrive``) is what brings it in sync.
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ Kind = Literal["missing", "extra", "different", "unmappable"]
 @dataclass(frozen=True, slots=True)
 class Unmappable:
     """A source row that :func:`~replicator.mapping.rows.map_to_tuple` refuses (dead-lettered
-    by the replicator): it has no expected target row."""
+    by the replicator): it has no expected target row, and no target row agrees with it
+    (module docstring)."""
 
     reason: str
 
@@ -39,13 +53,19 @@ class KeyDiff:
     kind: Kind
     columns: tuple[str, ...] = ()  # for "different": the target columns that differ
     reason: str = ""  # for "unmappable": why the source row cannot be mapped
+    in_target: bool = False  # for "unmappable": the target holds a row for it (stale)
+
+    @property
+    def target_state(self) -> str:
+        """For "unmappable": what the target holds for the row, in words."""
+        return "older image" if self.in_target else "no row"
 
 
 def compare(run_id: str, expected: Image, actual: tuple[Any, ...] | None) -> KeyDiff | None:
     """Pure. ``expected`` (the mapped source row) against ``actual`` (the target row, JSON
     columns as their exact text); None when they agree."""
     if isinstance(expected, Unmappable):
-        return KeyDiff(run_id, "unmappable", reason=expected.reason)
+        return KeyDiff(run_id, "unmappable", reason=expected.reason, in_target=actual is not None)
     if expected is None:
         return None if actual is None else KeyDiff(run_id, "extra")
     if actual is None:
@@ -74,15 +94,12 @@ def diff_rows(
 class RepairSummary:
     """What ``--repair`` did before verifying again."""
 
-    snapshot_ids: int = 0  # missing + different rows re-read through an incremental snapshot
-    signals: int = 0  # signal rows written
-    deleted: int = 0  # extra target rows deleted through the sink
-    from_source: int = 0  # rows too large for the stream, written from the source
+    from_source: int = 0  # missing and different rows written from the source
+    deleted: int = 0  # extra target rows deleted, at a version (the source lacks them)
     kept_extra: int = 0  # extra rows that exist in the source after all (not deleted)
     converged: bool = False  # the repaired rows matched the source before the final verify
     seconds: float = 0.0
-    # re-read rows still differing once the replicator applied everything the topic held:
-    # their re-read events were dead-lettered or rejected, re-reading cannot repair them
+    # repaired rows still differing once the replicator applied everything the topic held
     unrepaired: list[str] = field(default_factory=list)
 
 
@@ -97,6 +114,7 @@ class Report:
     suspects: int = 0  # keys that differed in the first comparison
     rechecks: int = 0  # re-comparison rounds after the replicator caught up
     drift: dict[str, KeyDiff] = field(default_factory=dict)  # confirmed differences
+    # confirmed source rows the mapping refuses: not in sync either (module docstring)
     unmappable: dict[str, KeyDiff] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)  # still changing at every re-check
     # drifted rows whose change event is larger than the largest that flows (Connect skips
@@ -119,7 +137,7 @@ class Report:
             return "unverified"
         if self.finalized:
             return "finalized"
-        return "drift" if self.drift else "in_sync"
+        return "drift" if self.drift or self.unmappable else "in_sync"
 
     @property
     def exit_code(self) -> int:
@@ -153,7 +171,10 @@ class Report:
             },
             "unmappable": {
                 "total": len(unmappable),
-                "rows": [{"run_id": d.run_id, "reason": d.reason} for d in unmappable][:max_report],
+                "rows": [
+                    {"run_id": d.run_id, "reason": d.reason, "target": d.target_state}
+                    for d in unmappable[:max_report]
+                ],
             },
             "still_changing": {"total": len(self.busy), "ids": sorted(self.busy)[:max_report]},
             "too_large_for_the_stream": {
@@ -169,8 +190,6 @@ class Report:
         }
         if self.repair is not None:
             out["repair"] = {
-                "snapshot_ids": self.repair.snapshot_ids,
-                "signals": self.repair.signals,
                 "deleted": self.repair.deleted,
                 "from_source": self.repair.from_source,
                 "kept_extra": self.repair.kept_extra,
@@ -206,10 +225,14 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
         lines += [f"  {r['run_id']}: {', '.join(r['columns'])}" for r in d["different"]["rows"]]
     if d["unmappable"]["total"]:
         lines.append(
-            f"unmappable source rows, dead-lettered by the replicator"
-            f" ({d['unmappable']['total']}, not drift):"
+            f"unmappable source rows, not in sync ({d['unmappable']['total']}): the mapping"
+            " refuses them, the replicator dead-lettered their changes (`replicator dlq"
+            " list`); fix the source row, or the target's column and `replicator dlq redrive`:"
         )
-        lines += [f"  {r['run_id']}: {r['reason']}" for r in d["unmappable"]["rows"]]
+        lines += [
+            f"  {r['run_id']}: {r['reason']} (target: {r['target']})"
+            for r in d["unmappable"]["rows"]
+        ]
     if d["still_changing"]["total"]:
         lines.append(
             f"still changing at every re-check ({d['still_changing']['total']}, not drift):"
@@ -224,18 +247,16 @@ def summary_lines(report: Report, max_report: int = 20) -> list[str]:
         )
     if report.repair is not None:
         r = report.repair
-        written = f"{r.from_source} rows too large for the stream written from the source, "
         lines.append(
-            f"repair: {written if r.from_source else ''}"
-            f"{r.snapshot_ids} rows re-read through {r.signals} snapshot signal(s),"
+            f"repair: {r.from_source} rows written from the source,"
             f" {r.deleted} extra rows deleted, {r.kept_extra} kept (present in the source),"
             f" {'converged' if r.converged else 'NOT converged'} in {r.seconds:.1f}s"
         )
         if r.unrepaired:
             lines.append(
-                f"cannot be repaired by re-reading ({len(r.unrepaired)}): the replicator applied"
-                " all the topic holds and they still differ; their re-read events were"
-                " dead-lettered (`replicator dlq list` says why): " + _join(r.unrepaired[:20])
+                f"not repaired ({len(r.unrepaired)}): the replicator applied all the topic"
+                " holds and they still differ (a change the target refuses: `replicator dlq"
+                " list` says why): " + _join(r.unrepaired[:20])
             )
     return lines
 
@@ -287,7 +308,7 @@ def rich_table(report: Report, max_report: int = 20) -> Any:
         rows.add_row(r["run_id"], "different", ", ".join(r["columns"]))
         shown += 1
     for r in d["unmappable"]["rows"]:
-        rows.add_row(r["run_id"], "unmappable", r["reason"])
+        rows.add_row(r["run_id"], "unmappable", f"{r['reason']} (target: {r['target']})")
         shown += 1
     if shown:
         parts.append(rows)

@@ -1,4 +1,5 @@
-"""replicator verify on the real stack: in sync, drift found and listed, repaired, live."""
+"""replicator verify on the real stack: in sync, drift found and listed, repaired, live;
+a source row the mapping refuses is not in sync."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -21,6 +23,7 @@ from tests.integration.conftest import (
     churn_until,
     execute,
     new_database,
+    target_rows,
     unique,
     wait_converged,
 )
@@ -28,7 +31,7 @@ from tests.integration.isolated import isolated_source
 
 pytestmark = pytest.mark.integration
 
-#: ids a filter must quote safely (verify --repair puts drifted ids into a snapshot filter)
+#: ids every statement must quote safely (verify --repair reads and writes drifted ids)
 ODD_IDS = ["odd-'quote'", "odd-\\back\\slash", "odd-$$dollar$$", "odd-ünï-%s-%%", 'odd-"; DROP']
 
 
@@ -113,7 +116,7 @@ def test_in_sync_then_drift_listed_then_repaired(iso: StackInfo, cli_env: dict[s
 
         code, report = run_verify(env, "--target-table", table, "--repair")
         assert (code, report["status"]) == (0, "in_sync"), report
-        assert report["repair"]["snapshot_ids"] == 4 and report["repair"]["deleted"] == 2
+        assert report["repair"]["from_source"] == 4 and report["repair"]["deleted"] == 2
         assert report["repair"]["converged"]
         wait_converged(iso, table, "")
 
@@ -142,7 +145,7 @@ def test_separate_target_database(iso: StackInfo) -> None:
         }
         report = verify(settings, repair_drift=True)
         assert report.status == "in_sync" and report.repair is not None
-        assert report.repair.converged and report.repair.signals == 1
+        assert report.repair.converged and report.repair.from_source == 2
 
 
 def test_rows_changing_while_verifying_are_not_drift(iso: StackInfo) -> None:
@@ -196,3 +199,72 @@ def test_not_caught_up_is_could_not_verify(iso: StackInfo) -> None:
     with RunningReplicator(settings):
         wait_converged(iso, table, "")
         assert verify(settings).status == "in_sync"
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def test_an_unmappable_source_row_is_not_in_sync(stack: StackInfo, cli_env: dict[str, str]) -> None:
+    """One row updated to a value the mapping refuses (the target keeps its older image),
+    one inserted so (the target has none): verify exits 1 (drift) and names both with the
+    reason and what the target holds; --repair writes nothing for them and still exits 1;
+    once the source rows are fixed and streamed, verify exits 0."""
+    with isolated_source(stack, "vun") as src:  # its own source: the others compare theirs whole
+        table = unique("wr")
+        apply_target_schema(src.target_dsn, table)
+        p = unique("un")
+        stale, absent, ok = f"{p}-stale", f"{p}-absent", f"{p}-ok"
+        insert = (
+            "INSERT INTO workflow_processes (id, workflow_name, message, total_cost)"
+            " VALUES (%s, 'w', 'm', %s)"
+        )
+        cost = "UPDATE workflow_processes SET total_cost = %s WHERE id = %s"
+        env = cli_env | {
+            "REPLICATOR_SOURCE_DSN": src.service_source_dsn,
+            "REPLICATOR_ADMIN_SOURCE_DSN": src.source_dsn,
+            "REPLICATOR_TOPIC": src.topic,
+        }
+
+        def held() -> dict[str, tuple]:
+            return target_rows(src.target_dsn, table, "run_id LIKE %s", (p + "%",))
+
+        with RunningReplicator(src.settings(target_table=table, group_id=unique("g"))) as running:
+            tally = running.replicator.metrics.tally
+            execute(src.source_dsn, (insert, (stale, 1.5)), (insert, (ok, 2)))
+            wait_for(lambda: set(held()) == {stale, ok})
+            before = held()[stale]
+            execute(
+                src.source_dsn,
+                (cost, ("NaN", stale)),
+                (
+                    "INSERT INTO workflow_processes (id, workflow_name, message, total_cost)"
+                    " VALUES (%s, 'w', 'm', 'NaN')",
+                    (absent,),
+                ),
+            )
+            wait_for(lambda: tally.dead_lettered >= 2)
+
+            code, report = run_verify(env, "--target-table", table)
+            assert (code, report["status"], report["exit_code"]) == (1, "drift", 1), report
+            assert report["confirmed"] and report["unmappable"]["total"] == 2, report
+            rows = {r["run_id"]: r for r in report["unmappable"]["rows"]}
+            assert {k: r["target"] for k, r in rows.items()} == {
+                stale: "older image",
+                absent: "no row",
+            }
+            assert all("not a finite number" in r["reason"] for r in rows.values()), rows
+            assert report["missing"]["total"] == report["different"]["total"] == 0, report
+
+            code, report = run_verify(env, "--target-table", table, "--repair")
+            assert (code, report["status"]) == (1, "drift"), report
+            assert "repair" not in report  # nothing a repair could write
+            assert held()[stale] == before and absent not in held()  # nothing guessed
+
+            execute(src.source_dsn, (cost, (3, stale)), (cost, (4, absent)))
+            wait_for(lambda: set(held()) == {stale, absent, ok} and held()[stale] != before)
+            code, report = run_verify(env, "--target-table", table)
+            assert (code, report["status"]) == (0, "in_sync"), report

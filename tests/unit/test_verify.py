@@ -125,30 +125,6 @@ def test_row_reads_take_json_columns_as_text_on_the_target_only() -> None:
     assert hashes.endswith("= ANY(%(chunks)s) ORDER BY 1")
 
 
-@pytest.mark.parametrize(
-    "run_id", ["plain", "it's", "back\\slash", "$$x$$", "%s %%", "ünï 🚀", "a'); DROP TABLE x; --"]
-)
-def test_snapshot_filter_carries_ids_as_hex_only(run_id: str) -> None:
-    text = vs.snapshot_filter([run_id, "other"])
-    inside = text[text.index("ARRAY[") + 6 : text.index("]::text[]")]
-    literals = [lit.strip("'") for lit in inside.split(",")]
-    assert all(set(lit) <= set("0123456789abcdef") for lit in literals)
-    assert [bytes.fromhex(lit).decode() for lit in literals] == [run_id, "other"]
-    assert text.startswith("id IN (SELECT convert_from(decode(h, 'hex'), 'UTF8')")
-
-
-def test_snapshot_signal_row() -> None:
-    signal_id, kind, data = vs.snapshot_signal("public.workflow_processes", ["a", "b"])
-    assert len(signal_id) <= 42 and kind == "execute-snapshot"
-    parsed = json.loads(data)
-    assert parsed["type"] == "incremental"
-    assert parsed["data-collections"] == ["public.workflow_processes"]
-    (condition,) = parsed["additional-conditions"]
-    assert condition["filter"] == vs.snapshot_filter(["a", "b"])
-    with pytest.raises(ValueError):
-        vs.snapshot_filter([])
-
-
 # --------------------------------------------------------------------------- comparing
 
 
@@ -158,7 +134,10 @@ def test_compare_kinds() -> None:
     assert compare("a", None, None) is None
     assert compare("a", row, None) == KeyDiff("a", "missing")
     assert compare("a", None, row) == KeyDiff("a", "extra")
-    assert compare("a", Unmappable("bad"), row) == KeyDiff("a", "unmappable", reason="bad")
+    assert compare("a", Unmappable("bad"), row) == KeyDiff(
+        "a", "unmappable", reason="bad", in_target=True
+    )
+    assert compare("a", Unmappable("bad"), None) == KeyDiff("a", "unmappable", reason="bad")
     changed = list(row)
     changed[TARGET_COLUMNS.index("status")] = "zzz"
     changed[TARGET_COLUMNS.index("result_data")] = '{"result":  "r"}'  # same JSON, other text
@@ -230,16 +209,15 @@ def test_report_json_lists_the_first_n_and_the_totals() -> None:
     assert out["missing"] == {"total": 2, "ids": ["m1"]}
     assert out["extra"] == {"total": 1, "ids": ["x"]}
     assert out["different"] == {"total": 1, "rows": [{"run_id": "d", "columns": ["status"]}]}
-    assert out["unmappable"]["rows"] == [{"run_id": "u", "reason": "NaN"}]
+    assert out["unmappable"]["rows"] == [{"run_id": "u", "reason": "NaN", "target": "no row"}]
     assert json.loads(json.dumps(out)) == out
 
 
 def test_exit_codes() -> None:
     report = Report("s", "t")
     assert (report.status, report.exit_code) == ("in_sync", 0)
-    report.unmappable = {"u": KeyDiff("u", "unmappable")}
     report.busy = ["b"]
-    assert report.exit_code == 0  # neither is drift
+    assert report.exit_code == 0  # changing at every re-check: no difference confirmed
     report.drift = {"a": KeyDiff("a", "missing")}
     assert report.exit_code == 1
     report.error = "the replicator did not catch up"
@@ -250,14 +228,64 @@ def test_exit_codes() -> None:
     )
 
 
+@pytest.mark.parametrize("in_target", [True, False], ids=["older image", "no row"])
+def test_an_unmappable_source_row_is_not_in_sync(in_target: bool) -> None:
+    """A source row updated to a value the mapping refuses: the target keeps the older
+    image (or, for a row first inserted so, has none).  Either way not in sync: exit 1,
+    drift, with the reason and what the target holds."""
+    source = {"u": Unmappable("total_cost: 'NaN' is not a finite number")}
+    target = {"u": mapped("u")} if in_target else {}
+    report = Report("workflow_processes", "wr", 1, len(target))
+    report.unmappable = diff_rows(source, target)
+    assert not report.drift
+    assert (report.status, report.exit_code) == ("drift", 1)
+    held = "older image" if in_target else "no row"
+    out = report.to_dict()
+    assert (out["status"], out["exit_code"]) == ("drift", 1)
+    assert out["unmappable"] == {
+        "total": 1,
+        "rows": [{"run_id": "u", "reason": source["u"].reason, "target": held}],
+    }
+    lines = summary_lines(report)
+    assert ": drift in " in lines[0]
+    assert any(line.startswith("unmappable source rows, not in sync (1)") for line in lines)
+    assert f"  u: total_cost: 'NaN' is not a finite number (target: {held})" in lines
+    report.error = "the replicator did not catch up"
+    assert report.exit_code == 2  # could not tell still wins
+
+
+def test_a_repair_is_not_attempted_for_unmappable_rows_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing a repair could write: verify --repair reports them (exit 1) and repairs
+    nothing."""
+    found = Report("workflow_processes", "wr")
+    found.unmappable = {"u": KeyDiff("u", "unmappable", reason="NaN", in_target=True)}
+    monkeypatch.setattr(runner, "_compared", lambda *_a: found)
+    monkeypatch.setattr(runner, "_after_cutover", lambda *_a: None)
+    monkeypatch.setattr(runner, "Tables", lambda *_a: None)
+
+    def no_repair(*_a: Any) -> None:
+        raise AssertionError("nothing to repair")
+
+    monkeypatch.setattr(runner, "repair", no_repair)
+    settings = SimpleNamespace(
+        source_dsn=SimpleNamespace(get_secret_value=lambda: "s"),
+        target_dsn=SimpleNamespace(get_secret_value=lambda: "t"),
+        target_table="wr",
+    )
+    report = runner.verify(settings, catch_up=lambda _t: None, repair_drift=True)  # type: ignore[arg-type]
+    assert report is found and (report.status, report.exit_code) == ("drift", 1)
+
+
 def test_people_get_lines_and_a_table() -> None:
     report = Report("workflow_processes", "wr", 3, 3, chunks=1, seconds=1.5)
     report.drift = {"d": KeyDiff("d", "different", ("status", "max_turns"))}
-    report.repair = RepairSummary(snapshot_ids=1, signals=1, converged=True)
+    report.repair = RepairSummary(from_source=1, converged=True)
     lines = summary_lines(report)
     assert lines[0].startswith("workflow_processes (3 rows) vs wr (3 rows): drift")
     assert "  d: status, max_turns" in lines
-    assert lines[-1].startswith("repair: 1 rows re-read through 1 snapshot signal(s)")
+    assert lines[-1].startswith("repair: 1 rows written from the source, 0 extra rows deleted")
     from io import StringIO
 
     from rich.console import Console
@@ -353,12 +381,13 @@ def test_a_row_still_changing_is_checked_again_then_reported_as_still_changing()
     assert not report.drift and report.busy == ["a"] and report.rechecks == 3
 
 
-def test_unmappable_rows_are_reported_apart() -> None:
+def test_unmappable_rows_are_reported_apart_and_are_not_in_sync() -> None:
     bad = Unmappable("NaN")
     report = run_recheck(
         [({"u": bad}, {})], {"u": KeyDiff("u", "unmappable", reason="NaN")}, seen({"u": bad}, {})
     )
     assert not report.drift and set(report.unmappable) == {"u"}
+    assert (report.status, report.exit_code) == ("drift", 1)
 
 
 def test_no_catch_up_means_could_not_verify() -> None:
@@ -373,12 +402,12 @@ def test_no_catch_up_means_could_not_verify() -> None:
     assert set(report.drift) == {"a"} and not tables.asked
 
 
-def test_a_re_read_row_that_never_arrives_is_reported_as_not_repairable_once_caught_up(
+def test_a_repaired_row_that_never_agrees_is_reported_as_not_repaired_once_caught_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The replicator applied all the topic holds and the row still differs (its re-read
-    was dead-lettered): re-reading cannot repair it, and that is what the report says, not
-    "is replicator run running?"."""
+    """The replicator applied all the topic holds and the row still differs (a change the
+    target refuses): the report says it was not repaired, not "is replicator run
+    running?"."""
     monkeypatch.setattr(runner, "MIN_REPAIR_PATIENCE_S", 0.0)
     monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
     a = mapped("a")
@@ -387,8 +416,8 @@ def test_a_re_read_row_that_never_arrives_is_reported_as_not_repairable_once_cau
     options = Options(settle_s=0, rounds=3, catch_up_timeout_s=0.0, repair_timeout_s=30)
     left = runner._await_resync(tables, {"a"}, options, lambda _t: None)  # type: ignore[arg-type]
     assert left == {"a"}
-    report = Report("s", "t", repair=RepairSummary(snapshot_ids=1, unrepaired=["a"]))
-    assert any("cannot be repaired by re-reading (1)" in line for line in summary_lines(report))
+    report = Report("s", "t", repair=RepairSummary(from_source=1, unrepaired=["a"]))
+    assert any("not repaired (1)" in line for line in summary_lines(report))
 
     def behind(_timeout: float) -> None:
         raise NotCaughtUp("behind", {})
