@@ -1,6 +1,6 @@
 """Replicate Debezium change events of ``workflow_processes`` into ``workflow_runs``.
 
-The package is grouped by stage (the README's layout table says why each folder exists):
+The package is grouped by stage (docs/explanation/design.md says why each folder exists):
 
 * ``stream/``   -- the pipeline of ``replicator run``: source (Kafka), decode, transform,
   batch, dead letters, sink and checkpoint (positions stored with the rows, in ONE

@@ -274,8 +274,8 @@ def change_topic_config(config: dict[str, str]) -> dict[str, str]:
 
 def kafka_rule_problems(config: dict[str, str]) -> list[str]:
     """Pure. Why the connector ``config`` would stop, or skip events silently, on Apache
-    Kafka, whose broker enforces what the local stack's does not (README, "Large rows and
-    truncates on Apache Kafka"); [] when nothing would.
+    Kafka, whose broker enforces what the local stack's does not
+    (docs/explanation/apache-kafka.md); [] when nothing would.
 
     * Debezium's TRUNCATE event has no key, and Apache Kafka refuses a keyless record on a
       compacted topic: the task fails and the slot keeps WAL.

@@ -20,7 +20,7 @@ Kind = Literal["group", "reader", "producer", "admin"]
 #: ``connectors/workflow-processes.json``; Apache Kafka's defaults (about 1 MB) would stop
 #: the connector at the first row of more than 1 MB.  A larger row is skipped by Connect
 #: (``errors.tolerance=all``), counted there, and written from the source by
-#: ``verify --repair`` (README, "Large rows and truncates on Apache Kafka").
+#: ``verify --repair`` (docs/explanation/apache-kafka.md).
 EVENT_MAX_BYTES = 16 * 1024 * 1024
 #: The largest dead letter: a whole event plus the dead-letter headers.  The dead-letter
 #: topic is created to accept it and the producer to send it.
@@ -38,7 +38,7 @@ _TUNING: dict[Kind, dict[str, Any]] = {
         # fetch waits, which is the whole wait on brokers that answer only then (the local
         # stack's).  Not lower: such a broker also stops filling a fetch at this bound,
         # and with 1 M events stored 20 ms returned about 15 events per fetch (run read
-        # 90 events/s where 100 ms reads 20 k; README "Performance")
+        # 90 events/s where 100 ms reads 20 k; docs/evidence/performance.md)
         "fetch.wait.max.ms": 100,
         "topic.metadata.refresh.interval.ms": 5000,
         "queued.max.messages.kbytes": 64 * 1024,

@@ -263,7 +263,7 @@ class Replicator:
         """Apply at once when the lane is free and nothing more is waiting (latency);
         while the lane is busy, or the last poll came back full (catching up), the batch
         grows until a limit is reached (throughput), so that a backlog does not pay each
-        batch's fixed cost (its statements and commit: README, "Performance") per few
+        batch's fixed cost (its statements and commit: docs/evidence/performance.md) per few
         hundred events."""
         batch = self._batches[lane]
         if not batch.events or self._lanes is None:

@@ -85,7 +85,7 @@ def fold(changes: Sequence[RowChange]) -> list[RowChange]:
     change); only columns still unknown stay in ``unavailable``; nothing is filled across
     a delete.  With a key's events reordered across partitions a partial can be filled
     from a version older than its direct predecessor: the table's events should not be
-    split over partitions while columns are TOASTed (README, "Guarantees")."""
+    split over partitions while columns are TOASTed (docs/explanation/guarantees.md)."""
     latest: dict[str, RowChange] = {}
     newest: dict[str, tuple[int, int]] = {}
     for change in changes:
