@@ -75,7 +75,7 @@ STRIMZI_LABELS_EXCLUDED = re.compile(
 )
 #: Kafka Connect's MBeans behind the Connect metrics the alert rules query: the MBean's
 #: type, its attribute (ConnectMetricsRegistry); one per task of the connector
-CONNECT_MBEANS = [("task-error-metrics", "total-records-skipped")]
+CONNECT_MBEANS = [("task-error-metrics", "total-record-failures")]
 #: Debezium snapshot modes that read the table's existing rows
 SNAPSHOT_LOADS = {"initial", "always", "initial_only", "when_needed"}
 #: kustomization fields kustomize v5 deprecates (`kustomize edit fix` rewrites them)
