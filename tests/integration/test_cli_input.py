@@ -13,12 +13,12 @@ import time
 import psycopg
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from replicator.local.processes import free_port
 from tests.integration.conftest import (
     RunningReplicator,
     StackInfo,
+    create_change_topic,
     mapped_source,
     read_topic,
     target_rows,
@@ -93,13 +93,15 @@ def test_run_without_a_broker_stops_when_idle_with_exit_1(cli_env: dict[str, str
     assert any(line["msg"] == "not ready; giving up" for line in lines)
 
 
-def test_an_oversized_event_is_dead_lettered_and_the_stream_goes_on(
+def test_a_large_undecodable_event_is_dead_lettered_whole_and_the_stream_goes_on(
     stack: StackInfo, table: str
 ) -> None:
+    """A 5 MB event, in a topic that takes events up to 16 MiB as the change topic does
+    (Apache Kafka refuses it on a topic with the broker's 1 MB default): its dead letter
+    carries it whole, so it can be re-driven once fixed."""
     p = unique("big")
     topic = unique("bigsrc")
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(10)
+    create_change_topic(stack.bootstrap, topic, partitions=1)
     producer = Producer({"bootstrap.servers": stack.bootstrap, "message.max.bytes": 10_000_000})
     huge = b"x" * (5 * 1024 * 1024)  # not even JSON
     row = {
@@ -135,7 +137,7 @@ def test_an_oversized_event_is_dead_lettered_and_the_stream_goes_on(
     (dead,) = read_topic(stack, f"{topic}.dlq")
     headers = dict(dead[2])
     assert headers["dlq.reason"] == b"invalid_json" and headers["dlq.offset"] == b"0"
-    assert headers["dlq.value_bytes"] == str(len(huge)).encode()
+    assert dead[1] == huge and "dlq.value_bytes" not in headers
 
 
 def test_run_as_a_role_that_does_not_exist_stops_with_exit_2(cli_env: dict[str, str]) -> None:
