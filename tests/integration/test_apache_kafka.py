@@ -9,8 +9,6 @@ broker."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from confluent_kafka import Producer
@@ -30,6 +28,7 @@ from tests.integration.conftest import (
     wait_converged,
 )
 from tests.integration.isolated import isolated_source
+from tests.integration.test_verify import run_verify
 
 pytestmark = pytest.mark.integration
 
@@ -157,15 +156,3 @@ def test_a_row_above_the_largest_event_is_skipped_found_and_written_from_the_sou
             rows = wait_converged(iso, table, "huge", timeout=60)
             assert rows["huge"][TARGET_COLUMNS.index("status")] == "archived"
         assert mapped_source(iso.source_dsn) == target_rows(iso.target_dsn, table)
-
-
-def run_verify(env: dict[str, str], *args: str) -> tuple[int, dict]:
-    res = subprocess.run(
-        [sys.executable, "-m", "replicator", "verify", "--json", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode in (0, 1, 2), res.stderr
-    return res.returncode, json.loads(res.stdout) if res.stdout.strip() else {}
