@@ -35,7 +35,7 @@ from replicator.cutover import catalog, objects, rollback, switch
 from replicator.db.schema import apply_source_schema, apply_target_schema
 from replicator.dlq.redrive import redrive
 from replicator.events import PartitionPosition, RowChange
-from replicator.mapping.columns import SOURCE_TABLE, TARGET_COLUMNS
+from replicator.mapping.columns import SOURCE_COLUMNS, SOURCE_TABLE, TARGET_COLUMNS
 from replicator.observe.metrics import Health, Metrics
 from replicator.observe.tracker import Tracker
 from replicator.replay.runner import replay
@@ -269,24 +269,7 @@ class Message:
 
 def event(case: Case, op: str, lsn: int | None, snapshot: str = "false") -> tuple[bytes, bytes]:
     """(key, value) of a Debezium JSON event carrying the source row as it is."""
-    cols = [
-        "id",
-        "workflow_name",
-        "message",
-        "max_turns",
-        "session_name",
-        "git_branch",
-        "repository_url",
-        "created_at",
-        "updated_at",
-        "status",
-        "result",
-        "error_message",
-        "execution_time",
-        "total_cost",
-        "started_at",
-        "completed_at",
-    ]
+    cols = SOURCE_COLUMNS
     (row,) = case.sql(
         f"SELECT {', '.join(cols)} FROM workflow_processes WHERE id = %s", case.run_id
     )

@@ -17,19 +17,7 @@ from replicator.errors import ConnectError, TransientError
 from replicator.stream.source.ends import NotCaughtUp
 from replicator.verify import runner
 from replicator.verify.tables import Observed
-
-ENV = {
-    "REPLICATOR_TARGET_DSN": "postgresql://app@db.invalid/t",
-    "REPLICATOR_SOURCE_DSN": "postgresql://app@db.invalid/s",
-    "REPLICATOR_KAFKA_BOOTSTRAP": "k.invalid:9092",
-    "REPLICATOR_ENV_FILE": "/dev/null",
-}
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
+from tests.unit.helpers import ENV, environment  # noqa: F401  (an autouse fixture)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

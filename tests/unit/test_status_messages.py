@@ -15,19 +15,7 @@ from replicator.cli import main as cli_main
 from replicator.cli.common import EXIT_MEANINGS
 from replicator.cutover import objects, readiness
 from replicator.settings import Settings
-
-ENV = {
-    "REPLICATOR_TARGET_DSN": "postgresql://app@db.invalid/t",
-    "REPLICATOR_SOURCE_DSN": "postgresql://app@db.invalid/s",
-    "REPLICATOR_KAFKA_BOOTSTRAP": "k.invalid:9092",
-    "REPLICATOR_ENV_FILE": "/dev/null",
-}
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
+from tests.unit.helpers import ENV, environment  # noqa: F401  (an autouse fixture)
 
 
 def record(state: str) -> objects.Record:
